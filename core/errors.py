@@ -1,0 +1,48 @@
+"""Stable error codes: the ones a failed job carries, and the ones HTTP problems carry.
+
+These strings are part of the public API (README and OpenAPI list them); never rename one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobErrorCode(StrEnum):
+    """``error.code`` of a job that ended ``failed``."""
+
+    INVALID_MODEL = "invalid_model"  # not a readable TorchScript/state_dict/safetensors file
+    UNSAFE_MODEL = "unsafe_model"  # pickle globals or TorchScript ops outside the allow-list
+    UNSUPPORTED_MODEL = "unsupported_model"  # e.g. a whole pickled nn.Module, disallowed dtype
+    MODEL_TOO_LARGE = "model_too_large"  # over the parameter/tensor/archive caps
+    INVALID_WEIGHTS = "invalid_weights"  # NaN or Inf weights
+    UNKNOWN_ARCHITECTURE = "unknown_architecture"  # spec names no registry architecture
+    ARCHITECTURE_REQUIRED = "architecture_required"  # state_dict upload without architecture
+    ARCHITECTURE_MISMATCH = "architecture_mismatch"  # missing/unexpected keys, wrong shapes
+    INCOMPATIBLE_MODEL = "incompatible_model"  # fails the MNIST I/O contract
+    INVALID_SPEC = "invalid_spec"  # valid JSON, but impossible for this model (amount > n, ...)
+    NO_PRUNABLE_TENSORS = "no_prunable_tensors"  # include/exclude leave nothing to prune
+    DATASET_UNAVAILABLE = "dataset_unavailable"  # MNIST missing at the configured root
+    DEVICE_UNAVAILABLE = "device_unavailable"  # spec asks for CUDA on a CPU-only worker
+    RESOURCE_LIMIT = "resource_limit"  # job process hit its memory/CPU limit
+    TIMEOUT = "timeout"  # job exceeded its wall-clock limit
+    CRASHED = "crashed"  # job process died (signal) on every allowed attempt
+    INTERNAL_ERROR = "internal_error"  # a bug on our side; the message says what
+
+
+class ProblemCode(StrEnum):
+    """``code`` of an RFC 9457 problem+json HTTP error."""
+
+    NOT_FOUND = "not_found"
+    VALIDATION_ERROR = "validation_error"  # 422: spec or form fields
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # 413
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: not a zip archive nor safetensors
+    INVALID_UPLOAD = "invalid_upload"  # 422: archive structure/safetensors header refused
+    JOB_NOT_FINISHED = "job_not_finished"  # 409: report/model of an unfinished job
+    JOB_FINISHED = "job_finished"  # 409: cancel of a finished job
+    NO_MODEL = "no_model"  # 409: model of a failed/cancelled job
+    GONE = "gone"  # 410: files expired by retention
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # 422: same key, different body
+    QUEUE_FULL = "queue_full"  # 429
+    BROKER_UNAVAILABLE = "broker_unavailable"  # 503 with Retry-After
+    INTERNAL_ERROR = "internal_error"  # 500

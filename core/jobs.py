@@ -1,0 +1,56 @@
+"""The job record: what the API shows and the worker updates. Plain pydantic."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+from core.errors import JobErrorCode
+from core.report import Progress
+from core.spec import JobSpec
+
+# Celery task names: the API sends tasks by name, with the job id only.
+PRUNE_TASK = "worker.tasks.prune_job"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class UploadFormat(StrEnum):
+    ZIP = "zip"  # torch.jit.save archive or torch.save (zip) archive; told apart by the worker
+    SAFETENSORS = "safetensors"
+
+
+class JobError(BaseModel):
+    code: JobErrorCode
+    message: str
+
+
+class JobRecord(BaseModel):
+    id: str
+    status: JobStatus
+    spec: JobSpec
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    upload_format: UploadFormat
+    upload_bytes: int
+    upload_sha256: str
+    model_format: str | None = None  # format of the stored result
+    model_sha256: str | None = None
+    files_expired_at: datetime | None = None

@@ -1,0 +1,77 @@
+"""The report a job produces (and the progress it shows while running). Plain pydantic."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from core.spec import JobSpec
+
+REPORT_VERSION = 1
+
+Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done"]
+
+
+class Progress(BaseModel):
+    phase: Phase
+    epoch: int | None = None  # 1-based
+    epochs: int | None = None
+    step: int | None = None  # 1-based, within the epoch
+    steps: int | None = None
+    loss: float | None = None
+
+
+class TensorReport(BaseModel):
+    name: str  # parameter name, e.g. "fc1.weight"
+    layer_kind: str  # "Linear", "Conv2d", ...
+    shape: list[int]
+    elements: int
+    zeros: int
+    sparsity: float  # zeros / elements
+    dim: int | None = None  # structured: the dimension pruned along
+    slices: int | None = None  # structured: slices along dim
+    slices_zeroed: int | None = None  # structured: slices that are entirely zero
+
+
+class Totals(BaseModel):
+    elements: int
+    zeros: int
+    sparsity: float
+
+
+class Evaluation(BaseModel):
+    accuracy: float  # fraction in [0, 1] over the MNIST test split
+    loss: float  # mean cross-entropy (NLL of log-softmax of the outputs)
+
+
+class Accuracy(BaseModel):
+    before: Evaluation
+    after_pruning: Evaluation
+    after_finetune: Evaluation
+    delta_pruning: float  # after_pruning.accuracy - before.accuracy
+    delta_total: float  # after_finetune.accuracy - before.accuracy
+
+
+class FileInfo(BaseModel):
+    format: Literal["torchscript", "state_dict", "safetensors"]
+    sha256: str
+    bytes: int
+    compressed_bytes: int | None = Field(
+        default=None, description="Size after zlib level 6: what the sparsity saves on the wire."
+    )
+
+
+class Report(BaseModel):
+    report_version: int = REPORT_VERSION
+    spec: JobSpec  # as applied
+    tensors: list[TensorReport]
+    targeted: Totals  # over the targeted tensors
+    all_parameters: Totals  # over every parameter of the model
+    accuracy: Accuracy
+    timings_s: dict[str, float]  # phase -> seconds: load, evaluate, prune, finetune, save, total
+    device: str  # e.g. "cpu" or "NVIDIA H200"
+    torch_version: str
+    seed: int
+    input: FileInfo
+    output: FileInfo

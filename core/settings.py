@@ -1,0 +1,125 @@
+"""One settings class, read once, shared by the API, the worker and the engine CLI.
+
+Every setting is an environment variable with the ``PRUNER_`` prefix (``PRUNER_DATA_DIR``...).
+No other module reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRUNER_", extra="ignore")
+
+    # --- storage and data -------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path("var/data"),
+        description="Job records (SQLite) and files (uploads, reports, models); shared by API and workers.",
+    )
+    mnist_root: Path = Field(
+        default=Path("../shared/datasets"),
+        description="torchvision MNIST root (holds MNIST/raw/*-ubyte).",
+    )
+    mnist_download: bool = Field(
+        default=False, description="Let torchvision download MNIST when it is missing."
+    )
+    retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="Seconds a finished job's files are kept; afterwards they answer 410.",
+    )
+
+    # --- queue -----------------------------------------------------------------------------
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker.")
+    queue_name: str = Field(default="prune", description="Celery queue the jobs go to.")
+    max_queue_depth: int = Field(
+        default=10_000, ge=1, description="Submissions beyond this many queued jobs answer 429."
+    )
+
+    # --- API -------------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Where `python -m stack` binds the API.")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="API port.")
+    max_upload_bytes: int = Field(
+        default=512 * MiB, ge=1, description="Larger uploads answer 413."
+    )
+
+    # --- worker and job process ------------------------------------------------------------
+    worker_device: str = Field(
+        default="auto",
+        description="Device a worker's jobs run on: auto (CUDA when present), cpu, cuda, cuda:N.",
+    )
+    job_soft_time_limit_s: int = Field(
+        default=3600, ge=1, description="Wall-clock limit of one job; past it the job fails `timeout`."
+    )
+    job_hard_time_limit_s: int = Field(
+        default=3660, ge=1, description="Celery's hard limit for the task that supervises a job."
+    )
+    broker_visibility_timeout_s: int = Field(
+        default=7200,
+        ge=1,
+        description="Redis visibility timeout; must exceed the hard time limit.",
+    )
+    job_memory_limit_bytes: int = Field(
+        default=16 * GiB, ge=64 * MiB, description="Address-space limit of a job process."
+    )
+    job_cpu_time_limit_s: int = Field(
+        default=4 * 3600, ge=1, description="CPU-seconds limit of a job process."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Attempts before a job that keeps crashing fails."
+    )
+
+    # --- upload limits ---------------------------------------------------------------------
+    max_archive_entries: int = Field(default=10_000, ge=1, description="Entries in a zip upload.")
+    max_uncompressed_bytes: int = Field(
+        default=4 * GiB, ge=1, description="Total declared uncompressed size of a zip upload."
+    )
+    max_compression_ratio: float = Field(
+        default=100.0, gt=1, description="Largest uncompressed/compressed ratio of a zip entry."
+    )
+    max_parameters: int = Field(
+        default=500_000_000, ge=1, description="Total elements over all tensors of an upload."
+    )
+    max_tensor_elements: int = Field(
+        default=200_000_000, ge=1, description="Elements of any single tensor of an upload."
+    )
+    max_safetensors_header_bytes: int = Field(
+        default=16 * MiB, ge=1024, description="Header size of a safetensors upload."
+    )
+    max_tensors: int = Field(default=10_000, ge=1, description="Tensors in one upload.")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("worker_device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError(f"worker_device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> Settings:
+        if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
+            raise ValueError("job_hard_time_limit_s must exceed job_soft_time_limit_s")
+        if self.broker_visibility_timeout_s <= self.job_hard_time_limit_s:
+            raise ValueError(
+                "broker_visibility_timeout_s must exceed job_hard_time_limit_s, or Redis "
+                "redelivers jobs that are still running"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,197 @@
+"""The pruning spec: plain, versioned data, validated once, importable without torch.
+
+The reference recipe, as a spec::
+
+    {"architecture": "mnist_mlp",
+     "pruning": {"method": "l1_unstructured", "scope": "global", "amount": 0.3},
+     "finetune": {"epochs": 2}}
+
+Unknown fields are refused (``extra="forbid"``), so a typo never silently falls back to a
+default, and a field added by a later spec version is refused by an older service instead of
+being ignored. Room is left for what comes next: ``schedule`` is a tagged union that today
+only holds ``one_shot``; N:M sparsity, channel removal, sensitivity analysis and an accuracy
+budget search will arrive as new members/fields under ``version`` 1 when they stay
+backwards compatible, or as ``version`` 2 when they don't.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+
+SPEC_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Method(StrEnum):
+    L1_UNSTRUCTURED = "l1_unstructured"
+    RANDOM_UNSTRUCTURED = "random_unstructured"
+    LN_STRUCTURED = "ln_structured"
+    RANDOM_STRUCTURED = "random_structured"
+
+    @property
+    def structured(self) -> bool:
+        return self in (Method.LN_STRUCTURED, Method.RANDOM_STRUCTURED)
+
+
+class Scope(StrEnum):
+    GLOBAL = "global"  # one threshold across all targeted tensors (prune.global_unstructured)
+    LAYERWISE = "layerwise"  # each tensor pruned to the amount by its own threshold
+
+
+# A fraction in [0, 1) (JSON number with a decimal point) or an absolute count (JSON integer),
+# as torch.nn.utils.prune reads ``amount``.
+Amount = StrictInt | StrictFloat
+
+
+def check_amount(value: int | float, field: str = "amount") -> int | float:
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be a number, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{field} as a count must be >= 0, got {value}")
+        return value
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"{field} as a fraction must be in [0, 1), got {value}; "
+            "write a whole number (e.g. 300) for an absolute count"
+        )
+    return value
+
+
+class OneShot(_Model):
+    """Prune once to the target amount, then fine-tune."""
+
+    kind: Literal["one_shot"] = "one_shot"
+
+
+Schedule = Annotated[OneShot, Field(discriminator="kind")]
+
+
+class PruningSpec(_Model):
+    method: Method = Method.L1_UNSTRUCTURED
+    scope: Scope = Field(
+        default=Scope.GLOBAL,
+        description="global: one threshold across all targeted tensors; layerwise: per tensor. "
+        "Structured methods are always layerwise.",
+    )
+    amount: Amount = Field(
+        default=0.3,
+        description="Fraction in [0, 1) of the targeted weights (or slices, for structured "
+        "methods) to zero, or an absolute count when a whole number.",
+    )
+    n: Literal[1, 2, "inf", "fro"] = Field(
+        default=2, description="Norm used by ln_structured to rank slices."
+    )
+    dim: int = Field(
+        default=0,
+        ge=-8,
+        le=7,
+        description="Dimension whose slices ln_structured/random_structured remove "
+        "(0: output neurons/filters).",
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of parameter names to target (e.g. 'fc*.weight'). "
+        "Empty: the weights of every Linear and Conv layer.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="fnmatch patterns of parameter names never pruned."
+    )
+    overrides: dict[str, Amount] = Field(
+        default_factory=dict,
+        description="Per-tensor amounts, keyed by an fnmatch pattern of the parameter name. "
+        "A tensor with an override is pruned on its own (layerwise) to that amount; the first "
+        "matching pattern wins.",
+    )
+    schedule: Schedule = Field(default_factory=OneShot)
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: int | float) -> int | float:
+        return check_amount(value)
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, int | float]) -> dict[str, int | float]:
+        for pattern, amount in value.items():
+            check_amount(amount, f"overrides[{pattern!r}]")
+        return value
+
+    def override_for(self, name: str) -> int | float | None:
+        for pattern, amount in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return amount
+        return None
+
+    def selects(self, name: str, default_target: bool) -> bool:
+        """Whether parameter ``name`` is targeted, given whether it is a default target."""
+        if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+            return False
+        if self.include:
+            return any(fnmatch.fnmatchcase(name, p) for p in self.include)
+        return default_target
+
+
+class Optimizer(StrEnum):
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class FinetuneSpec(_Model):
+    epochs: int = Field(default=2, ge=0, le=100, description="0: prune and evaluate only.")
+    optimizer: Optimizer = Optimizer.ADAM
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD only.")
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+
+
+class InputSpec(_Model):
+    """How MNIST images are fed to the model: (N, 1, 28, 28) floats, normalised."""
+
+    mean: float = Field(default=0.1307, ge=-10, le=10)
+    std: float = Field(default=0.3081, gt=0, le=10)
+    flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
+
+
+class OutputFormat(StrEnum):
+    SAME = "same"
+    TORCHSCRIPT = "torchscript"
+    STATE_DICT = "state_dict"
+    SAFETENSORS = "safetensors"
+
+
+class JobSpec(_Model):
+    """Everything a pruning job needs besides the model file."""
+
+    version: Literal[1] = SPEC_VERSION
+    architecture: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Registry architecture a state_dict/safetensors upload is loaded into; "
+        "not needed for TorchScript.",
+    )
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    input: InputSpec = Field(default_factory=InputSpec)
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda|cuda:\d{1,2})$",
+        description="auto: the worker's device (CUDA when present).",
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    output_format: OutputFormat = OutputFormat.SAME
+
+
+REFERENCE_RECIPE = JobSpec(
+    architecture="mnist_mlp",
+    pruning=PruningSpec(method=Method.L1_UNSTRUCTURED, scope=Scope.GLOBAL, amount=0.3),
+    finetune=FinetuneSpec(epochs=2),
+)

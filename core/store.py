@@ -1,0 +1,100 @@
+"""Storage interfaces: job records and job files.
+
+Job records and files live in ``Settings.data_dir``, shared by the API and the workers (a
+volume in docker-compose), so they survive restarts of the API, the workers and Redis. The
+interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the local one
+without touching routes or tasks. File paths are derived from job ids (which we generate),
+never from client-supplied names.
+
+Implementations: ``core/store_sqlite.py`` (records) and ``core/blobs.py`` (files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from core.jobs import JobRecord, JobStatus
+
+# File names inside a job's folder.
+UPLOAD = "upload"
+REPORT = "report.json"
+
+
+def model_file(fmt: str) -> str:
+    """File name of the pruned model in a given format: torchscript, state_dict, safetensors."""
+    return {"torchscript": "model.torchscript.pt", "state_dict": "model.state_dict.pt",
+            "safetensors": "model.safetensors"}[fmt]
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different request body."""
+
+
+class JobStore(Protocol):
+    def create(
+        self, record: JobRecord, *, idempotency_key: str | None = None, request_hash: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Insert ``record``; with a key already used for the same request hash, return the
+        existing job and ``False``; with a different hash raise ``IdempotencyConflict``.
+        Atomic: concurrent duplicates create one job."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def list(
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; returns the page and the cursor of the next page (None at the end)."""
+        ...
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set the given JobRecord fields (pydantic values are serialised)."""
+        ...
+
+    def transition(
+        self, job_id: str, from_statuses: set[JobStatus], to: JobStatus, **fields: Any
+    ) -> JobRecord | None:
+        """Compare-and-set: move to ``to`` (and set ``fields``) only when the current status is
+        in ``from_statuses``; return the new record, or None when it was not."""
+        ...
+
+    def counts_by_status(self) -> dict[JobStatus, int]: ...
+
+    def unfinished(self) -> Iterator[JobRecord]:
+        """Jobs not in a terminal status (for the reconciler)."""
+        ...
+
+    def finished_before(self, when: datetime) -> Iterator[JobRecord]:
+        """Terminal jobs finished before ``when`` whose files are not yet expired."""
+        ...
+
+
+class BlobStore(Protocol):
+    def writer(self, job_id: str, name: str) -> AbstractContextManager[BinaryIO]:
+        """Write a job file atomically: it appears under its name only when the block exits
+        without an exception."""
+        ...
+
+    def open(self, job_id: str, name: str) -> BinaryIO: ...
+
+    def exists(self, job_id: str, name: str) -> bool: ...
+
+    def size(self, job_id: str, name: str) -> int: ...
+
+    def local_path(self, job_id: str, name: str) -> Path:
+        """A local file path for ``name`` (a remote store downloads it to scratch first)."""
+        ...
+
+    def job_dir(self, job_id: str) -> Path:
+        """A local folder where a worker may write a job's outputs before ``put_file``."""
+        ...
+
+    def put_file(self, job_id: str, name: str, source: Path) -> None:
+        """Store a local file under ``name`` (atomic)."""
+        ...
+
+    def delete_job_files(self, job_id: str, keep: tuple[str, ...] = ()) -> None: ...
