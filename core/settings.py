@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     # --- storage and data -------------------------------------------------------------------
     data_dir: Path = Field(
         default=Path("var/data"),
-        description="Job records (SQLite) and files (uploads, reports, models); shared by API and workers.",
+        description="Job records (SQLite) and files (uploads, reports, models); shared by the "
+        "API and the workers.",
     )
     mnist_root: Path = Field(
         default=Path("../shared/datasets"),
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
         description="Device a worker's jobs run on: auto (CUDA when present), cpu, cuda, cuda:N.",
     )
     job_soft_time_limit_s: int = Field(
-        default=3600, ge=1, description="Wall-clock limit of one job; past it the job fails `timeout`."
+        default=3600,
+        ge=1,
+        description="Wall-clock limit of one job; past it the job fails `timeout`.",
     )
     job_hard_time_limit_s: int = Field(
         default=3660, ge=1, description="Celery's hard limit for the task that supervises a job."

@@ -171,7 +171,7 @@ class OutputFormat(StrEnum):
 class JobSpec(_Model):
     """Everything a pruning job needs besides the model file."""
 
-    version: Literal[1] = SPEC_VERSION
+    version: Literal[1] = 1  # SPEC_VERSION
     architecture: str | None = Field(
         default=None,
         max_length=64,

@@ -36,7 +36,11 @@ class IdempotencyConflict(Exception):
 
 class JobStore(Protocol):
     def create(
-        self, record: JobRecord, *, idempotency_key: str | None = None, request_hash: str | None = None
+        self,
+        record: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Insert ``record``; with a key already used for the same request hash, return the
         existing job and ``False``; with a different hash raise ``IdempotencyConflict``.
