@@ -54,3 +54,6 @@ class JobRecord(BaseModel):
     model_format: str | None = None  # format of the stored result
     model_sha256: str | None = None
     files_expired_at: datetime | None = None
+    # Set while running: the worker renews the lease; an expired lease means it died.
+    lease_expires_at: datetime | None = None
+    worker: str | None = None  # hostname of the worker holding the lease

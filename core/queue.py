@@ -10,7 +10,15 @@ from typing import Any
 
 from celery import Celery
 
+from core.jobs import PRUNE_TASK
 from core.settings import Settings
+
+# Each worker sets ``HEARTBEAT_PREFIX + hostname`` in Redis with a TTL of
+# ``settings.worker_heartbeat_ttl_s``; /readyz is ready when at least one such key exists.
+HEARTBEAT_PREFIX = "pruner:worker:heartbeat:"
+# Set once in Redis by the janitor; when it is missing, Redis restarted without its data (no
+# AOF), and every queued job is re-enqueued.
+BROKER_MARKER_KEY = "pruner:broker:marker"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -30,7 +38,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.job_soft_time_limit_s,
         "task_time_limit": settings.job_hard_time_limit_s,
+        # A running job does not need the broker; a Redis restart must not cancel it (its
+        # message is redelivered later and is then a no-op, see worker/tasks.py).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_max_retries": None,
+        # The API answers 503 quickly when Redis is down instead of retrying for long.
+        "task_publish_retry_policy": {
+            "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5
+        },
     }
+
+
+def heartbeat_key(hostname: str) -> str:
+    return HEARTBEAT_PREFIX + hostname
+
+
+def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
+    """Send the prune task for ``job_id`` by name: the id travels, the model bytes never do."""
+    app.send_task(PRUNE_TASK, args=[job_id], queue=settings.queue_name)
 
 
 def make_celery(settings: Settings, name: str = "pruning") -> Celery:

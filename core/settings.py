@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     )
     retention_s: int = Field(
         default=7 * 24 * 3600,
-        ge=60,
+        ge=1,
         description="Seconds a finished job's files are kept; afterwards they answer 410.",
     )
 
@@ -79,6 +79,21 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(
         default=3, ge=1, le=20, description="Attempts before a job that keeps crashing fails."
+    )
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Lease of a running job, renewed by its worker every third of it; a job "
+        "whose lease expired is re-queued by the janitor (its worker died).",
+    )
+    janitor_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often each worker's janitor reconciles jobs with the broker, sweeps "
+        "expired files and refreshes the worker heartbeat.",
+    )
+    worker_heartbeat_ttl_s: int = Field(
+        default=60, ge=1, description="A worker not seen for this long makes /readyz not ready."
     )
 
     # --- upload limits ---------------------------------------------------------------------
