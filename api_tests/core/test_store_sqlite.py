@@ -1,0 +1,177 @@
+"""SqliteJobStore: round trips, compare-and-set, idempotency races, pagination."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.errors import JobErrorCode
+from core.jobs import JobError, JobRecord, JobStatus, UploadFormat
+from core.report import Progress
+from core.spec import REFERENCE_RECIPE
+from core.store import IdempotencyConflict
+from core.store_sqlite import SqliteJobStore, decode_cursor, new_job_id
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def make_record(
+    created_at: datetime = T0, job_id: str | None = None, **fields: object
+) -> JobRecord:
+    base: dict[str, object] = {
+        "id": job_id or new_job_id(),
+        "status": JobStatus.QUEUED,
+        "spec": REFERENCE_RECIPE,
+        "created_at": created_at,
+        "upload_format": UploadFormat.ZIP,
+        "upload_bytes": 10,
+        "upload_sha256": "0" * 64,
+    }
+    return JobRecord.model_validate({**base, **fields})
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> SqliteJobStore:
+    return SqliteJobStore(tmp_path / "jobs.sqlite3")
+
+
+def test_create_get_round_trip_and_reopen(store: SqliteJobStore) -> None:
+    record = make_record()
+    created, is_new = store.create(record)
+    assert is_new and created == record
+    assert store.get(record.id) == record
+    assert store.get("nope") is None
+    assert SqliteJobStore(store.path).get(record.id) == record  # survives a new process/open
+
+
+def test_update_sets_fields_and_validates(store: SqliteJobStore) -> None:
+    record, _ = store.create(make_record())
+    updated = store.update(record.id, progress=Progress(phase="finetuning", epoch=1, epochs=2),
+                           attempts=2)
+    assert updated.progress is not None and updated.progress.epoch == 1
+    assert updated.attempts == 2
+    assert store.get(record.id) == updated
+    with pytest.raises(ValueError):
+        store.update(record.id, no_such_field=1)
+    with pytest.raises(ValueError):
+        store.update(record.id, attempts="many")
+    with pytest.raises(KeyError):
+        store.update("missing", attempts=1)
+
+
+def test_transition_is_compare_and_set(store: SqliteJobStore) -> None:
+    record, _ = store.create(make_record())
+    now = datetime.now(UTC)
+    running = store.transition(record.id, {JobStatus.QUEUED}, JobStatus.RUNNING, started_at=now)
+    assert running is not None and running.status is JobStatus.RUNNING
+    assert running.started_at == now
+    assert store.transition(record.id, {JobStatus.QUEUED}, JobStatus.CANCELLED) is None
+    assert store.get(record.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert store.transition("missing", {JobStatus.QUEUED}, JobStatus.RUNNING) is None
+
+
+def test_concurrent_transitions_have_one_winner(store: SqliteJobStore) -> None:
+    record, _ = store.create(make_record())
+    wins: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        wins.append(store.transition(record.id, {JobStatus.QUEUED}, JobStatus.RUNNING) is not None)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 7 + [True]
+
+
+def test_idempotency_same_key_same_hash_returns_existing(store: SqliteJobStore) -> None:
+    first, new1 = store.create(make_record(), idempotency_key="k", request_hash="h")
+    second, new2 = store.create(make_record(), idempotency_key="k", request_hash="h")
+    assert (new1, new2) == (True, False)
+    assert second.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        store.create(make_record(), idempotency_key="k", request_hash="other")
+    assert len(store.list(limit=100)[0]) == 1
+
+
+def _create_in_process(path: str, job_id: str, out: multiprocessing.Queue[str]) -> None:
+    store = SqliteJobStore(Path(path))
+    record, _ = store.create(make_record(job_id=job_id), idempotency_key="race", request_hash="h")
+    out.put(record.id)
+
+
+def test_idempotency_race_across_processes_creates_one_job(store: SqliteJobStore) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[str] = ctx.Queue()
+    procs = [ctx.Process(target=_create_in_process, args=(str(store.path), f"job{i}", out))
+             for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 6
+    ids = {out.get(timeout=5) for _ in procs}
+    assert len(ids) == 1
+    page, _ = store.list(limit=100)
+    assert [r.id for r in page] == list(ids)
+
+
+def test_pagination_newest_first_with_ties(store: SqliteJobStore) -> None:
+    # 25 jobs, three per timestamp, so the id tie-break is exercised across page edges.
+    records = [make_record(T0 + timedelta(seconds=i // 3), job_id=f"{i:02d}") for i in range(25)]
+    for r in records:
+        store.create(r)
+    expected = sorted(records, key=lambda r: (r.created_at, r.id), reverse=True)
+    seen: list[JobRecord] = []
+    cursor = None
+    pages = 0
+    while True:
+        page, cursor = store.list(limit=10, cursor=cursor)
+        seen.extend(page)
+        pages += 1
+        if cursor is None:
+            break
+    assert pages == 3
+    assert [r.id for r in seen] == [r.id for r in expected]
+
+
+def test_list_filters_by_status_and_rejects_bad_cursor(store: SqliteJobStore) -> None:
+    for i in range(5):
+        store.create(make_record(T0 + timedelta(seconds=i), job_id=f"q{i}"))
+    store.create(make_record(job_id="done", status=JobStatus.SUCCEEDED, finished_at=T0))
+    page, cursor = store.list(status=JobStatus.SUCCEEDED)
+    assert [r.id for r in page] == ["done"] and cursor is None
+    page, cursor = store.list(status=JobStatus.QUEUED, limit=4)
+    assert [r.id for r in page] == ["q4", "q3", "q2", "q1"] and cursor is not None
+    page, cursor = store.list(status=JobStatus.QUEUED, limit=4, cursor=cursor)
+    assert [r.id for r in page] == ["q0"] and cursor is None
+    with pytest.raises(ValueError):
+        store.list(cursor="not-a-cursor")
+    with pytest.raises(ValueError):
+        decode_cursor("WzEsMl0")  # [1,2]: a JSON list, but not ours
+
+
+def test_counts_unfinished_and_finished_before(store: SqliteJobStore) -> None:
+    store.create(make_record(job_id="q"))
+    store.create(make_record(job_id="r", status=JobStatus.RUNNING))
+    store.create(make_record(job_id="old", status=JobStatus.SUCCEEDED, finished_at=T0))
+    error = JobError(code=JobErrorCode.TIMEOUT, message="too slow")
+    store.create(make_record(job_id="new", status=JobStatus.FAILED,
+                             finished_at=T0 + timedelta(days=2), error=error))
+    store.create(make_record(job_id="gone", status=JobStatus.CANCELLED, finished_at=T0,
+                             files_expired_at=T0))
+    counts = store.counts_by_status()
+    assert counts == {JobStatus.QUEUED: 1, JobStatus.RUNNING: 1, JobStatus.SUCCEEDED: 1,
+                      JobStatus.FAILED: 1, JobStatus.CANCELLED: 1}
+    assert sorted(r.id for r in store.unfinished()) == ["q", "r"]
+    assert [r.id for r in store.finished_before(T0 + timedelta(days=1))] == ["old"]
+    store.update("old", files_expired_at=T0 + timedelta(days=1))
+    assert list(store.finished_before(T0 + timedelta(days=1))) == []
+    assert [r.id for r in store.finished_before(T0 + timedelta(days=3))] == ["new"]

@@ -1,0 +1,260 @@
+"""Job records in SQLite: the ``JobStore`` of ``core/store.py``.
+
+One database file (``data_dir/jobs.sqlite3``) in WAL mode is opened by every process that
+touches jobs: the API, the Celery worker and each job process. WAL lets readers run while a
+writer commits, ``busy_timeout`` makes concurrent writers wait instead of failing, and every
+write is one short ``BEGIN IMMEDIATE`` transaction, so compare-and-set is real even across
+processes. Each thread (and each forked process) gets its own connection: sqlite3
+connections must not be shared across threads or a fork.
+
+The record is stored whole as JSON; the columns beside it exist only to index and filter.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.jobs import JobRecord, JobStatus
+from core.settings import Settings
+from core.store import IdempotencyConflict, JobStore
+
+DB_NAME = "jobs.sqlite3"
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    finished_us INTEGER,
+    files_expired INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_us DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_us DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_us) WHERE files_expired = 0;
+"""
+
+_TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
+_UNFINISHED = tuple(s.value for s in JobStatus if not s.terminal)
+MAX_PAGE = 200
+
+
+def new_job_id() -> str:
+    """A fresh job id (never client-supplied): 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def _micros(when: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def encode_cursor(created_us: int, job_id: str) -> str:
+    raw = json.dumps([created_us, job_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of ``encode_cursor``; ``ValueError`` for anything we did not hand out."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_us, job_id = json.loads(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("invalid cursor") from exc
+    if not isinstance(created_us, int) or not isinstance(job_id, str):
+        raise ValueError("invalid cursor")
+    return created_us, job_id
+
+
+class SqliteJobStore:
+    """``JobStore`` backed by one SQLite file; safe across threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._init_schema()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteJobStore:
+        return cls(settings.data_dir / DB_NAME)
+
+    # --- connections --------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a committed transaction survives a process crash; only an
+            # OS crash may lose the last few, never corrupting the file.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    def _init_schema(self) -> None:
+        with self._write() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; IMMEDIATE takes the write lock up front, so a
+        read-then-write inside it cannot interleave with another writer."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    # --- JobStore -----------------------------------------------------------------------
+
+    def create(
+        self,
+        record: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        with self._write() as conn:
+            if idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT request_hash, record FROM jobs WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    if row[0] != request_hash:
+                        raise IdempotencyConflict(idempotency_key)
+                    return JobRecord.model_validate_json(row[1]), False
+            conn.execute(
+                "INSERT INTO jobs (id, status, created_us, finished_us, files_expired,"
+                " idempotency_key, request_hash, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.status.value, _micros(record.created_at),
+                 *self._derived(record)[1:], idempotency_key, request_hash,
+                 record.model_dump_json()),
+            )
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._conn().execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRecord.model_validate_json(row[0])
+
+    def list(
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        limit = max(1, min(limit, MAX_PAGE))
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if cursor is not None:
+            where.append("(created_us, id) < (?, ?)")
+            params.extend(decode_cursor(cursor))
+        sql = "SELECT created_us, id, record FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_us DESC, id DESC LIMIT ?"
+        rows = self._conn().execute(sql, (*params, limit + 1)).fetchall()
+        page = [JobRecord.model_validate_json(r[2]) for r in rows[:limit]]
+        if len(rows) <= limit:
+            return page, None
+        return page, encode_cursor(rows[limit - 1][0], rows[limit - 1][1])
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        with self._write() as conn:
+            current = self._get_locked(conn, job_id)
+            if current is None:
+                raise KeyError(job_id)
+            return self._save(conn, current, fields)
+
+    def transition(
+        self, job_id: str, from_statuses: set[JobStatus], to: JobStatus, **fields: Any
+    ) -> JobRecord | None:
+        with self._write() as conn:
+            current = self._get_locked(conn, job_id)
+            if current is None or current.status not in from_statuses:
+                return None
+            return self._save(conn, current, {**fields, "status": to})
+
+    def counts_by_status(self) -> dict[JobStatus, int]:
+        counts = dict.fromkeys(JobStatus, 0)
+        for status, n in self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            counts[JobStatus(status)] = n
+        return counts
+
+    def unfinished(self) -> Iterator[JobRecord]:
+        marks = ",".join("?" * len(_UNFINISHED))
+        rows = self._conn().execute(
+            f"SELECT record FROM jobs WHERE status IN ({marks}) ORDER BY created_us", _UNFINISHED
+        ).fetchall()
+        return (JobRecord.model_validate_json(r[0]) for r in rows)
+
+    def finished_before(self, when: datetime) -> Iterator[JobRecord]:
+        marks = ",".join("?" * len(_TERMINAL))
+        rows = self._conn().execute(
+            f"SELECT record FROM jobs WHERE files_expired = 0 AND finished_us < ?"
+            f" AND status IN ({marks}) ORDER BY finished_us",
+            (_micros(when), *_TERMINAL),
+        ).fetchall()
+        return (JobRecord.model_validate_json(r[0]) for r in rows)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _get_locked(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+        row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRecord.model_validate_json(row[0])
+
+    @staticmethod
+    def _derived(record: JobRecord) -> tuple[str, int | None, int]:
+        finished = None if record.finished_at is None else _micros(record.finished_at)
+        return record.status.value, finished, int(record.files_expired_at is not None)
+
+    def _save(
+        self, conn: sqlite3.Connection, current: JobRecord, fields: dict[str, Any]
+    ) -> JobRecord:
+        refused = (set(fields) - set(JobRecord.model_fields)) | ({"id"} & set(fields))
+        if refused:
+            raise ValueError(f"cannot set job record fields: {sorted(refused)}")
+        # Re-validate the merged record so a wrong value fails here, not on the next read.
+        merged = JobRecord.model_validate({**dict(current), **fields})
+        status, finished, expired = self._derived(merged)
+        conn.execute(
+            "UPDATE jobs SET status = ?, finished_us = ?, files_expired = ?, record = ?"
+            " WHERE id = ?",
+            (status, finished, expired, merged.model_dump_json(), merged.id),
+        )
+        return merged
+
+
+if TYPE_CHECKING:
+    _conforms: type[JobStore] = SqliteJobStore  # mypy proves the Protocol is met
