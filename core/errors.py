@@ -46,3 +46,5 @@ class ProblemCode(StrEnum):
     QUEUE_FULL = "queue_full"  # 429
     BROKER_UNAVAILABLE = "broker_unavailable"  # 503 with Retry-After
     INTERNAL_ERROR = "internal_error"  # 500
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    NOT_READY = "not_ready"  # 503 from /readyz: a dependency check failed (see `checks`)

@@ -66,6 +66,11 @@ class JobStore(Protocol):
         in ``from_statuses``; return the new record, or None when it was not."""
         ...
 
+    def delete(self, job_id: str) -> bool:
+        """Remove a record (only for a submission that was never accepted: the broker refused
+        it); True when it existed."""
+        ...
+
     def counts_by_status(self) -> dict[JobStatus, int]: ...
 
     def unfinished(self) -> Iterator[JobRecord]:

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
     created_us INTEGER NOT NULL,
+    started_us INTEGER,
     finished_us INTEGER,
     files_expired INTEGER NOT NULL DEFAULT 0,
     idempotency_key TEXT UNIQUE,
@@ -50,6 +51,8 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_us) WHERE files_expir
 _TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.terminal)
 MAX_PAGE = 200
+# Cumulative counts per bucket upper bound, count, sum (Prometheus histogram shape).
+Histogram = tuple[list[int], int, float]
 
 
 def new_job_id() -> str:
@@ -155,11 +158,11 @@ class SqliteJobStore:
                         raise IdempotencyConflict(idempotency_key)
                     return JobRecord.model_validate_json(row[1]), False
             conn.execute(
-                "INSERT INTO jobs (id, status, created_us, finished_us, files_expired,"
-                " idempotency_key, request_hash, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.status.value, _micros(record.created_at),
-                 *self._derived(record)[1:], idempotency_key, request_hash,
-                 record.model_dump_json()),
+                "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
+                " files_expired, idempotency_key, request_hash, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, _micros(record.created_at), *self._derived(record),
+                 idempotency_key, request_hash, record.model_dump_json()),
             )
         return record, True
 
@@ -205,6 +208,27 @@ class SqliteJobStore:
                 return None
             return self._save(conn, current, {**fields, "status": to})
 
+    def delete(self, job_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+    def duration_histogram(
+        self, buckets: tuple[float, ...]
+    ) -> dict[JobStatus, Histogram]:
+        """Run time (started -> finished) of terminal jobs, per status: cumulative counts per
+        bucket upper bound, total count and sum in seconds. Computed from the records, so
+        every API process reports the same figures whichever process ran the job."""
+        cases = ", ".join(f"SUM(d <= {float(b)!r})" for b in buckets)
+        sql = (
+            f"SELECT status, COUNT(*), COALESCE(SUM(d), 0), {cases} FROM ("
+            " SELECT status, (finished_us - started_us) / 1e6 AS d FROM jobs"
+            " WHERE started_us IS NOT NULL AND finished_us IS NOT NULL) GROUP BY status"
+        )
+        out: dict[JobStatus, Histogram] = {}
+        for status, count, total, *cumulative in self._conn().execute(sql):
+            out[JobStatus(status)] = ([int(c or 0) for c in cumulative], count, float(total))
+        return out
+
     def counts_by_status(self) -> dict[JobStatus, int]:
         counts = dict.fromkeys(JobStatus, 0)
         for status, n in self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
@@ -235,9 +259,11 @@ class SqliteJobStore:
         return None if row is None else JobRecord.model_validate_json(row[0])
 
     @staticmethod
-    def _derived(record: JobRecord) -> tuple[str, int | None, int]:
+    def _derived(record: JobRecord) -> tuple[str, int | None, int | None, int]:
+        """The indexed columns besides id and created_us, from the record."""
+        started = None if record.started_at is None else _micros(record.started_at)
         finished = None if record.finished_at is None else _micros(record.finished_at)
-        return record.status.value, finished, int(record.files_expired_at is not None)
+        return record.status.value, started, finished, int(record.files_expired_at is not None)
 
     def _save(
         self, conn: sqlite3.Connection, current: JobRecord, fields: dict[str, Any]
@@ -247,11 +273,10 @@ class SqliteJobStore:
             raise ValueError(f"cannot set job record fields: {sorted(refused)}")
         # Re-validate the merged record so a wrong value fails here, not on the next read.
         merged = JobRecord.model_validate({**dict(current), **fields})
-        status, finished, expired = self._derived(merged)
         conn.execute(
-            "UPDATE jobs SET status = ?, finished_us = ?, files_expired = ?, record = ?"
-            " WHERE id = ?",
-            (status, finished, expired, merged.model_dump_json(), merged.id),
+            "UPDATE jobs SET status = ?, started_us = ?, finished_us = ?, files_expired = ?,"
+            " record = ? WHERE id = ?",
+            (*self._derived(merged), merged.model_dump_json(), merged.id),
         )
         return merged
 

@@ -175,3 +175,27 @@ def test_counts_unfinished_and_finished_before(store: SqliteJobStore) -> None:
     store.update("old", files_expired_at=T0 + timedelta(days=1))
     assert list(store.finished_before(T0 + timedelta(days=1))) == []
     assert [r.id for r in store.finished_before(T0 + timedelta(days=3))] == ["new"]
+
+
+def test_delete(store: SqliteJobStore) -> None:
+    record, _ = store.create(make_record(), idempotency_key="k", request_hash="h")
+    assert store.delete(record.id) is True
+    assert store.get(record.id) is None
+    assert store.delete(record.id) is False
+    again, is_new = store.create(make_record(), idempotency_key="k", request_hash="other")
+    assert is_new  # the key is free again once its job is gone
+
+
+def test_duration_histogram(store: SqliteJobStore) -> None:
+    for i, seconds in enumerate([0.5, 2.0, 2.0, 30.0]):
+        store.create(make_record(job_id=f"s{i}", status=JobStatus.SUCCEEDED, started_at=T0,
+                                 finished_at=T0 + timedelta(seconds=seconds)))
+    store.create(make_record(job_id="f", status=JobStatus.FAILED, started_at=T0,
+                             finished_at=T0 + timedelta(seconds=5)))
+    store.create(make_record(job_id="c", status=JobStatus.CANCELLED, finished_at=T0))  # never ran
+    store.create(make_record(job_id="q"))
+    hist = store.duration_histogram((1.0, 10.0))
+    assert hist == {
+        JobStatus.SUCCEEDED: ([1, 3], 4, 34.5),
+        JobStatus.FAILED: ([0, 1], 1, 5.0),
+    }
