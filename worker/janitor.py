@@ -1,0 +1,168 @@
+"""The janitor: a thread in each worker's main process, every ``janitor_interval_s``.
+
+- **Heartbeat**: ``HEARTBEAT_PREFIX + hostname`` in Redis with a TTL; /readyz reads it.
+- **Reconcile** the job records with the broker:
+  - a ``running`` job whose lease expired lost its worker: back to ``queued`` and re-enqueued
+    (the next claim counts the attempt, and fails the job ``crashed`` once they are spent);
+  - a ``queued`` job the broker does not hold (Redis restarted without its data, or the
+    enqueue failed) is re-enqueued. When Redis lost everything (our marker key is gone), every
+    queued job is re-enqueued without looking.
+  Duplicates are harmless: the task claims only ``queued`` jobs, by compare-and-set.
+- **Retention**: files of jobs finished more than ``retention_s`` ago are deleted and the
+  record gets ``files_expired_at`` (the API then answers 410); the record stays.
+
+Several workers may each run a janitor; every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import redis
+from celery import Celery
+
+from core.blobs import LocalBlobStore
+from core.jobs import JobRecord, JobStatus
+from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key
+from core.report import Progress
+from core.settings import Settings
+from core.store import BlobStore, JobStore
+from core.store_sqlite import SqliteJobStore
+
+log = logging.getLogger("worker.janitor")
+
+UNACKED_KEY = "unacked"  # kombu's hash of delivered, unacknowledged messages
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Janitor:
+    def __init__(self, settings: Settings, app: Celery, hostname: str,
+                 store: JobStore | None = None, blobs: BlobStore | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.hostname = hostname
+        self.store = store or SqliteJobStore.from_settings(settings)
+        self.blobs = blobs or LocalBlobStore.from_settings(settings)
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                          socket_connect_timeout=2)
+
+    def run_once(self) -> None:
+        """One pass; each step survives the others failing (e.g. Redis down)."""
+        for step in (self.heartbeat, self.reconcile, self.sweep):
+            try:
+                step()
+            except redis.RedisError as exc:
+                log.warning("janitor %s: Redis unavailable (%s)", step.__name__, exc)
+            except Exception:
+                log.exception("janitor %s failed", step.__name__)
+
+    def heartbeat(self) -> None:
+        self.redis.set(heartbeat_key(self.hostname), now().isoformat(),
+                       ex=self.settings.worker_heartbeat_ttl_s)
+
+    # --- reconcile ----------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Re-enqueue jobs the broker lost; returns their ids."""
+        broker_lost = not self.redis.exists(BROKER_MARKER_KEY)
+        unfinished = list(self.store.unfinished())
+        requeued = [r.id for r in unfinished if self._lease_expired(r) and self._requeue(r)]
+        grace = timedelta(seconds=max(2 * self.settings.janitor_interval_s, 5.0))
+        waiting = [r for r in unfinished
+                   if r.status is JobStatus.QUEUED and now() - r.created_at > grace]
+        if waiting and not broker_lost:
+            held = self._broker_messages(waiting)
+            waiting = [r for r in waiting if r.id not in held]
+        for record in waiting:
+            if self._still_queued(record.id):
+                enqueue_job(self.app, self.settings, record.id)
+                requeued.append(record.id)
+        self.redis.set(BROKER_MARKER_KEY, now().isoformat())
+        if requeued:
+            log.warning("janitor: re-enqueued %d job(s): %s", len(requeued), requeued)
+        return requeued
+
+    def _lease_expired(self, record: JobRecord) -> bool:
+        if record.status is not JobStatus.RUNNING:
+            return False
+        expires = record.lease_expires_at or record.started_at or record.created_at
+        return expires < now()
+
+    def _requeue(self, record: JobRecord) -> bool:
+        """running -> queued for a job whose worker died (re-read under a fresh look)."""
+        current = self.store.get(record.id)
+        if current is None or not self._lease_expired(current):
+            return False
+        back = self.store.transition(record.id, {JobStatus.RUNNING}, JobStatus.QUEUED,
+                                     lease_expires_at=None, worker=None,
+                                     progress=Progress(phase="queued"))
+        if back is None:
+            return False
+        enqueue_job(self.app, self.settings, record.id)
+        return True
+
+    def _still_queued(self, job_id: str) -> bool:
+        current = self.store.get(job_id)
+        return current is not None and current.status is JobStatus.QUEUED
+
+    def _broker_messages(self, candidates: list[JobRecord]) -> set[str]:
+        """Job ids of the prune messages Redis holds, waiting or delivered-unacknowledged.
+        A message names its job id in the ``argsrepr`` header, in plain JSON."""
+        raw = [_bytes(m) for m in self.redis.lrange(self.settings.queue_name, 0, -1)]
+        raw += [_bytes(m) for m in self.redis.hvals(UNACKED_KEY)]
+        return set(_job_ids(raw, candidates))
+
+    # --- retention ----------------------------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        """Delete the files of jobs finished more than retention_s ago; returns their ids."""
+        cutoff = now() - timedelta(seconds=self.settings.retention_s)
+        expired = []
+        for record in self.store.finished_before(cutoff):
+            self.blobs.delete_job_files(record.id)
+            self.store.update(record.id, files_expired_at=now())
+            expired.append(record.id)
+        if expired:
+            log.info("janitor: files of %d job(s) expired", len(expired))
+        return expired
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _job_ids(messages: list[bytes], candidates: Iterable[JobRecord]) -> Iterable[str]:
+    text = b"\n".join(messages)
+    return (r.id for r in candidates if r.id.encode() in text)
+
+
+# --- the thread -----------------------------------------------------------------------------
+
+_stop = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def start_janitor(settings: Settings, app: Celery, hostname: str) -> None:
+    global _thread
+    if _thread is not None and _thread.is_alive():
+        return
+    janitor = Janitor(settings, app, hostname)
+    _stop.clear()
+
+    def loop() -> None:
+        while not _stop.is_set():
+            janitor.run_once()
+            _stop.wait(settings.janitor_interval_s)
+
+    _thread = threading.Thread(target=loop, name="janitor", daemon=True)
+    _thread.start()
+
+
+def stop_janitor() -> None:
+    _stop.set()

@@ -1,0 +1,224 @@
+"""The job process: ``python -m worker.job_process <job id> <attempt>``.
+
+Started fresh for every job by the Celery task (worker/tasks.py), inside the sandbox limits,
+in a scratch directory. It is the only process that opens the upload and the only one that
+imports torch, so GPU memory and any state a hostile or broken model leaves behind die with it.
+
+It writes its own outcome into the job record:
+- success: every output file and report.json go to the blob store, then running -> succeeded;
+- ``EngineError``: running -> failed with the error's code (exit ``EXIT_FAILED``);
+- ``Cancelled``: running -> cancelled, no model offered;
+- anything else: running -> failed ``internal_error`` (or ``resource_limit`` on MemoryError).
+Exit code 0 means "the record holds my terminal status". When the process dies without
+writing one (killed by a signal), the task classifies the exit.
+
+Fencing: every write checks that the record is still ``running`` with this process's attempt
+number. A process whose claim was taken away (its job re-queued after a lost lease) writes
+nothing and exits ``EXIT_LOST``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.blobs import LocalBlobStore
+from core.errors import JobErrorCode
+from core.jobs import JobError, JobRecord, JobStatus
+from core.report import Progress
+from core.settings import Settings, get_settings
+from core.store import REPORT, UPLOAD, BlobStore, JobStore, model_file
+from core.store_sqlite import SqliteJobStore
+
+EXIT_OK = 0
+EXIT_FAILED = 2  # the record holds `failed` with the error's code
+EXIT_LOST = 3  # the claim was lost (or the job is gone): nothing written
+EXIT_ORPHANED = 4  # the supervising worker died
+
+PROGRESS_INTERVAL_S = 0.5  # throttle of progress writes (phase and epoch changes always go)
+CANCEL_POLL_S = 0.2
+
+log = logging.getLogger("worker.job_process")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Claim:
+    """This process's hold on a running job: fenced writes by attempt number."""
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.attempt = attempt
+
+    def holds(self, record: JobRecord | None) -> bool:
+        return (
+            record is not None
+            and record.status is JobStatus.RUNNING
+            and record.attempts == self.attempt
+        )
+
+    def finish(self, to: JobStatus, **fields: Any) -> bool:
+        """running -> ``to`` when the claim still holds; False when it was lost."""
+        if not self.holds(self.store.get(self.job_id)):
+            return False
+        done = self.store.transition(
+            self.job_id, {JobStatus.RUNNING}, to, finished_at=now(), lease_expires_at=None,
+            **fields,
+        )
+        return done is not None
+
+
+class ProgressWriter:
+    """``on_progress`` for the engine: writes into the record at most every 0.5 s, and at
+    once on every phase or epoch change (so a watcher never misses an epoch)."""
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.last: Progress | None = None
+        self.last_write = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        moved = self.last is None or (progress.phase, progress.epoch) != (
+            self.last.phase, self.last.epoch
+        )
+        if not moved and time.monotonic() - self.last_write < PROGRESS_INTERVAL_S:
+            return
+        self.last = progress
+        self.last_write = time.monotonic()
+        try:
+            self.claim.store.update(self.claim.job_id, progress=progress)
+        except Exception:  # progress is best effort; the job goes on
+            log.exception("could not write progress of job %s", self.claim.job_id)
+
+
+class CancelWatcher(threading.Thread):
+    """Polls the record every 0.2 s; sets ``cancelled`` when a cancel was requested or the
+    claim was lost (both stop the engine at its next batch), and exits the process when the
+    supervising worker is gone (a backstop for PR_SET_PDEATHSIG)."""
+
+    def __init__(self, claim: Claim, parent_pid: int) -> None:
+        super().__init__(name="cancel-watcher", daemon=True)
+        self.claim = claim
+        self.parent_pid = parent_pid
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        while not self.cancelled.is_set():
+            if os.getppid() != self.parent_pid:
+                os._exit(EXIT_ORPHANED)
+            try:
+                record = self.claim.store.get(self.claim.job_id)
+            except Exception:
+                record = None  # a busy database: try again next tick
+            else:
+                if not self.claim.holds(record):
+                    self.lost.set()
+                    self.cancelled.set()
+                elif record is not None and record.cancel_requested:
+                    self.cancelled.set()
+            time.sleep(CANCEL_POLL_S)
+
+
+def store_outputs(blobs: BlobStore, job_id: str, result: Any) -> tuple[str, str]:
+    """Put every output format and the report in the blob store; return the primary format
+    and the sha256 of its file."""
+    for fmt, path in result.outputs.items():
+        blobs.put_file(job_id, model_file(str(fmt)), Path(path))
+    with blobs.writer(job_id, REPORT) as f:
+        f.write(result.report.model_dump_json(indent=2).encode())
+    primary = str(result.primary)
+    return primary, sha256_file(Path(result.outputs[result.primary]))
+
+
+def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
+    store = SqliteJobStore.from_settings(settings)
+    blobs = LocalBlobStore.from_settings(settings)
+    claim = Claim(store, job_id, attempt)
+    record = store.get(job_id)
+    if record is None or not claim.holds(record):
+        log.warning("job %s attempt %d: not running under this attempt; exiting", job_id, attempt)
+        return EXIT_LOST
+    watcher = CancelWatcher(claim, parent_pid)
+    watcher.start()
+    # Imported here: torch loads only in this process, never in the Celery worker.
+    from worker.engine.errors import Cancelled, EngineError
+    from worker.engine.pipeline import run_job
+
+    output_dir = Path.cwd() / "out"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_job(
+            blobs.local_path(job_id, UPLOAD), record.spec, output_dir, settings=settings,
+            on_progress=ProgressWriter(claim), should_cancel=watcher.cancelled.is_set,
+        )
+    except Cancelled:
+        if watcher.lost.is_set():
+            return EXIT_LOST
+        claim.finish(JobStatus.CANCELLED, progress=None)
+        return EXIT_OK
+    except EngineError as exc:
+        return fail(claim, exc.code, exc.message)
+    except MemoryError:
+        return fail(claim, JobErrorCode.RESOURCE_LIMIT,
+                    f"the job ran out of memory (limit {settings.job_memory_limit_bytes} bytes)")
+    primary, sha = store_outputs(blobs, job_id, result)
+    done = claim.finish(
+        JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha,
+        progress=Progress(phase="done"),
+    )
+    return EXIT_OK if done else EXIT_LOST
+
+
+def fail(claim: Claim, code: JobErrorCode, message: str) -> int:
+    done = claim.finish(JobStatus.FAILED, error=JobError(code=code, message=message))
+    return EXIT_FAILED if done else EXIT_LOST
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s job-process %(message)s")
+    if len(argv) != 3 or not argv[2].isdigit():
+        print("usage: python -m worker.job_process <job id> <attempt>", file=sys.stderr)
+        return 64
+    job_id, attempt = argv[1], int(argv[2])
+    settings = get_settings()
+    parent_pid = os.getppid()
+    try:
+        return run(job_id, attempt, settings, parent_pid)
+    except Exception as exc:  # a bug on our side: say what, keep the trace in the log
+        traceback.print_exc()
+        claim = Claim(SqliteJobStore.from_settings(settings), job_id, attempt)
+        return fail(claim, *classify_exception(exc, settings))
+
+
+def classify_exception(exc: Exception, settings: Settings) -> tuple[JobErrorCode, str]:
+    # torch reports a failed allocation (our address-space limit) as a RuntimeError.
+    text = str(exc)
+    if "allocate" in text and ("memory" in text or "bytes" in text):
+        return JobErrorCode.RESOURCE_LIMIT, (
+            f"the job ran out of memory (limit {settings.job_memory_limit_bytes} bytes): {text}"
+        )
+    return JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {text}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
