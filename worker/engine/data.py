@@ -1,0 +1,74 @@
+"""MNIST as tensors on the device: read once per process, normalised, then only indexed.
+
+No DataLoader and no per-sample transforms: an epoch is one ``randperm`` from a seeded
+generator, one gather of the whole split into shuffled order, then contiguous slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.errors import JobErrorCode
+from core.spec import InputSpec
+from worker.engine.errors import EngineError
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 1, 28, 28) float, normalised; or (N, 784) when flattened
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Contiguous slices in stored order (views: no copies)."""
+        for start in range(0, len(self), batch_size):
+            end = start + batch_size
+            yield self.images[start:end], self.labels[start:end]
+
+    def shuffled(self, generator: torch.Generator) -> Split:
+        """A copy in a random order drawn on the CPU generator (same order on every device)."""
+        order = torch.randperm(len(self), generator=generator).to(self.labels.device)
+        return Split(self.images[order], self.labels[order])
+
+
+_RAW: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+_SPLITS: dict[tuple[str, bool, str, float, float, bool], Split] = {}
+
+
+def _raw(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (str(root.resolve()), train)
+    if key not in _RAW:
+        from torchvision.datasets import MNIST  # torchvision import is slow; only when needed
+
+        try:
+            dataset = MNIST(str(root), train=train, download=download)
+        except RuntimeError as exc:  # torchvision: "Dataset not found..."
+            raise EngineError(
+                JobErrorCode.DATASET_UNAVAILABLE,
+                f"MNIST ({'train' if train else 'test'} split) is not available under "
+                f"{root} (expected {root}/MNIST/raw/*-ubyte): {exc}. Point PRUNER_MNIST_ROOT "
+                "at a torchvision MNIST root, or set PRUNER_MNIST_DOWNLOAD=true.",
+            ) from exc
+        _RAW[key] = (dataset.data, dataset.targets)
+    return _RAW[key]
+
+
+def load_split(
+    root: Path, train: bool, device: torch.device, spec: InputSpec, *, download: bool = False
+) -> Split:
+    """The normalised split on ``device``, cached per process."""
+    key = (str(root.resolve()), train, str(device), spec.mean, spec.std, spec.flatten)
+    if key not in _SPLITS:
+        images, labels = _raw(root, train, download)  # (N, 28, 28) uint8, (N,) int64
+        # Built outside inference mode so that training can save these for backward.
+        with torch.inference_mode(False):
+            x = images.to(device).unsqueeze(1).float().div_(255).sub_(spec.mean).div_(spec.std)
+            x = x.reshape(len(x), -1) if spec.flatten else x
+            _SPLITS[key] = Split(x.contiguous(), labels.to(device))
+    return _SPLITS[key]

@@ -1,0 +1,205 @@
+"""run_job: load, check, evaluate, prune, fine-tune with the masks held, evaluate, save, report.
+
+This is the engine's one entry point for the Celery task, the CLI and the tests. It reads no
+globals: settings come in as an argument (or ``get_settings()``), the spec is plain data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.errors import JobErrorCode
+from core.report import Accuracy, Evaluation, Phase, Progress, Report
+from core.settings import Settings, get_settings
+from core.spec import JobSpec, OutputFormat, PruningSpec
+from worker.engine import data, pruning, saving, training
+from worker.engine.errors import Cancelled, EngineError
+from worker.engine.loading import LoadedModel, ModelFormat, load_model
+from worker.engine.methods import PruningError
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class RunResult:
+    report: Report
+    outputs: dict[str, Path]  # format -> file written in output_dir, one per format available
+    primary: str  # the format the spec's output_format resolves to ("same" -> the input's)
+
+
+def resolve_device(requested: str, settings: Settings) -> torch.device:
+    """spec.device ("auto" -> the worker's device; "auto" there -> CUDA when present)."""
+    name = settings.worker_device if requested == "auto" else requested
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise EngineError(
+                JobErrorCode.DEVICE_UNAVAILABLE,
+                f"device {name!r} was asked for but this worker has {count} CUDA device(s); "
+                'use "auto" or "cpu"',
+            )
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return str(device)
+
+
+class _Clock:
+    """Seconds per phase, accumulated (evaluation runs three times)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str, device: torch.device | None = None) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)  # asynchronous kernels belong to this phase
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def done(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self.start}
+
+
+def run_job(
+    model_path: Path,
+    spec: JobSpec,
+    output_dir: Path,
+    *,
+    settings: Settings | None = None,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> RunResult:
+    """Prune the model in ``model_path`` as ``spec`` says; files go to ``output_dir``.
+
+    Raises EngineError (a documented JobErrorCode) or Cancelled."""
+    settings = settings or get_settings()
+    clock = _Clock()
+
+    def phase(name: Phase) -> None:
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        if on_progress is not None:
+            on_progress(Progress(phase=name))
+
+    phase("loading")
+    device = resolve_device(spec.device, settings)
+    torch.manual_seed(spec.seed)  # the model's own randomness (dropout), for determinism
+    with clock.phase("load"):
+        loaded = load_model(model_path, spec.architecture, settings)
+        model = loaded.module.to(device)
+    with clock.phase("data", device):
+        test = data.load_split(settings.mnist_root, False, device, spec.input,
+                               download=settings.mnist_download)
+        training.check_io_contract(model, test, spec.input)
+        train = (
+            data.load_split(settings.mnist_root, True, device, spec.input,
+                            download=settings.mnist_download)
+            if spec.finetune.epochs > 0 else None
+        )
+
+    phase("evaluating")
+    with clock.phase("evaluate", device):
+        before = training.evaluate(model, test, should_cancel)
+
+    phase("pruning")
+    with clock.phase("prune", device):
+        applied_pruning = pruning.effective_spec(spec.pruning)
+        targets, masks = _prune(model, applied_pruning, spec.seed)
+
+    phase("evaluating")
+    with clock.phase("evaluate", device):
+        after_pruning = training.evaluate(model, test, should_cancel)
+
+    if train is not None:
+        phase("finetuning")
+        with clock.phase("finetune", device):
+            hold = training.MaskHold(
+                [t.param for t in targets], [masks[t.name] for t in targets]
+            )
+            training.finetune(model, train, spec.finetune, hold, seed=spec.seed,
+                              on_progress=on_progress, should_cancel=should_cancel)
+        phase("evaluating")
+        with clock.phase("evaluate", device):
+            after_finetune = training.evaluate(model, test, should_cancel)
+    else:
+        after_finetune = after_pruning
+
+    tensor_rows = pruning.tensor_reports(targets, applied_pruning)
+    all_totals = pruning.parameter_totals(model)
+    phase("saving")
+    primary = _primary_format(spec.output_format, loaded)
+    with clock.phase("save"):
+        outputs = saving.save_all(model, primary, output_dir)
+        input_info = saving.file_info(model_path, loaded.format)
+        output_info = saving.file_info(outputs[primary], primary)
+
+    report = Report(
+        spec=spec.model_copy(update={"pruning": applied_pruning}),
+        tensors=tensor_rows,
+        targeted=pruning.totals([(r.elements, r.zeros) for r in tensor_rows]),
+        all_parameters=all_totals,
+        accuracy=_accuracy(before, after_pruning, after_finetune),
+        timings_s=clock.done(),
+        device=device_name(device),
+        torch_version=torch.__version__,
+        seed=spec.seed,
+        input=input_info,
+        output=output_info,
+    )
+    if on_progress is not None:
+        on_progress(Progress(phase="done"))
+    return RunResult(report=report, outputs=dict(outputs), primary=primary)
+
+
+def _prune(
+    model: torch.nn.Module, spec: PruningSpec, seed: int
+) -> tuple[list[pruning.Target], dict[str, torch.Tensor]]:
+    targets = pruning.find_targets(model, spec)
+    if not targets:
+        names = [n for n, _ in model.named_parameters()]
+        raise EngineError(
+            JobErrorCode.NO_PRUNABLE_TENSORS,
+            "no parameter is targeted: by default the weights of Linear and Conv layers, "
+            "narrowed by include/exclude. The model's parameters: "
+            + (", ".join(names[:50]) + (" ..." if len(names) > 50 else "") or "none"),
+        )
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        masks = pruning.compute_masks(targets, spec, generator)
+    except PruningError as exc:
+        raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
+    pruning.apply_masks(targets, masks)
+    return targets, masks
+
+
+def _primary_format(requested: OutputFormat, loaded: LoadedModel) -> ModelFormat:
+    if requested is OutputFormat.SAME:
+        return loaded.format
+    fmt: ModelFormat = requested.value  # type: ignore[assignment]
+    return fmt
+
+
+def _accuracy(before: Evaluation, pruned: Evaluation, tuned: Evaluation) -> Accuracy:
+    return Accuracy(
+        before=before,
+        after_pruning=pruned,
+        after_finetune=tuned,
+        delta_pruning=pruned.accuracy - before.accuracy,
+        delta_total=tuned.accuracy - before.accuracy,
+    )

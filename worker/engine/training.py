@@ -1,0 +1,166 @@
+"""Evaluation and masked fine-tuning: one readable loop, tensors already on the device.
+
+Loss everywhere is ``cross_entropy(log_softmax(outputs))``: log_softmax is idempotent on
+log-probabilities, so models returning logits and models returning log-probabilities are
+trained and scored the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import JobErrorCode
+from core.report import Evaluation, Progress
+from core.spec import FinetuneSpec, InputSpec, Optimizer
+from worker.engine.data import Split
+from worker.engine.errors import Cancelled, EngineError
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+EVAL_BATCH = 1000  # large enough to amortise Python, small enough for conv activations
+PROGRESS_EVERY = 100  # steps between progress reports (each costs one host sync)
+
+
+def loss_fn(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.log_softmax(outputs, dim=1), labels)
+
+
+def _check_cancel(should_cancel: CancelFn | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
+
+
+def check_io_contract(model: nn.Module, split: Split, spec: InputSpec) -> None:
+    """Run two test images through the model: it must return a (2, 10) float tensor."""
+    images = split.images[:2]
+    was_training = model.training
+    model.eval()
+    expected_in = "(N, 784)" if spec.flatten else "(N, 1, 28, 28)"
+    try:
+        with torch.no_grad():
+            outputs = model(images)
+    except Exception as exc:  # the model's own code failed: say what it was given
+        hint = "" if spec.flatten else " (set input.flatten=true to feed (N, 784))"
+        raise EngineError(
+            JobErrorCode.INCOMPATIBLE_MODEL,
+            f"the model fails on MNIST input: it was given a float32 tensor of shape "
+            f"{list(images.shape)}, i.e. {expected_in}{hint}, and raised: {exc}",
+        ) from exc
+    finally:
+        model.train(was_training)
+    if not (
+        isinstance(outputs, torch.Tensor)
+        and outputs.is_floating_point()
+        and tuple(outputs.shape) == (2, 10)
+    ):
+        seen = (
+            f"a {outputs.dtype} tensor of shape {list(outputs.shape)}"
+            if isinstance(outputs, torch.Tensor)
+            else f"a {type(outputs).__name__}"
+        )
+        raise EngineError(
+            JobErrorCode.INCOMPATIBLE_MODEL,
+            f"for an input of shape {list(images.shape)} the model returned {seen}; expected a "
+            "float tensor of shape [2, 10] (logits or log-probabilities over the 10 digits)",
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, should_cancel: CancelFn | None = None
+) -> Evaluation:
+    """Accuracy and mean loss over the whole split; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = split.labels.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        for images, labels in split.batches(EVAL_BATCH):
+            _check_cancel(should_cancel)
+            log_probs = F.log_softmax(model(images).float(), dim=1)  # (B, 10)
+            loss_sum += F.nll_loss(log_probs, labels, reduction="sum")
+            correct += (log_probs.argmax(dim=1) == labels).sum()
+    finally:
+        model.train(was_training)
+    n = len(split)
+    return Evaluation(accuracy=int(correct) / n, loss=float(loss_sum) / n)
+
+
+class MaskHold:
+    """Keeps pruned entries at exactly zero around every optimizer step.
+
+    Zeroing their gradients before the step keeps the optimizer state (Adam's moments, SGD's
+    momentum) at zero there, and weight decay of a zero weight is zero; multiplying the
+    weights by the mask after the step makes the guarantee exact whatever the optimizer does.
+    """
+
+    def __init__(self, params: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+        self.params = params
+        self.masks = masks
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks, strict=True)
+                 if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+
+def make_optimizer(params: Sequence[torch.Tensor], spec: FinetuneSpec) -> torch.optim.Optimizer:
+    if spec.optimizer is Optimizer.SGD:
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+            foreach=True,
+        )
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
+
+
+def finetune(
+    model: nn.Module,
+    train: Split,
+    spec: FinetuneSpec,
+    hold: MaskHold,
+    *,
+    seed: int,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> list[float]:
+    """Train ``spec.epochs`` epochs with the masks held; returns the mean loss per epoch."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, spec)
+    generator = torch.Generator().manual_seed(seed)
+    steps = math.ceil(len(train) / spec.batch_size)
+    epoch_losses = []
+    model.train()
+    for epoch in range(1, spec.epochs + 1):
+        shuffled = train.shuffled(generator)
+        loss_sum = torch.zeros((), device=train.labels.device)
+        for step, (images, labels) in enumerate(shuffled.batches(spec.batch_size), start=1):
+            _check_cancel(should_cancel)
+            loss = loss_fn(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            hold.before_step()
+            optimizer.step()
+            hold.after_step()
+            loss_sum += loss.detach()  # stays on the device: no sync per step
+            if on_progress is not None and step % PROGRESS_EVERY == 0 and step < steps:
+                on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,
+                                     step=step, steps=steps, loss=float(loss)))
+        epoch_losses.append(float(loss_sum) / steps)
+        if on_progress is not None:
+            on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,
+                                 step=steps, steps=steps, loss=epoch_losses[-1]))
+    return epoch_losses
