@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     job_cpu_time_limit_s: int = Field(
         default=4 * 3600, ge=1, description="CPU-seconds limit of a job process."
     )
+    job_user: str = Field(
+        default="",
+        description="Unprivileged user a job process drops to when the worker runs as root "
+        "(e.g. nobody); empty: don't switch.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, le=20, description="Attempts before a job that keeps crashing fails."
     )
