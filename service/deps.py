@@ -1,0 +1,120 @@
+"""Lifespan state and the dependencies that read it.
+
+The lifespan builds the store, the blob store, the Celery handle (used only to send tasks by
+name) and a Redis client once per process, and yields them as the request state; routes get
+them through the typed aliases below (``StoreDep`` ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, TypedDict
+
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import Depends, FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter
+
+from core.blobs import LocalBlobStore
+from core.queue import make_celery
+from core.settings import Settings
+from core.store import BlobStore, JobStore
+from core.store_sqlite import SqliteJobStore
+
+# Redis calls from the API must fail fast (503), not hang a request.
+REDIS_TIMEOUT_S = 1.0
+
+
+@dataclass
+class ApiMetrics:
+    registry: CollectorRegistry
+    upload_bytes: Counter
+
+
+class ServiceState(TypedDict):
+    settings: Settings
+    store: SqliteJobStore
+    blobs: BlobStore
+    celery: Celery
+    redis: aioredis.Redis
+    metrics: ApiMetrics
+
+
+def build_state(settings: Settings, metrics: ApiMetrics) -> ServiceState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return ServiceState(
+        settings=settings,
+        store=SqliteJobStore.from_settings(settings),
+        blobs=LocalBlobStore.from_settings(settings),
+        celery=make_celery(settings, name="pruning-api"),
+        redis=aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            socket_timeout=REDIS_TIMEOUT_S,
+        ),
+        metrics=metrics,
+    )
+
+
+def make_lifespan(settings: Settings, metrics: ApiMetrics) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[ServiceState]:
+        state = build_state(settings, metrics)
+        try:
+            yield state
+        finally:
+            await state["redis"].aclose()
+            state["celery"].close()
+            state["store"].close()
+
+    return lifespan
+
+
+def _state(request: Request) -> Any:
+    return request.state
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = _state(request).settings
+    return settings
+
+
+def get_store(request: Request) -> JobStore:
+    store: JobStore = _state(request).store
+    return store
+
+
+def get_sqlite_store(request: Request) -> SqliteJobStore:
+    store: SqliteJobStore = _state(request).store
+    return store
+
+
+def get_blobs(request: Request) -> BlobStore:
+    blobs: BlobStore = _state(request).blobs
+    return blobs
+
+
+def get_celery(request: Request) -> Celery:
+    celery: Celery = _state(request).celery
+    return celery
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    client: aioredis.Redis = _state(request).redis
+    return client
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    metrics: ApiMetrics = _state(request).metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+SqliteStoreDep = Annotated[SqliteJobStore, Depends(get_sqlite_store)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]

@@ -1,0 +1,210 @@
+"""One error hierarchy, one renderer: every HTTP error is RFC 9457 problem+json.
+
+A route raises an ``ApiError`` subclass; FastAPI's own errors (request validation, unknown
+route, wrong method) and anything unexpected are rendered the same way, each with a stable
+``code`` from ``core.errors.ProblemCode``. Routes list the errors they raise with
+``problem_responses(...)`` so that they appear in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import ProblemCode
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:pruning-service:problem:"
+log = logging.getLogger("service")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'spec', 'pruning', 'amount'].")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, plus a stable ``code``."""
+
+    type: str = Field(description="URI of the problem type: urn:pruning-service:problem:<code>.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(default=None, description="The request path.")
+    code: ProblemCode
+    errors: list[FieldError] | None = Field(default=None, description="422: each bad field.")
+
+
+class ApiError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[ProblemCode] = ProblemCode.INTERNAL_ERROR
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        errors: Sequence[FieldError] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.errors = list(errors) if errors is not None else None
+        self.extra = extra or {}
+
+
+class NotFound(ApiError):
+    status, code, title = 404, ProblemCode.NOT_FOUND, "Not found"
+
+
+class MethodNotAllowed(ApiError):
+    status, code, title = 405, ProblemCode.METHOD_NOT_ALLOWED, "Method not allowed"
+
+
+class ValidationFailed(ApiError):
+    status, code, title = 422, ProblemCode.VALIDATION_ERROR, "Invalid request"
+
+
+class PayloadTooLarge(ApiError):
+    status, code, title = 413, ProblemCode.PAYLOAD_TOO_LARGE, "Payload too large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code, title = 415, ProblemCode.UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"
+
+
+class InvalidUpload(ApiError):
+    status, code, title = 422, ProblemCode.INVALID_UPLOAD, "Invalid model file"
+
+
+class JobNotFinished(ApiError):
+    status, code, title = 409, ProblemCode.JOB_NOT_FINISHED, "Job not finished"
+
+
+class JobFinished(ApiError):
+    status, code, title = 409, ProblemCode.JOB_FINISHED, "Job already finished"
+
+
+class NoModel(ApiError):
+    status, code, title = 409, ProblemCode.NO_MODEL, "Job produced no model"
+
+
+class Gone(ApiError):
+    status, code, title = 410, ProblemCode.GONE, "Files expired"
+
+
+class IdempotencyKeyReused(ApiError):
+    status, code, title = 422, ProblemCode.IDEMPOTENCY_KEY_REUSED, "Idempotency key reused"
+
+
+class QueueFull(ApiError):
+    status, code, title = 429, ProblemCode.QUEUE_FULL, "Queue full"
+
+
+class BrokerUnavailable(ApiError):
+    status, code, title = 503, ProblemCode.BROKER_UNAVAILABLE, "Queue unavailable"
+
+
+class NotReady(ApiError):
+    status, code, title = 503, ProblemCode.NOT_READY, "Not ready"
+
+
+def problem_response(request: Request, error: ApiError) -> JSONResponse:
+    return render_problem(request, error.status, error.code, error.title, error.detail,
+                          headers=error.headers, errors=error.errors, extra=error.extra)
+
+
+def render_problem(
+    request: Request,
+    status: int,
+    code: ProblemCode,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    errors: list[FieldError] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=TYPE_PREFIX + code.value, title=title, status=status, detail=detail,
+        instance=request.url.path, code=code, errors=errors,
+    ).model_dump(mode="json", exclude_none=True)
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def field_errors(raw: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[FieldError]:
+    """pydantic/FastAPI error dicts -> FieldError, with ``prefix`` before each location."""
+    return [
+        FieldError(loc=[*prefix, *e.get("loc", ())], msg=str(e.get("msg", "")),
+                   type=str(e.get("type", "")))
+        for e in raw
+    ]
+
+
+def describe(errors: list[FieldError]) -> str:
+    first = errors[0]
+    where = ".".join(str(p) for p in first.loc if p != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.msg}{more}"
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return problem_response(request, exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = field_errors(exc.errors())
+    return problem_response(request, ValidationFailed(describe(errors), errors=errors))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        return problem_response(request, NotFound(f"no route {request.url.path}"))
+    if exc.status_code == 405:
+        return problem_response(request, MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}", headers=headers))
+    code = ProblemCode.VALIDATION_ERROR if exc.status_code < 500 else ProblemCode.INTERNAL_ERROR
+    return render_problem(request, exc.status_code, code, "HTTP error", str(exc.detail),
+                          headers=headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(request, ApiError("an unexpected error occurred; it was logged"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def problem_responses(*errors: type[ApiError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the given errors (several per status are merged)."""
+    by_status: dict[int, list[type[ApiError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status, []).append(error)
+    return {
+        status: {
+            "model": Problem,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "description": "; ".join(f"`{e.code.value}`: {e.title}" for e in group),
+        }
+        for status, group in sorted(by_status.items())
+    }

@@ -1,0 +1,41 @@
+"""The FastAPI app: ``uvicorn service.main:app`` (or ``create_app(settings)`` in tests).
+
+HTTP only: this package never imports torch (a test checks it in a fresh interpreter), so
+the API starts fast and its image stays small. Jobs run in the Celery workers.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from core.settings import Settings, get_settings
+from service.deps import make_lifespan
+from service.errors import install_error_handlers
+from service.metrics import new_api_metrics
+from service.routes import architectures, health, jobs
+
+DESCRIPTION = """\
+Upload a trained PyTorch model (TorchScript, or a state_dict/safetensors file for a built-in
+architecture) with a pruning spec. A worker prunes it, fine-tunes it on MNIST with the pruned
+weights held at zero, evaluates it, and offers the sparse model and a report.
+
+Every error is RFC 9457 `application/problem+json` with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Pruning service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=make_lifespan(settings, new_api_metrics()),
+    )
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(architectures.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,72 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from core.queue import HEARTBEAT_PREFIX
+from core.settings import Settings
+from service.deps import MetricsDep, RedisDep, SettingsDep, SqliteStoreDep
+from service.errors import NotReady, problem_responses
+from service.metrics import render_metrics
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The API process is alive."""
+    return Health()
+
+
+def _storage_writable(settings: Settings) -> str:
+    probe = settings.data_dir / f".readyz-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return f"data_dir {settings.data_dir} is not writable: {exc.strerror or exc}"
+    return "ok"
+
+
+async def _redis_and_worker(redis: Any) -> tuple[str, str]:
+    try:
+        await redis.ping()
+        async for _ in redis.scan_iter(match=HEARTBEAT_PREFIX + "*", count=1000):
+            return "ok", "ok"
+    except (RedisError, OSError) as exc:
+        return f"unreachable: {type(exc).__name__}", "unknown: Redis is unreachable"
+    return "ok", "no worker heartbeat in Redis (no worker seen recently)"
+
+
+@router.get("/readyz", response_model=Readiness, responses=problem_responses(NotReady))
+async def readyz(settings: SettingsDep, redis: RedisDep) -> Readiness:
+    """Ready: Redis answers, storage is writable and a worker was seen recently."""
+    redis_state, worker_state = await _redis_and_worker(redis)
+    checks = {
+        "redis": redis_state,
+        "storage": await run_in_threadpool(_storage_writable, settings),
+        "worker": worker_state,
+    }
+    failed = [name for name, state in checks.items() if state != "ok"]
+    if failed:
+        raise NotReady(f"not ready: {', '.join(failed)}", extra={"checks": checks},
+                       headers={"Retry-After": "5"})
+    return Readiness(ready=True, checks=checks)
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(
+    settings: SettingsDep, store: SqliteStoreDep, redis: RedisDep, api_metrics: MetricsDep
+) -> Response:
+    """Prometheus metrics: jobs by status, job durations, queue depth, upload bytes."""
+    body = await render_metrics(settings, store, redis, api_metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

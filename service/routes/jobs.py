@@ -1,0 +1,281 @@
+"""/v1/jobs: submit, read, list, cancel, and fetch a job's report and model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from core.jobs import JobRecord, JobStatus
+from core.store import REPORT, BlobStore, JobStore, model_file
+from service.deps import BlobsDep, CeleryDep, MetricsDep, RedisDep, SettingsDep, StoreDep
+from service.errors import (
+    BrokerUnavailable,
+    FieldError,
+    Gone,
+    IdempotencyKeyReused,
+    InvalidUpload,
+    JobFinished,
+    JobNotFinished,
+    NoModel,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    UnsupportedMediaType,
+    ValidationFailed,
+    problem_responses,
+)
+from service.schemas import JOBS_PATH, SPEC_EXAMPLES, JobPublic, JobsPublic, PageLinks
+from service.sha import file_sha256
+from service.submit import submit
+
+router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
+
+ModelFormat = Literal["torchscript", "state_dict", "safetensors"]
+FORMATS: tuple[ModelFormat, ...] = ("torchscript", "state_dict", "safetensors")
+EXTENSIONS = {"torchscript": "pt", "state_dict": "pth", "safetensors": "safetensors"}
+EVENTS_POLL_S = 0.5
+EVENTS_KEEPALIVE_S = 15.0
+
+_SUBMIT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["model", "spec"],
+                "properties": {
+                    "model": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "TorchScript archive (torch.jit.save), a torch.save "
+                        "state_dict, or safetensors. Streamed to storage; over the size "
+                        "limit: 413.",
+                    },
+                    "spec": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "description": "The pruning spec as JSON (schema: JobSpec).",
+                    },
+                },
+            },
+            "encoding": {"spec": {"contentType": "application/json"}},
+            "examples": {
+                name: {"summary": ex["summary"], "value": {"spec": ex["value"]}}
+                for name, ex in SPEC_EXAMPLES.items()
+            },
+        }
+    },
+}
+
+
+def _json(public: JobPublic | JobsPublic, status_code: int = 200, **headers: str) -> Response:
+    # Serialised once by pydantic-core; FastAPI's response_model still documents the shape.
+    return Response(public.model_dump_json(), status_code=status_code,
+                    media_type="application/json", headers=headers)
+
+
+def load_job(store: JobStore, job_id: str) -> JobRecord:
+    record = store.get(job_id)
+    if record is None:
+        raise NotFound(f"no job {job_id!r}")
+    return record
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra={"requestBody": _SUBMIT_BODY},
+    responses={
+        200: {"model": JobPublic, "description": "Idempotent replay: the job this key made."},
+        **problem_responses(PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
+                            InvalidUpload, IdempotencyKeyReused, QueueFull, BrokerUnavailable),
+    },
+)
+async def create_job(
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    blobs: BlobsDep,
+    celery: CeleryDep,
+    redis: RedisDep,
+    metrics: MetricsDep,
+    idempotency_key: Annotated[str | None, Header(
+        description="Same key and same body: the same job back; same key, other body: 422."
+    )] = None,
+) -> Response:
+    """Submit a model and a pruning spec; answers 202 and the queued job."""
+    record, is_new = await submit(request, settings=settings, store=store, blobs=blobs,
+                                  celery=celery, redis=redis, idempotency_key=idempotency_key)
+    if is_new:
+        metrics.upload_bytes.inc(record.upload_bytes)
+    location = f"{JOBS_PATH}/{record.id}"
+    return _json(JobPublic.from_record(record), 202 if is_new else 200, Location=location)
+
+
+@router.get("", response_model=JobsPublic, responses=problem_responses(ValidationFailed))
+def list_jobs(
+    store: StoreDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: str | None = None,
+) -> Response:
+    """List jobs, newest first, optionally by status; follow next_cursor for more."""
+    try:
+        page, next_cursor = store.list(status=status, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        error = FieldError(loc=["query", "cursor"], msg="not a cursor this API handed out",
+                           type="value_error")
+        raise ValidationFailed("cursor: not a cursor this API handed out",
+                               errors=[error]) from exc
+    query = f"limit={limit}" + (f"&status={status.value}" if status else "")
+    links = PageLinks(
+        self=f"{JOBS_PATH}?{query}" + (f"&cursor={cursor}" if cursor else ""),
+        next=f"{JOBS_PATH}?{query}&cursor={next_cursor}" if next_cursor else None,
+    )
+    data = [JobPublic.from_record(r) for r in page]
+    return _json(JobsPublic(data=data, next_cursor=next_cursor, links=links))
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(NotFound))
+def get_job(job_id: str, store: StoreDep) -> Response:
+    """One job: status, progress, spec, error, links."""
+    return _json(JobPublic.from_record(load_job(store, job_id)))
+
+
+def _finished_files(record: JobRecord) -> None:
+    """Raise unless the job succeeded and its files are still kept."""
+    if record.files_expired_at is not None:
+        raise Gone(f"the files of job {record.id} expired at "
+                   f"{record.files_expired_at.isoformat()} (retention)")
+    if not record.status.terminal:
+        raise JobNotFinished(f"job {record.id} is {record.status.value}; poll it until it ends")
+    if record.status is not JobStatus.SUCCEEDED:
+        raise NoModel(f"job {record.id} ended {record.status.value}: it has no report or model")
+
+
+@router.get(
+    "/{job_id}/report",
+    responses={200: {"content": {"application/json": {}}, "description": "The Report JSON."},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone)},
+)
+def get_report(job_id: str, store: StoreDep, blobs: BlobsDep) -> FileResponse:
+    """The engine's report: sparsity per tensor, accuracy before/after, timings."""
+    record = load_job(store, job_id)
+    _finished_files(record)
+    if not blobs.exists(job_id, REPORT):
+        raise Gone(f"the report of job {job_id} is no longer stored")
+    return FileResponse(blobs.local_path(job_id, REPORT), media_type="application/json")
+
+
+def _etag_matches(if_none_match: str | None, sha: str) -> bool:
+    if if_none_match is None:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
+    return "*" in tags or sha in tags
+
+
+def _model_sha(record: JobRecord, blobs: BlobStore, fmt: str) -> str:
+    if fmt == record.model_format and record.model_sha256:
+        return record.model_sha256
+    return file_sha256(blobs, record.id, model_file(fmt))
+
+
+@router.get(
+    "/{job_id}/model",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}},
+                     "description": "The pruned model; its sha256 in X-Content-SHA256 and ETag."},
+               304: {"description": "If-None-Match matched the model's ETag."},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone)},
+)
+def get_model(
+    job_id: str,
+    store: StoreDep,
+    blobs: BlobsDep,
+    format: Annotated[ModelFormat | None, Query(
+        description="Default: the primary format the job produced (see model.format)."
+    )] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Download the pruned model (default: the format the job produced)."""
+    record = load_job(store, job_id)
+    _finished_files(record)
+    fmt = format or record.model_format or "torchscript"
+    name = model_file(fmt)
+    if not blobs.exists(job_id, name):
+        available = [f for f in FORMATS if blobs.exists(job_id, model_file(f))]
+        raise NotFound(f"job {job_id} has no {fmt} model; available: {', '.join(available)}",
+                       extra={"available_formats": available})
+    sha = _model_sha(record, blobs, fmt)
+    headers = {"ETag": f'"{sha}"', "X-Content-SHA256": sha}
+    if _etag_matches(if_none_match, sha):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(blobs.local_path(job_id, name), media_type="application/octet-stream",
+                        filename=f"{job_id}-pruned.{EXTENSIONS[fmt]}", headers=headers)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={202: {"model": JobPublic, "description": "Running: it stops at the next batch."},
+               **problem_responses(NotFound, JobFinished)},
+)
+def cancel_job(job_id: str, store: StoreDep) -> Response:
+    """Cancel a job: a queued one at once (200), a running one at its next batch (202)."""
+    for _ in range(3):  # the status may change under us; each step is a compare-and-set
+        record = load_job(store, job_id)
+        if record.status is JobStatus.QUEUED:
+            done = store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELLED,
+                                    finished_at=datetime.now(UTC))
+            if done is not None:
+                return _json(JobPublic.from_record(done), 200)
+        elif record.status is JobStatus.RUNNING:
+            asked = store.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING,
+                                     cancel_requested=True)
+            if asked is not None:
+                return _json(JobPublic.from_record(asked), 202)
+        else:
+            raise JobFinished(f"job {job_id} already ended {record.status.value}")
+    raise JobFinished(f"job {job_id} changed state while cancelling; read it again")
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "Server-sent events: `job` with the JobPublic JSON on every "
+                     "change, until the job ends."},
+               **problem_responses(NotFound)},
+)
+async def job_events(job_id: str, request: Request, store: StoreDep) -> StreamingResponse:
+    """Watch a job: server-sent events on every change, until it ends."""
+    first = await run_in_threadpool(load_job, store, job_id)
+    return StreamingResponse(_events(request, store, first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def _events(request: Request, store: JobStore, record: JobRecord) -> AsyncIterator[str]:
+    last, quiet = "", 0.0
+    while True:
+        body = JobPublic.from_record(record).model_dump_json()
+        if body != last:
+            yield f"event: job\ndata: {body}\n\n"
+            last, quiet = body, 0.0
+        elif quiet >= EVENTS_KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            quiet = 0.0
+        if record.status.terminal or await request.is_disconnected():
+            return
+        await asyncio.sleep(EVENTS_POLL_S)
+        quiet += EVENTS_POLL_S
+        current = await run_in_threadpool(store.get, record.id)
+        if current is None:
+            return
+        record = current

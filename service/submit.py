@@ -1,0 +1,173 @@
+"""Accepting a job: upload -> checks -> record -> queue, with every way out cleaned up.
+
+A job is accepted only when its record exists AND its task reached the broker. If the
+broker refuses, the record and files are removed and the client gets 503 + Retry-After: a
+503 tells the client to retry, so keeping the job would make a duplicate of its retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import Request
+from kombu.exceptions import OperationalError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from core.jobs import JobRecord, JobStatus, UploadFormat
+from core.queue import enqueue_job
+from core.report import Progress
+from core.settings import Settings
+from core.spec import JobSpec
+from core.store import UPLOAD, BlobStore, IdempotencyConflict, JobStore
+from core.store_sqlite import new_job_id
+from core.upload_checks import UploadRejected, check_upload
+from service.errors import (
+    BrokerUnavailable,
+    FieldError,
+    IdempotencyKeyReused,
+    InvalidUpload,
+    PayloadTooLarge,
+    QueueFull,
+    UnsupportedMediaType,
+    ValidationFailed,
+    describe,
+    field_errors,
+)
+from service.uploads import (
+    MODEL_FIELD,
+    SPEC_FIELD,
+    ReceivedForm,
+    check_content_length,
+    receive_form,
+)
+
+BROKER_RETRY_AFTER_S = 5
+QUEUE_FULL_RETRY_AFTER_S = 30
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft allows
+_REJECTED = {413: PayloadTooLarge, 415: UnsupportedMediaType, 422: InvalidUpload}
+
+
+def broker_down(detail: str) -> BrokerUnavailable:
+    return BrokerUnavailable(detail, headers={"Retry-After": str(BROKER_RETRY_AFTER_S)})
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        error = FieldError(loc=["header", "Idempotency-Key"], type="value_error",
+                           msg="must be 1 to 255 visible ASCII characters")
+        raise ValidationFailed(describe([error]), errors=[error])
+
+
+async def check_queue(redis: aioredis.Redis, settings: Settings) -> None:
+    """503 when Redis is unreachable, 429 when the queue is deeper than allowed."""
+    try:
+        depth = int(await redis.llen(settings.queue_name))
+    except (RedisError, OSError) as exc:
+        raise broker_down(f"the job queue is unreachable ({type(exc).__name__})") from exc
+    if depth >= settings.max_queue_depth:
+        raise QueueFull(
+            f"{depth} jobs are waiting (limit {settings.max_queue_depth}); retry later",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+        )
+
+
+def parse_spec(form: ReceivedForm) -> JobSpec:
+    missing = [name for name, absent in ((MODEL_FIELD, form.model_sha256 is None),
+                                         (SPEC_FIELD, form.spec is None)) if absent]
+    if missing:
+        errors = [FieldError(loc=["body", n], msg="Field required", type="missing")
+                  for n in missing]
+        raise ValidationFailed(describe(errors), errors=errors)
+    assert form.spec is not None
+    try:
+        return JobSpec.model_validate_json(form.spec)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(include_url=False), prefix=("body", SPEC_FIELD))
+        raise ValidationFailed(describe(errors), errors=errors) from exc
+
+
+def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFormat:
+    try:
+        return check_upload(blobs.local_path(job_id, UPLOAD), settings)
+    except UploadRejected as exc:
+        error_class = _REJECTED.get(exc.status, InvalidUpload)
+        extra = {"code": exc.code} if exc.code != error_class.code.value else None
+        raise error_class(exc.message, extra=extra) from exc
+
+
+def request_hash(spec: JobSpec, upload_sha256: str) -> str:
+    """What makes two submissions "the same request" for the Idempotency-Key."""
+    canonical = spec.model_dump_json().encode()
+    return hashlib.sha256(canonical + b"\0" + upload_sha256.encode()).hexdigest()
+
+
+async def submit(
+    request: Request,
+    *,
+    settings: Settings,
+    store: JobStore,
+    blobs: BlobStore,
+    celery: Celery,
+    redis: aioredis.Redis,
+    idempotency_key: str | None,
+) -> tuple[JobRecord, bool]:
+    """Accept a job; returns the record and whether it is new (False: idempotent replay)."""
+    check_idempotency_key(idempotency_key)
+    check_content_length(request, settings.max_upload_bytes)
+    await check_queue(redis, settings)
+    job_id = new_job_id()
+    try:
+        form = await receive_form(request, blobs, job_id, settings.max_upload_bytes)
+        spec = parse_spec(form)
+        upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
+        assert form.model_sha256 is not None
+        record = JobRecord(
+            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=datetime.now(UTC),
+            progress=Progress(phase="queued"), upload_format=upload_format,
+            upload_bytes=form.model_bytes, upload_sha256=form.model_sha256,
+        )
+        stored, is_new = await run_in_threadpool(
+            _create, store, record, idempotency_key, request_hash(spec, form.model_sha256)
+        )
+    except BaseException:
+        await run_in_threadpool(blobs.delete_job_files, job_id)
+        raise
+    if not is_new:
+        await run_in_threadpool(blobs.delete_job_files, job_id)  # the original job has its own
+        return stored, False
+    await _enqueue_or_forget(store, blobs, celery, settings, job_id)
+    return stored, True
+
+
+def _create(
+    store: JobStore, record: JobRecord, key: str | None, hash_: str
+) -> tuple[JobRecord, bool]:
+    try:
+        return store.create(record, idempotency_key=key, request_hash=hash_)
+    except IdempotencyConflict as exc:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used for a different request (another spec or model "
+            "file); use a new key for a new request"
+        ) from exc
+
+
+async def _enqueue_or_forget(
+    store: JobStore, blobs: BlobStore, celery: Celery, settings: Settings, job_id: str
+) -> None:
+    try:
+        await run_in_threadpool(enqueue_job, celery, settings, job_id)
+    except (OperationalError, RedisError, OSError) as exc:
+        await run_in_threadpool(_forget, store, blobs, job_id)
+        raise broker_down(f"the job queue refused the job ({type(exc).__name__})") from exc
+
+
+def _forget(store: JobStore, blobs: BlobStore, job_id: str) -> None:
+    store.delete(job_id)
+    blobs.delete_job_files(job_id)
+

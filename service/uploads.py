@@ -1,0 +1,183 @@
+"""Receive ``POST /v1/jobs``'s multipart body as a stream, straight into the blob store.
+
+Why not ``UploadFile``: starlette's form parser spools every file part to a temporary file
+before the route runs, so a 10 GB upload is written to /tmp in full before we can say 413,
+and then copied again into the job folder. Parsing ``request.stream()`` ourselves with
+python-multipart's streaming parser writes each chunk once, to its final place, hashing and
+counting it on the way, and stops the moment the limit is passed. Memory stays at one chunk
+(uvicorn hands us 64 KiB at a time), whatever the upload's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from core.store import UPLOAD, BlobStore
+from service.errors import FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+
+MODEL_FIELD = "model"
+SPEC_FIELD = "spec"
+MAX_SPEC_BYTES = 256 * 1024
+# Multipart framing and the spec field on top of the model file itself.
+FORM_OVERHEAD_BYTES = MAX_SPEC_BYTES + 64 * 1024
+
+
+@dataclass
+class ReceivedForm:
+    spec: bytes | None = None
+    model_bytes: int = 0
+    model_sha256: str | None = None  # None: there was no model part
+
+
+@dataclass
+class _Receiver:
+    """python-multipart callbacks: route each part's bytes to the blob store or a buffer."""
+
+    blobs: BlobStore
+    job_id: str
+    max_model_bytes: int
+    files: ExitStack
+    form: ReceivedForm = field(default_factory=ReceivedForm)
+    ended: bool = False
+    _header_field: bytearray = field(default_factory=bytearray)
+    _header_value: bytearray = field(default_factory=bytearray)
+    _disposition: bytes = b""
+    _part: str | None = None
+    _sink: BinaryIO | None = None
+    _hash: Any = None
+    _spec: bytearray = field(default_factory=bytearray)
+
+    def callbacks(self) -> Any:  # python-multipart's MultipartCallbacks
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+        self._part = None
+
+    def _header_end(self) -> None:
+        if bytes(self._header_field).strip().lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._disposition)
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name in (MODEL_FIELD, SPEC_FIELD) and self._seen(name):
+            raise _invalid(name, f"the form has more than one `{name}` field")
+        self._part = name
+        if name == MODEL_FIELD:
+            self._sink = self.files.enter_context(self.blobs.writer(self.job_id, UPLOAD))
+            self._hash = hashlib.sha256()
+            self.form.model_sha256 = ""  # seen; set for real at the part's end
+
+    def _seen(self, name: str) -> bool:
+        return self.form.model_sha256 is not None if name == MODEL_FIELD else bool(self._spec)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._part == MODEL_FIELD:
+            self.form.model_bytes += len(chunk)
+            if self.form.model_bytes > self.max_model_bytes:
+                raise PayloadTooLarge(
+                    f"the model file is larger than the limit of {self.max_model_bytes} bytes",
+                    extra={"limit_bytes": self.max_model_bytes},
+                )
+            assert self._sink is not None
+            self._sink.write(chunk)
+            self._hash.update(chunk)
+        elif self._part == SPEC_FIELD:
+            self._spec.extend(chunk)
+            if len(self._spec) > MAX_SPEC_BYTES:
+                raise PayloadTooLarge(f"the spec field is larger than {MAX_SPEC_BYTES} bytes")
+        # Any other field is read past and dropped: it counts toward the request limit only.
+
+    def _part_end(self) -> None:
+        if self._part == MODEL_FIELD:
+            self.form.model_sha256 = self._hash.hexdigest()
+        elif self._part == SPEC_FIELD:
+            self.form.spec = bytes(self._spec)
+        self._part = None
+
+    def _end(self) -> None:
+        self.ended = True
+
+
+def _invalid(name: str, msg: str) -> ValidationFailed:
+    error = FieldError(loc=["body", name], msg=msg, type="value_error")
+    return ValidationFailed(f"{name}: {msg}", errors=[error])
+
+
+def multipart_boundary(request: Request) -> bytes:
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise UnsupportedMediaType(
+            "send multipart/form-data with a `model` file and a `spec` field (JSON)"
+        )
+    return boundary
+
+
+def check_content_length(request: Request, max_model_bytes: int) -> None:
+    """Refuse early, before reading a byte, when the client announces too much."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        if int(declared) > max_model_bytes + FORM_OVERHEAD_BYTES:
+            raise PayloadTooLarge(
+                f"the request ({declared} bytes) exceeds the upload limit of "
+                f"{max_model_bytes} bytes",
+                extra={"limit_bytes": max_model_bytes},
+            )
+
+
+async def receive_form(
+    request: Request, blobs: BlobStore, job_id: str, max_model_bytes: int
+) -> ReceivedForm:
+    """Stream the body: the model part into ``UPLOAD`` of ``job_id``, the spec into memory.
+
+    On any error the partial upload is discarded (the writer removes its temporary file).
+    The caller must still delete the job's folder when it does not accept the job.
+    """
+    boundary = multipart_boundary(request)
+    limit = max_model_bytes + FORM_OVERHEAD_BYTES
+    files = ExitStack()
+    try:
+        receiver = _Receiver(blobs, job_id, max_model_bytes, files)
+        parser = MultipartParser(boundary, receiver.callbacks())
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"the request exceeds the upload limit of {limit} bytes",
+                                      extra={"limit_bytes": max_model_bytes})
+            parser.write(chunk)
+        parser.finalize()
+        if not receiver.ended:
+            raise _invalid(MODEL_FIELD, "the multipart body ended early (no closing boundary)")
+    except MultipartParseError as exc:
+        files.__exit__(*sys.exc_info())  # discards the partial upload
+        raise _invalid(MODEL_FIELD, f"malformed multipart body: {exc}") from exc
+    except BaseException:
+        files.__exit__(*sys.exc_info())
+        raise
+    # Closing the writer fsyncs the file: off the event loop.
+    await run_in_threadpool(files.close)
+    return receiver.form
