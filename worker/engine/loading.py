@@ -10,6 +10,7 @@ state_dicts are loaded into a registry architecture named by the spec.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,9 +78,11 @@ def _is_torchscript(path: Path) -> bool:
 
 def _load_torchscript(path: Path, settings: Settings) -> torch.jit.ScriptModule:
     try:
-        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
-            str(path), map_location="cpu"
-        )
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
+            warnings.simplefilter("ignore", FutureWarning)
+            module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(path), map_location="cpu"
+            )
     except Exception as exc:  # torch raises RuntimeError, but also others for corrupt archives
         raise EngineError(
             JobErrorCode.INVALID_MODEL, f"not a loadable TorchScript archive: {exc}"

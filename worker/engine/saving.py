@@ -7,6 +7,7 @@ so each file loads with plain PyTorch and shows the report's zeros.
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zlib
 from pathlib import Path
 
@@ -48,9 +49,11 @@ def save_all(
 def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
     path = output_dir / FILE_NAMES[fmt]
     if fmt == "torchscript":
-        if not isinstance(module, torch.jit.ScriptModule):
-            module = torch.jit.script(module)
-        torch.jit.save(module, str(path))
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
+            warnings.simplefilter("ignore", FutureWarning)
+            if not isinstance(module, torch.jit.ScriptModule):
+                module = torch.jit.script(module)
+            torch.jit.save(module, str(path))
     elif fmt == "state_dict":
         torch.save(cpu_state_dict(module), str(path))
     else:
