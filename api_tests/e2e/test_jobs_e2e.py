@@ -1,0 +1,141 @@
+"""End to end over real HTTP: uvicorn, a Celery worker and redis-server (the ``stack`` fixture).
+
+A user's view: submit the MLP, watch it, download the pruned model, and check with plain
+PyTorch that the file holds exactly the zeros and the accuracy the report states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from api_tests.conftest import (
+    REPO_ROOT,
+    Stack,
+    TrainedMLP,
+    _mlp_class,
+    accuracy,
+    submit,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+TARGETS = ("fc1.weight", "fc2.weight", "fc3.weight")
+TARGETED_ELEMENTS = 784 * 256 + 256 * 128 + 128 * 10
+
+
+def _download(stack: Stack, job: dict[str, Any]) -> bytes:
+    response = stack.client.get(f"/v1/jobs/{job['id']}/model")
+    assert response.status_code == 200, response.text
+    body = response.content
+    sha = hashlib.sha256(body).hexdigest()
+    assert sha == job["model"]["sha256"]
+    assert response.headers["etag"].strip('"') == sha
+    return body
+
+
+def _load(body: bytes, fmt: str) -> Any:
+    import torch
+
+    if fmt == "torchscript":
+        return torch.jit.load(io.BytesIO(body)).eval()
+    model = _mlp_class()()
+    model.load_state_dict(torch.load(io.BytesIO(body), weights_only=True))
+    return model.eval()
+
+
+def _check_against_report(stack: Stack, job: dict[str, Any], model: Any,
+                          mnist_test: tuple[Any, Any]) -> None:
+    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    params = dict(model.named_parameters())
+    by_name = {t["name"]: t for t in report["tensors"]}
+    zeros = 0
+    for name in TARGETS:
+        counted = int((params[name] == 0).sum())
+        assert counted == by_name[name]["zeros"], name
+        zeros += counted
+    # 30% of the targeted weights under one global threshold: exactly round(0.3 * n).
+    assert zeros == round(0.3 * TARGETED_ELEMENTS) == report["targeted"]["zeros"]
+    measured = accuracy(model, mnist_test)
+    stated = report["accuracy"]["after_finetune"]["accuracy"]
+    assert abs(measured - stated) * 100 <= 0.05, (measured, stated)
+    assert stated > 0.9
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "state_dict"])
+def test_upload_prune_download_matches_report(stack: Stack, trained_mlp: TrainedMLP,
+                                              mnist_test: tuple[Any, Any], kind: str) -> None:
+    spec: dict[str, Any] = {
+        "pruning": {"method": "l1_unstructured", "scope": "global", "amount": 0.3},
+        "finetune": {"epochs": 1},
+    }
+    if kind == "state_dict":
+        spec["architecture"] = "mnist_mlp"
+    response = submit(stack.client, getattr(trained_mlp, kind), spec)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    job = wait_for(stack.client, job["id"])
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 1
+    assert job["model"]["format"] == kind
+    model = _load(_download(stack, job), kind)
+    _check_against_report(stack, job, model, mnist_test)
+
+
+def test_progress_moves_while_a_job_runs(stack: Stack, trained_mlp: TrainedMLP) -> None:
+    spec = {"pruning": {"amount": 0.5}, "finetune": {"epochs": 3, "batch_size": 32}}
+    job = submit(stack.client, trained_mlp.torchscript, spec).json()
+    seen: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        current = stack.client.get(f"/v1/jobs/{job['id']}").json()
+        progress = current["progress"] or {}
+        point = (progress.get("phase"), progress.get("epoch"), progress.get("step"))
+        if not seen or seen[-1] != point:
+            seen.append(point)
+        if current["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    assert current["status"] == "succeeded", (current, stack.logs())
+    finetuning = [p for p in seen if p[0] == "finetuning"]
+    epochs = {p[1] for p in finetuning}
+    assert {1, 2, 3} <= epochs, seen  # every epoch was shown...
+    assert len({p for p in finetuning if p[2]}) >= 4, seen  # ...and steps moved within them
+
+
+def test_cancel_a_running_job(stack: Stack, trained_mlp: TrainedMLP) -> None:
+    spec = {"finetune": {"epochs": 50, "batch_size": 16}}
+    job = submit(stack.client, trained_mlp.torchscript, spec).json()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = stack.client.get(f"/v1/jobs/{job['id']}").json()
+        if (current["progress"] or {}).get("phase") == "finetuning":
+            break
+        time.sleep(0.1)
+    asked = time.monotonic()
+    response = stack.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code in (200, 202), response.text
+    done = wait_for(stack.client, job["id"], timeout=60)
+    assert done["status"] == "cancelled", done
+    assert time.monotonic() - asked < 30  # stopped at a batch, not at the end of 50 epochs
+    assert done["model"] is None
+    model = stack.client.get(f"/v1/jobs/{job['id']}/model")
+    assert model.status_code == 409
+    assert model.headers["content-type"].startswith("application/problem+json")
+    assert stack.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+
+
+@pytest.mark.parametrize("module", ["service.main", "worker.celery_app", "worker.tasks"])
+def test_api_and_celery_worker_import_without_torch(module: str) -> None:
+    code = (f"import sys, {module}; "
+            "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=120)
