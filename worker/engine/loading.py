@@ -56,11 +56,9 @@ def _checked_format(path: Path, settings: Settings) -> UploadFormat:
     try:
         return check_upload(path, settings)
     except UploadRejected as exc:
-        codes = {c.value: c for c in JobErrorCode}
-        code = codes.get(exc.code)
-        if code is None:
-            code = JobErrorCode.MODEL_TOO_LARGE if exc.status == 413 else JobErrorCode.INVALID_MODEL
-        raise EngineError(code, exc.message) from exc
+        # (security helper) UploadRejected carries the JobErrorCode for what it found:
+        # unsafe_model, unsupported_model, model_too_large or invalid_model.
+        raise EngineError(exc.job_code, exc.message) from exc
     except OSError as exc:
         raise EngineError(JobErrorCode.INVALID_MODEL, f"cannot read the model file: {exc}") from exc
 
