@@ -6,7 +6,8 @@ the API starts fast and its image stays small. Jobs run in the Celery workers.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from core.settings import Settings, get_settings
 from service.deps import make_lifespan
@@ -32,10 +33,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=make_lifespan(settings, new_api_metrics()),
     )
     install_error_handlers(app)
-    app.include_router(jobs.router)
-    app.include_router(architectures.router)
-    app.include_router(health.router)
+    for router in (jobs.router, architectures.router, health.router):
+        _docstrings_as_summaries(router)
+        app.include_router(router)
     return app
+
+
+def _docstrings_as_summaries(router: APIRouter) -> None:
+    """Each route's one-line docstring becomes its OpenAPI summary (not its description)."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.summary is None and route.endpoint.__doc__:
+            route.summary = route.endpoint.__doc__.strip().splitlines()[0]
+            route.description = ""
 
 
 app = create_app()

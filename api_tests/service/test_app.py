@@ -1,0 +1,54 @@
+"""The app as a whole: no torch, OpenAPI, uniform errors, architectures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from api_tests.service.conftest import REFERENCE, Api, assert_problem
+from core.architectures import ARCHITECTURES
+from core.spec import REFERENCE_RECIPE, JobSpec
+
+
+def test_api_imports_without_torch() -> None:
+    code = ("import sys, service.main; "
+            "bad = [m for m in ('torch', 'torchvision', 'numpy') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_openapi_documents_routes_errors_and_examples(api: Api) -> None:
+    doc = api.client.get("/openapi.json").json()
+    post = doc["paths"]["/v1/jobs"]["post"]
+    assert post["summary"].startswith("Submit a model")
+    body = post["requestBody"]["content"]["multipart/form-data"]
+    assert body["schema"]["required"] == ["model", "spec"]
+    first_example = next(iter(body["examples"].values()))
+    assert first_example["value"]["spec"] == REFERENCE
+    assert JobSpec.model_validate(REFERENCE) == REFERENCE_RECIPE
+    assert {"202", "200", "413", "415", "422", "429", "503"} <= set(post["responses"])
+    assert post["responses"]["413"]["content"]["application/problem+json"]
+    model = doc["paths"]["/v1/jobs/{job_id}/model"]["get"]["responses"]
+    assert {"200", "304", "404", "409", "410"} <= set(model)
+    assert {"/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/report", "/v1/architectures",
+            "/healthz", "/readyz", "/metrics"} <= set(doc["paths"])
+    assert "Problem" in doc["components"]["schemas"]
+    assert "JobSpec" in doc["components"]["schemas"]
+
+
+def test_unknown_route_and_wrong_method_are_problems(api: Api) -> None:
+    assert_problem(api.client.get("/v2/nothing"), 404, "not_found")
+    response = api.client.delete("/v1/jobs")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"]
+
+
+def test_architectures(api: Api) -> None:
+    data = api.client.get("/v1/architectures").json()["data"]
+    assert [a["name"] for a in data] == list(ARCHITECTURES)
+    mlp = api.client.get("/v1/architectures/mnist_mlp").json()
+    assert mlp["tensors"][0] == {"name": "fc1.weight", "shape": [256, 784], "prunable": True}
+    assert len(mlp["tensors"]) == 6
+    assert_problem(api.client.get("/v1/architectures/resnet"), 404, "not_found")
