@@ -162,10 +162,10 @@ def global_masks(
 ) -> list[torch.Tensor]:
     """One threshold across all ``tensors`` (as prune.global_unstructured): exactly ``k`` of
     their units pruned in total, ties broken by position in the concatenation."""
-    if method.structured:
-        raise PruningError("structured methods are layerwise; global scope is unstructured only")
     if not tensors:
         return []
+    if method.structured:
+        raise PruningError("structured methods are layerwise; global scope is unstructured only")
     scores = torch.cat([method.scores(t, generator).to(tensors[0].device) for t in tensors])
     k = amount_to_count(amount, scores.numel(), "the targeted tensors together")
     pruned = smallest_k(scores, k)
