@@ -211,6 +211,8 @@ def get_model(
     name = model_file(fmt)
     if not blobs.exists(job_id, name):
         available = [f for f in FORMATS if blobs.exists(job_id, model_file(f))]
+        if not available:  # retention is deleting the files right now
+            raise Gone(f"the models of job {job_id} are no longer stored")
         raise NotFound(f"job {job_id} has no {fmt} model; available: {', '.join(available)}",
                        extra={"available_formats": available})
     sha = _model_sha(record, blobs, fmt)

@@ -1,0 +1,64 @@
+"""Redis going away and coming back, as the API sees it: 503 + Retry-After, never 500, and
+no half-accepted job left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kombu.exceptions import OperationalError
+
+from api_tests.service.conftest import ModelFiles, assert_problem, make_settings, running_api
+from stack import processes as P
+
+
+def test_redis_stopped_then_restarted(tmp_path: Path, model_files: ModelFiles) -> None:
+    port = P.free_port()
+    redis = P.start_redis(port, tmp_path / "redis", tmp_path / "logs")
+    P.wait_until_ready(redis)
+    try:
+        with running_api(make_settings(tmp_path, redis.meta["url"])) as api:
+            first = api.submit(model_files.state_dict)
+            assert first.status_code == 202
+            job_id = first.json()["id"]
+
+            P.stop(redis)
+            refused = api.submit(model_files.state_dict)
+            assert_problem(refused, 503, "broker_unavailable")
+            assert refused.headers["retry-after"] == "5"
+            # Records and files it holds are still served; readiness says why not ready.
+            assert api.client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+            assert api.client.get("/v1/jobs").json()["data"][0]["id"] == job_id
+            body = assert_problem(api.client.get("/readyz"), 503, "not_ready")
+            assert body["checks"]["redis"].startswith("unreachable")
+            assert len(api.store.list()[0]) == 1
+
+            redis = P.start_redis(port, tmp_path / "redis", tmp_path / "logs")
+            P.wait_until_ready(redis)
+            second = api.submit(model_files.state_dict)
+            assert second.status_code == 202, second.text
+            # The append-only file kept the first task across the restart.
+            assert api.queued_job_ids() == [job_id, second.json()["id"]]
+    finally:
+        P.stop(redis)
+
+
+def test_enqueue_failure_removes_the_job(
+    tmp_path: Path, redis_url: str, model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis answered the depth check but dropped before the task was sent."""
+
+    def refuse(*args: object) -> None:
+        raise OperationalError("Connection refused")
+
+    monkeypatch.setattr("service.submit.enqueue_job", refuse)
+    with running_api(make_settings(tmp_path, redis_url)) as api:
+        response = api.submit(model_files.state_dict, headers={"Idempotency-Key": "k"})
+        assert_problem(response, 503, "broker_unavailable")
+        assert api.store.list()[0] == []
+        assert list(api.blobs.root.iterdir()) == []
+        monkeypatch.undo()
+        # The key is free again: the retry the 503 asked for is accepted.
+        retry = api.submit(model_files.state_dict, headers={"Idempotency-Key": "k"})
+        assert retry.status_code == 202
+        assert api.queued_job_ids() == [retry.json()["id"]]
