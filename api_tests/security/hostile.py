@@ -107,7 +107,8 @@ class WritesFile(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mapped = torch.from_file(self.canary, shared=True, size=4, dtype=torch.uint8)
         mapped.fill_(33)
-        return self.fc(x.flatten(1))
+        # used in the output, or TorchScript's dead-code elimination drops the mapping
+        return self.fc(x.flatten(1)) + mapped.float().sum() * 0
 
 
 def save_script(module: nn.Module, path: Path) -> Path:

@@ -130,8 +130,8 @@ def _nodes(block: Any) -> Iterator[Any]:
         yield node
         for inner in node.blocks():
             yield from _nodes(inner)
-        if node.hasAttribute("Subgraph"):
-            yield from _nodes(node.g("Subgraph"))
+        if node.hasAttribute("Subgraph"):  # prim::fork: what the forked call runs
+            yield from _nodes(_inlined(node.g("Subgraph")))
 
 
 def _graphs(module: torch.jit.ScriptModule) -> Iterator[tuple[str, Any]]:
