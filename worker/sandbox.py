@@ -23,6 +23,7 @@ Limits (settings / environment variables):
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import resource
@@ -155,10 +156,14 @@ def oom_kills() -> int | None:
 _MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
 
-def is_memory_error(exc: BaseException) -> bool:
-    """Whether an exception in the job process means it ran out of memory: Python's
-    MemoryError, torch.OutOfMemoryError, or torch's CPU allocator failing under RLIMIT_DATA
-    (a RuntimeError "DefaultCPUAllocator: can't allocate memory")."""
+def is_resource_limit_error(exc: BaseException) -> bool:
+    """Whether an exception raised in the job process means it hit its limits: Python's
+    MemoryError, torch.OutOfMemoryError, torch's CPU allocator failing under RLIMIT_DATA (a
+    RuntimeError "DefaultCPUAllocator: can't allocate memory"), or a write past RLIMIT_FSIZE
+    (Python ignores SIGXFSZ, so the write fails with EFBIG instead). The job process should
+    fail such a job ``resource_limit``."""
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return True
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _MEMORY_MESSAGES)
