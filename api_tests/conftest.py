@@ -112,8 +112,12 @@ class Stack:
     def redis_port(self) -> int:
         return int(self.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
 
-    def job_processes(self) -> list[int]:
-        return P.children_of(self.worker.pid)
+    def job_processes(self, job_id: str | None = None) -> list[int]:
+        """Pids of the worker's job processes (of ``job_id`` only, when given)."""
+        pids = P.children_of(self.worker.pid)
+        if job_id is None:
+            return pids
+        return [pid for pid in pids if job_id.encode() in _cmdline(pid)]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail(60)}"
@@ -123,6 +127,13 @@ class Stack:
         self.client.close()
         for proc in (self.api, self.worker, *self.extra, self.redis):
             P.stop(proc, timeout=20)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _env_for(settings: dict[str, Any]) -> dict[str, str]:

@@ -37,6 +37,7 @@ from core.report import Progress
 from core.settings import Settings, get_settings
 from core.store import REPORT, UPLOAD, BlobStore, JobStore, model_file
 from core.store_sqlite import SqliteJobStore
+from worker.sandbox import is_resource_limit_error
 
 EXIT_OK = 0
 EXIT_FAILED = 2  # the record holds `failed` with the error's code
@@ -178,9 +179,6 @@ def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
         return EXIT_OK
     except EngineError as exc:
         return fail(claim, exc.code, exc.message)
-    except MemoryError:
-        return fail(claim, JobErrorCode.RESOURCE_LIMIT,
-                    f"the job ran out of memory (limit {settings.job_memory_limit_bytes} bytes)")
     primary, sha = store_outputs(blobs, job_id, result)
     done = claim.finish(
         JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha,
@@ -210,14 +208,13 @@ def main(argv: list[str]) -> int:
         return fail(claim, *classify_exception(exc, settings))
 
 
-def classify_exception(exc: Exception, settings: Settings) -> tuple[JobErrorCode, str]:
-    # torch reports a failed allocation (our address-space limit) as a RuntimeError.
-    text = str(exc)
-    if "allocate" in text and ("memory" in text or "bytes" in text):
+def classify_exception(exc: BaseException, settings: Settings) -> tuple[JobErrorCode, str]:
+    if is_resource_limit_error(exc):  # out of memory (RLIMIT_DATA), or a write past RLIMIT_FSIZE
+        limit = settings.job_memory_limit_bytes
         return JobErrorCode.RESOURCE_LIMIT, (
-            f"the job ran out of memory (limit {settings.job_memory_limit_bytes} bytes): {text}"
+            f"the job hit its resource limits (memory limit {limit} bytes): {exc}"
         )
-    return JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {text}"
+    return JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def claim(store: JobStore, job_id: str, settings: Settings, hostname: str) -> Jo
 class Outcome:
     returncode: int
     timed_out: bool = False
+    oom_killed: bool = False  # the kernel's OOM killer counted a kill while it ran
     lost: bool = False  # the claim was taken away while the process ran
     cancelled: bool = False  # killed by us after a cancel request went unanswered
 
@@ -131,19 +132,23 @@ def child_preexec(settings: Settings) -> Callable[[], None]:
 
 
 def run_job_process(store: JobStore, record: JobRecord, settings: Settings) -> Outcome:
-    scratch = sandbox.scratch_dir(settings.data_dir.resolve(), record.id)
+    scratch = sandbox.scratch_dir(settings.data_dir.resolve(), record.id, settings)
+    ooms_before = sandbox.oom_kills()
     command = [sys.executable, "-m", "worker.job_process", record.id, str(record.attempts)]
     proc = subprocess.Popen(command, cwd=scratch, env=child_env(settings),
                             preexec_fn=child_preexec(settings))
     log.info("job %s attempt %d: job process %d", record.id, record.attempts, proc.pid)
     try:
-        return watch(proc, store, record, settings)
+        outcome = watch(proc, store, record, settings)
     except SoftTimeLimitExceeded:
         kill(proc)
-        return Outcome(proc.returncode, timed_out=True)
+        outcome = Outcome(proc.returncode, timed_out=True)
     finally:
         kill(proc)
         shutil.rmtree(scratch, ignore_errors=True)
+    ooms_after = sandbox.oom_kills()
+    outcome.oom_killed = None not in (ooms_before, ooms_after) and ooms_after != ooms_before
+    return outcome
 
 
 def watch(proc: subprocess.Popen[bytes], store: JobStore, record: JobRecord,
@@ -193,19 +198,6 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def classify_exit(returncode: int, timed_out: bool) -> JobErrorCode:
-    """The sandbox's classification when it has one; else: out of time -> timeout, CPU
-    limit (SIGXCPU) -> resource_limit, any other death -> crashed."""
-    classify = getattr(sandbox, "classify_exit", None)
-    if classify is not None:
-        return JobErrorCode(classify(returncode, timed_out))
-    if timed_out:
-        return JobErrorCode.TIMEOUT
-    if returncode == -signal.SIGXCPU:
-        return JobErrorCode.RESOURCE_LIMIT
-    return JobErrorCode.CRASHED
-
-
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         return f"killed by {signal.Signals(-returncode).name}"
@@ -226,7 +218,7 @@ def record_outcome(store: JobStore, record: JobRecord, outcome: Outcome,
         store.transition(record.id, {JobStatus.RUNNING}, JobStatus.CANCELLED,
                          finished_at=now(), lease_expires_at=None)
         return "cancelled"
-    code = classify_exit(outcome.returncode, outcome.timed_out)
+    code = sandbox.classify_exit(outcome.returncode, outcome.timed_out, outcome.oom_killed)
     if code is JobErrorCode.CRASHED and record.attempts < settings.max_attempts:
         return requeue(store, record, settings, describe_exit(outcome.returncode))
     if code is JobErrorCode.TIMEOUT:

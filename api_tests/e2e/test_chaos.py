@@ -1,0 +1,294 @@
+"""Chaos: nothing accepted is lost when processes die, Redis restarts or requests repeat.
+
+These tests start their OWN redis-server, API and worker (a module-scoped ``chaos`` stack, not
+the shared session one) and kill or restart only those processes, by pid. Each test leaves
+the stack healthy for the next.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api_tests.conftest import Stack, TrainedMLP, start_stack, submit, wait_for
+from stack import processes as P
+
+pytestmark = pytest.mark.e2e
+
+QUICK = {"finetune": {"epochs": 0}}  # prune and evaluate only: a few seconds
+MID = {"finetune": {"epochs": 1, "batch_size": 256}}  # seconds of fine-tuning to hit
+LONG = {"finetune": {"epochs": 30, "batch_size": 32}}  # minutes: always "mid-job" when hit
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("chaos")) as stack:
+        yield stack
+
+
+def job_of(stack: Stack, job_id: str) -> dict[str, Any]:
+    response = stack.client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def accepted(response: httpx.Response) -> str:
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def wait_running(stack: Stack, job_id: str, phase: str = "finetuning",
+                 timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = job_of(stack, job_id)
+        if job["status"] == "running" and (job["progress"] or {}).get("phase") == phase:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {phase}: {stack.logs()}")
+
+
+def job_files(stack: Stack, job_id: str) -> list[str]:
+    return sorted(p.name for p in (stack.settings.data_dir / "jobs" / job_id).iterdir())
+
+
+def assert_succeeded_once(stack: Stack, job_id: str, attempts: int) -> None:
+    job = wait_for(stack.client, job_id, timeout=180)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == attempts
+    files = job_files(stack, job_id)
+    assert not [f for f in files if f.startswith(".tmp")], files  # no half-written artifact
+    assert "report.json" in files and "model.torchscript.pt" in files, files
+    model = stack.client.get(f"/v1/jobs/{job_id}/model")
+    assert model.status_code == 200
+    assert model.headers["etag"].strip('"') == job["model"]["sha256"]
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes {pids} still alive")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+# --- killed processes ---------------------------------------------------------------------------
+
+
+def test_worker_sigkill_mid_job_reruns_and_succeeds_once(chaos: Stack, trained_mlp: TrainedMLP
+                                                         ) -> None:
+    job_id = accepted(submit(chaos.client, trained_mlp.torchscript,
+                             MID))
+    wait_running(chaos, job_id)
+    children = chaos.job_processes(job_id)
+    assert len(children) == 1
+    P.kill(chaos.worker)
+    wait_gone(children)  # the job process dies with its worker: no orphan, no twin
+    assert job_of(chaos, job_id)["status"] == "running"  # until its lease expires
+    chaos.worker = chaos.start_worker()  # its janitor re-queues the job
+    assert_succeeded_once(chaos, job_id, attempts=2)
+
+
+def test_job_process_sigkill_is_retried(chaos: Stack, trained_mlp: TrainedMLP) -> None:
+    job_id = accepted(submit(chaos.client, trained_mlp.torchscript,
+                             MID))
+    wait_running(chaos, job_id)
+    (child,) = chaos.job_processes(job_id)
+    os.kill(child, signal.SIGKILL)
+    assert_succeeded_once(chaos, job_id, attempts=2)
+    assert chaos.worker.alive()
+
+
+def test_poison_job_fails_after_max_attempts_and_worker_goes_on(
+    chaos: Stack, trained_mlp: TrainedMLP
+) -> None:
+    job_id = accepted(submit(chaos.client, trained_mlp.torchscript, LONG))
+    killed: set[int] = set()
+    deadline = time.monotonic() + 120
+    while job_of(chaos, job_id)["status"] not in ("failed", "succeeded", "cancelled"):
+        assert time.monotonic() < deadline, chaos.logs()
+        for pid in chaos.job_processes(job_id):  # the job process dies on every attempt
+            if pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.05)
+    job = job_of(chaos, job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "crashed"
+    assert "3 attempts" in job["error"]["message"]
+    assert job["attempts"] == chaos.settings.max_attempts == len(killed) == 3
+    assert_succeeded_once(chaos, accepted(submit(chaos.client, trained_mlp.torchscript, QUICK)),
+                          attempts=1)
+
+
+def test_sigterm_mid_job_finishes_or_hands_back(chaos: Stack, trained_mlp: TrainedMLP) -> None:
+    job_id = accepted(submit(chaos.client, trained_mlp.torchscript,
+                             MID))
+    wait_running(chaos, job_id)
+    queued_id = accepted(submit(chaos.client, trained_mlp.torchscript, QUICK))
+    chaos.worker.signal(signal.SIGTERM)  # warm shutdown: finish the current job, take no more
+    chaos.worker.popen.wait(120)
+    assert job_of(chaos, job_id)["status"] == "succeeded"
+    assert job_of(chaos, queued_id)["status"] == "queued"  # handed back, not lost
+    chaos.worker = chaos.start_worker()
+    assert_succeeded_once(chaos, job_id, attempts=1)
+    assert_succeeded_once(chaos, queued_id, attempts=1)
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+
+def test_redis_killed_and_restarted_keeps_every_accepted_job(
+    chaos: Stack, trained_mlp: TrainedMLP
+) -> None:
+    ids = [accepted(submit(chaos.client, trained_mlp.torchscript, QUICK)) for _ in range(3)]
+    time.sleep(1.5)  # appendfsync everysec: what Redis acknowledged a second ago is on disk
+    P.kill(chaos.redis)
+
+    refused = submit(chaos.client, trained_mlp.torchscript, QUICK)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert int(refused.headers["retry-after"]) > 0
+    assert refused.json()["code"] == "broker_unavailable"
+    assert job_of(chaos, ids[0])["id"] == ids[0]  # records are still served
+    assert chaos.client.get("/v1/jobs").status_code == 200
+    assert chaos.client.get("/readyz").status_code == 503
+
+    chaos.restart_redis()
+    for job_id in ids:
+        assert wait_for(chaos.client, job_id, timeout=120)["status"] == "succeeded"
+    P.wait_until(lambda: chaos.client.get("/readyz").status_code == 200, "ready", 30)
+
+
+def test_redis_that_lost_everything_is_reconciled(chaos: Stack, trained_mlp: TrainedMLP) -> None:
+    P.stop(chaos.worker)  # nobody consumes: the jobs stay in Redis only
+    ids = [accepted(submit(chaos.client, trained_mlp.torchscript, QUICK)) for _ in range(3)]
+    chaos.restart_redis(wipe=True)  # the queue is gone
+    assert P.redis_ping(chaos.settings.redis_url)
+    chaos.worker = chaos.start_worker()  # its janitor re-enqueues the accepted jobs
+    for job_id in ids:
+        job = wait_for(chaos.client, job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+
+
+# --- API ------------------------------------------------------------------------------------------
+
+
+def test_api_restarted_mid_job(chaos: Stack, trained_mlp: TrainedMLP) -> None:
+    job_id = accepted(submit(chaos.client, trained_mlp.torchscript, MID))
+    wait_running(chaos, job_id)
+    chaos.restart_api()
+    assert_succeeded_once(chaos, job_id, attempts=1)
+    assert chaos.client.get(f"/v1/jobs/{job_id}/report").status_code == 200
+
+
+def test_cancel_queued_running_and_finished(chaos: Stack, trained_mlp: TrainedMLP) -> None:
+    running = accepted(submit(chaos.client, trained_mlp.torchscript, LONG))
+    wait_running(chaos, running)
+    queued = accepted(submit(chaos.client, trained_mlp.torchscript, QUICK))
+
+    response = chaos.client.post(f"/v1/jobs/{queued}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    response = chaos.client.post(f"/v1/jobs/{running}/cancel")
+    assert response.status_code == 202
+    assert wait_for(chaos.client, running, timeout=30)["status"] == "cancelled"
+
+    after = accepted(submit(chaos.client, trained_mlp.torchscript, QUICK))
+    assert_succeeded_once(chaos, after, attempts=1)  # the worker was freed
+    never = job_of(chaos, queued)
+    assert never["status"] == "cancelled" and never["attempts"] == 0, never
+    assert never["started_at"] is None
+    finished = chaos.client.post(f"/v1/jobs/{after}/cancel")
+    assert finished.status_code == 409 and finished.json()["code"] == "job_finished"
+
+
+def test_idempotency_key(chaos: Stack, trained_mlp: TrainedMLP) -> None:
+    key = {"Idempotency-Key": f"chaos-{time.time_ns()}"}
+    first = submit(chaos.client, trained_mlp.torchscript, QUICK, headers=key)
+    again = submit(chaos.client, trained_mlp.torchscript, QUICK, headers=key)
+    assert first.status_code == 202
+    assert again.status_code in (200, 202) and again.json()["id"] == first.json()["id"]
+    other = submit(chaos.client, trained_mlp.torchscript, {"finetune": {"epochs": 1}},
+                   headers=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+    key = {"Idempotency-Key": f"chaos-concurrent-{time.time_ns()}"}
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(
+            lambda _: submit(httpx.Client(base_url=chaos.base_url, timeout=30),
+                             trained_mlp.torchscript, QUICK, headers=key), range(8)))
+    assert {r.status_code for r in responses} <= {200, 202}, [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    listed = chaos.client.get("/v1/jobs", params={"limit": 200}).json()["data"]
+    assert sum(j["id"] == responses[0].json()["id"] for j in listed) == 1
+    for job_id in {first.json()["id"], responses[0].json()["id"]}:
+        assert wait_for(chaos.client, job_id)["status"] == "succeeded"
+
+
+# --- limits: their own stack (short wall-clock limit, short retention) ----------------------------
+
+
+def test_time_limit_and_retention(tmp_path: Path, trained_mlp: TrainedMLP) -> None:
+    limits = {"job_soft_time_limit_s": 20, "job_hard_time_limit_s": 21,
+              "broker_visibility_timeout_s": 22, "retention_s": 3}
+    with start_stack(tmp_path, **limits) as stack:
+        slow = accepted(submit(stack.client, trained_mlp.torchscript, LONG))
+        quick = accepted(submit(stack.client, trained_mlp.torchscript, QUICK))
+        job = wait_for(stack.client, slow, timeout=90)
+        assert job["status"] == "failed" and job["error"]["code"] == "timeout", job
+        assert job["attempts"] == 1  # a timeout is not retried
+        assert wait_for(stack.client, quick, timeout=90)["status"] == "succeeded"
+
+        # Retention: files go, the record stays and is listed; report and model answer 410.
+        P.wait_until(lambda: job_of(stack, quick)["files_expired_at"] is not None,
+                     "retention", timeout=30)
+        for path in ("report", "model"):
+            gone = stack.client.get(f"/v1/jobs/{quick}/{path}")
+            assert gone.status_code == 410 and gone.json()["code"] == "gone", gone.text
+        assert not (stack.settings.data_dir / "jobs" / quick / "upload").exists()
+        listed = stack.client.get("/v1/jobs").json()["data"]
+        assert quick in [j["id"] for j in listed]
+
+
+def test_burst_of_50_submissions(tmp_path: Path, trained_mlp: TrainedMLP) -> None:
+    """50 concurrent 0-epoch submissions: each accepted (202) or refused with 429/503, never
+    another 5xx; every accepted job reaches a terminal state. The queue limit is low here so
+    the refusal path is exercised too and the test stays short."""
+    with start_stack(tmp_path, max_queue_depth=15) as stack:
+        body = trained_mlp.torchscript.read_bytes()
+
+        def one(i: int) -> httpx.Response:
+            with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+                return client.post("/v1/jobs", files={"model": ("m.pt", body)},
+                                   data={"spec": '{"finetune": {"epochs": 0}}'})
+
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(one, range(50)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {202, 429, 503}, codes
+        ids = [r.json()["id"] for r in responses if r.status_code == 202]
+        assert len(ids) >= 15, codes
+        for r in responses:
+            if r.status_code != 202:
+                assert "retry-after" in r.headers
+        finished = [wait_for(stack.client, job_id, timeout=400) for job_id in ids]
+        assert [j["status"] for j in finished] == ["succeeded"] * len(ids)
