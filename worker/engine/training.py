@@ -158,7 +158,7 @@ def finetune(
             loss_sum += loss.detach()  # stays on the device: no sync per step
             if on_progress is not None and step % PROGRESS_EVERY == 0 and step < steps:
                 on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,
-                                     step=step, steps=steps, loss=float(loss)))
+                                     step=step, steps=steps, loss=float(loss.detach())))
         epoch_losses.append(float(loss_sum) / steps)
         if on_progress is not None:
             on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,
