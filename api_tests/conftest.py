@@ -31,15 +31,14 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from core.settings import Settings
-from stack import processes as P
+from stack.local import Stack, local_stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -63,117 +62,13 @@ TEST_SETTINGS: dict[str, Any] = {
 }
 
 
-@dataclass
-class Stack:
-    root: Path
-    env: dict[str, str]
-    settings: Settings
-    redis: P.Proc
-    api: P.Proc
-    worker: P.Proc
-    base_url: str
-    client: httpx.Client
-    workers_started: int = 1
-    extra: list[P.Proc] = field(default_factory=list)
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "logs"
-
-    def restart_api(self) -> None:
-        P.stop(self.api)
-        self.api = P.start_api(self.env, "127.0.0.1", self.settings.api_port, self.log_dir)
-        P.wait_until_ready(self.api)
-
-    def start_worker(self) -> P.Proc:
-        self.workers_started += 1
-        proc = P.start_worker(self.env, f"w{self.workers_started}", self.settings.queue_name,
-                              self.log_dir)
-        P.wait_until_ready(proc, timeout=90)
-        return proc
-
-    def restart_worker(self, kill: bool = False) -> None:
-        (P.kill if kill else P.stop)(self.worker)
-        self.worker = self.start_worker()
-
-    def restart_redis(self, wipe: bool = False) -> None:
-        """Stop Redis (SIGTERM: it fsyncs its append-only file), optionally wipe its data
-        ("a Redis that lost everything"), and start it again on the same port."""
-        P.stop(self.redis)
-        redis_dir = self.root / "redis"
-        if wipe:
-            for entry in redis_dir.rglob("*"):
-                if entry.is_file():
-                    entry.unlink()
-        self.redis = P.start_redis(self.redis_port, redis_dir, self.log_dir)
-        P.wait_until_ready(self.redis)
-
-    @property
-    def redis_port(self) -> int:
-        return int(self.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
-
-    def job_processes(self, job_id: str | None = None) -> list[int]:
-        """Pids of the worker's job processes (of ``job_id`` only, when given)."""
-        pids = P.children_of(self.worker.pid)
-        if job_id is None:
-            return pids
-        return [pid for pid in pids if job_id.encode() in _cmdline(pid)]
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.log_tail(60)}"
-                         for p in (self.redis, self.api, self.worker, *self.extra))
-
-    def stop(self) -> None:
-        self.client.close()
-        for proc in (self.api, self.worker, *self.extra, self.redis):
-            P.stop(proc, timeout=20)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _env_for(settings: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNER_")}
-    env.update({f"PRUNER_{k.upper()}": str(v) for k, v in settings.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @contextmanager
 def start_stack(root: Path, **overrides: Any) -> Iterator[Stack]:
-    """Start redis-server, one worker and the API under ``root``; stop them on exit."""
-    redis_port, api_port = P.free_port(), P.free_port()
-    values = {**TEST_SETTINGS, "data_dir": root / "data", "mnist_root": mnist_root(),
-              "redis_url": f"redis://127.0.0.1:{redis_port}/0", "api_port": api_port,
-              **overrides}
-    settings = Settings(**values)
-    env = _env_for(values)
-    log_dir = root / "logs"
-    redis = P.start_redis(redis_port, root / "redis", log_dir)
-    started = [redis]
-    try:
-        P.wait_until_ready(redis)
-        worker = P.start_worker(env, "w1", settings.queue_name, log_dir)
-        started.append(worker)
-        api = P.start_api(env, "127.0.0.1", api_port, log_dir)
-        started.append(api)
-        P.wait_until_ready(api)
-        P.wait_until_ready(worker, timeout=90)
-    except BaseException:
-        for proc in reversed(started):
-            P.stop(proc, timeout=5)
-        raise
-    base_url = api.meta["url"]
-    stack = Stack(root, env, settings, redis, api, worker, base_url,
-                  httpx.Client(base_url=base_url, timeout=30))
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    """Start redis-server, one worker and the API under ``root`` with the test settings
+    (``TEST_SETTINGS``, then ``overrides``); stop them on exit."""
+    values = {**TEST_SETTINGS, "mnist_root": mnist_root(), **overrides}
+    with local_stack(root, values) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

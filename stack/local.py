@@ -1,0 +1,133 @@
+"""A whole local stack in one object: redis-server, the API and workers on free ports.
+
+Used by the test fixtures (api_tests/conftest.py) and the benchmarks; ``python -m stack`` uses
+the same process functions (stack/processes.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.settings import Settings
+from stack import processes as P
+
+
+@dataclass
+class Stack:
+    root: Path
+    env: dict[str, str]
+    settings: Settings
+    redis: P.Proc
+    api: P.Proc
+    worker: P.Proc
+    base_url: str
+    client: httpx.Client
+    workers_started: int = 1
+    extra: list[P.Proc] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    def restart_api(self) -> None:
+        P.stop(self.api)
+        self.api = P.start_api(self.env, "127.0.0.1", self.settings.api_port, self.log_dir)
+        P.wait_until_ready(self.api)
+
+    def start_worker(self) -> P.Proc:
+        self.workers_started += 1
+        proc = P.start_worker(self.env, f"w{self.workers_started}", self.settings.queue_name,
+                              self.log_dir)
+        P.wait_until_ready(proc, timeout=90)
+        return proc
+
+    def restart_worker(self, kill: bool = False) -> None:
+        (P.kill if kill else P.stop)(self.worker)
+        self.worker = self.start_worker()
+
+    def restart_redis(self, wipe: bool = False) -> None:
+        """Stop Redis (SIGTERM: it fsyncs its append-only file), optionally wipe its data
+        ("a Redis that lost everything"), and start it again on the same port."""
+        P.stop(self.redis)
+        redis_dir = self.root / "redis"
+        if wipe:
+            for entry in redis_dir.rglob("*"):
+                if entry.is_file():
+                    entry.unlink()
+        self.redis = P.start_redis(self.redis_port, redis_dir, self.log_dir)
+        P.wait_until_ready(self.redis)
+
+    @property
+    def redis_port(self) -> int:
+        return int(self.settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+
+    def job_processes(self, job_id: str | None = None) -> list[int]:
+        """Pids of the worker's job processes (of ``job_id`` only, when given)."""
+        pids = P.children_of(self.worker.pid)
+        if job_id is None:
+            return pids
+        return [pid for pid in pids if job_id.encode() in _cmdline(pid)]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail(60)}"
+                         for p in (self.redis, self.api, self.worker, *self.extra))
+
+    def stop(self) -> None:
+        self.client.close()
+        for proc in (self.api, self.worker, *self.extra, self.redis):
+            P.stop(proc, timeout=20)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def env_for(values: dict[str, Any]) -> dict[str, str]:
+    """This process's environment without PRUNER_*, plus ``values`` as PRUNER_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNER_")}
+    env.update({f"PRUNER_{k.upper()}": str(v) for k, v in values.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@contextmanager
+def local_stack(root: Path, values: dict[str, Any], workers: int = 1) -> Iterator[Stack]:
+    """Start redis-server, ``workers`` Celery workers and the API under ``root`` with the
+    given settings (Settings field names; data_dir, redis_url and api_port are filled in);
+    stop them all on exit."""
+    redis_port, api_port = P.free_port(), P.free_port()
+    values = {"data_dir": root / "data", "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+              "api_port": api_port, **values}
+    settings = Settings(**values)
+    env = env_for(values)
+    log_dir = root / "logs"
+    started = [P.start_redis(redis_port, root / "redis", log_dir)]
+    try:
+        P.wait_until_ready(started[0])
+        for n in range(1, workers + 1):
+            started.append(P.start_worker(env, f"w{n}", settings.queue_name, log_dir))
+        started.append(P.start_api(env, "127.0.0.1", api_port, log_dir))
+        for proc in started[1:]:
+            P.wait_until_ready(proc, timeout=120)
+    except BaseException:
+        for proc in reversed(started):
+            P.stop(proc, timeout=5)
+        raise
+    redis, worker, *extra, api = started
+    stack = Stack(root, env, settings, redis, api, worker, api.meta["url"],
+                  httpx.Client(base_url=api.meta["url"], timeout=30),
+                  workers_started=workers, extra=extra)
+    try:
+        yield stack
+    finally:
+        stack.stop()
