@@ -195,7 +195,7 @@ def _model_sha(record: JobRecord, blobs: BlobStore, fmt: str) -> str:
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "The pruned model; its sha256 in X-Content-SHA256 and ETag."},
                304: {"description": "If-None-Match matched the model's ETag."},
-               **problem_responses(NotFound, JobNotFinished, NoModel, Gone)},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone, ValidationFailed)},
 )
 def get_model(
     job_id: str,
