@@ -44,8 +44,9 @@ MAX_PICKLE_BYTES = 64 * MiB
 # Entries smaller than this are not judged by their compression ratio: a few KiB of zeros
 # compress 200x yet cannot hurt anyone, and TorchScript's deflated sources vary a lot.
 RATIO_CHECK_MIN_BYTES = 1 * MiB
-# The non-storage entries scanned for load-time hooks are small text/pickle files.
-MAX_SCANNED_ENTRY_BYTES = 64 * MiB
+# TorchScript source (code/*.py) is scanned for load-time hooks; real models have a few
+# hundred KiB of it, and the cap keeps the door's decompression work bounded.
+MAX_CODE_BYTES = 64 * MiB
 
 _STATUS_JOB_CODE = {
     413: JobErrorCode.MODEL_TOO_LARGE,
@@ -240,15 +241,22 @@ def _check_no_load_hooks(
 ) -> None:
     """torch.jit.load calls the ``__setstate__`` of every scripted object it unpickles, so
     such code would run before audit_torchscript could see it: refuse any archive whose
-    non-tensor entries mention it (ordinary nn.Module code never does)."""
-    for info in infos:
-        if info.filename.startswith((f"{prefix}/data/", f"{prefix}/constants/")):
-            continue
-        if info.file_size > MAX_SCANNED_ENTRY_BYTES:
-            raise _too_large(f"the zip entry {info.filename!r} has {info.file_size} bytes")
+    TorchScript source (the ``code/`` entries torch.jit.load compiles) defines it; ordinary
+    nn.Module code never does."""
+    code = [
+        i for i in infos
+        if i.filename.startswith(f"{prefix}/code/") and not i.filename.endswith(".debug_pkl")
+    ]
+    total = sum(i.file_size for i in code)
+    if total > MAX_CODE_BYTES:
+        raise _too_large(
+            f"the TorchScript archive holds {total} bytes of code; at most {MAX_CODE_BYTES} "
+            "are accepted"
+        )
+    for info in code:
         try:
             with archive.open(info) as f:
-                data = f.read(MAX_SCANNED_ENTRY_BYTES + 1)
+                data = f.read(MAX_CODE_BYTES + 1)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise _invalid(f"the zip entry {info.filename!r} cannot be read ({exc})") from None
         if _SETSTATE.search(data):

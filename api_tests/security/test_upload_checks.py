@@ -416,3 +416,18 @@ def test_safetensors_complex_dtype_and_caps(tmp_path: Path) -> None:
         "the safetensors file holds 2 tensors; the limit is 1 (PRUNER_MAX_TENSORS)"
     )
     assert json.loads(two.read_bytes()[8:-16])["a"]["data_offsets"] == [0, 8]
+
+
+def test_torchscript_code_size_is_bounded(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.upload_checks as checks
+
+    script = h.save_script(torch.nn.Sequential(torch.nn.Linear(4, 3)), tmp_path / "ts.pt")
+    code = sum(i.file_size for i in zipfile.ZipFile(script).infolist()
+               if "/code/" in i.filename and not i.filename.endswith(".debug_pkl"))
+    monkeypatch.setattr(checks, "MAX_CODE_BYTES", code - 1)
+    err = rejected(script, settings)
+    assert (err.status, err.message) == (
+        413, f"the TorchScript archive holds {code} bytes of code; at most {code - 1} are accepted"
+    )
