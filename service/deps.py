@@ -23,8 +23,12 @@ from core.settings import Settings
 from core.store import BlobStore, JobStore
 from core.store_sqlite import SqliteJobStore
 
-# Redis calls from the API must fail fast (503), not hang a request.
-REDIS_TIMEOUT_S = 1.0
+# A Redis that is down must answer 503 fast (connection refused, or no connection within
+# 1 s); a busy one must not: under a burst, requests queue for one of a few connections
+# (a blocking pool: the default pool raises once it has handed out its connections).
+REDIS_CONNECT_TIMEOUT_S = 1.0
+REDIS_WAIT_S = 10.0
+REDIS_CONNECTIONS = 32
 
 
 @dataclass
@@ -49,11 +53,13 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ServiceState:
         store=SqliteJobStore.from_settings(settings),
         blobs=LocalBlobStore.from_settings(settings),
         celery=make_celery(settings, name="pruning-api"),
-        redis=aioredis.Redis.from_url(
+        redis=aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            socket_timeout=REDIS_TIMEOUT_S,
-        ),
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_WAIT_S,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            socket_timeout=REDIS_WAIT_S,
+        )),
         metrics=metrics,
     )
 
