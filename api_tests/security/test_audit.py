@@ -231,17 +231,20 @@ def test_float_weights_and_integer_buffers_pass() -> None:
     check_tensors(tensors, Settings())
     check_tensors({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
                   Settings())
-    check_tensors({"w": torch.ones(2, dtype=torch.bfloat16), "d": torch.ones(2).double()},
-                  Settings())
+    check_tensors({"w": torch.ones(2, dtype=torch.bfloat16), "d": torch.ones(2).double(),
+                   "empty": torch.empty(0, 3)}, Settings())
 
 
 def test_nan_and_inf_weights() -> None:
     w = torch.zeros(2, 3)
     w[0, 1] = float("nan")
     b = torch.tensor([1.0, float("inf"), -float("inf")])
-    err = tensor_error({"fc.weight": w, "fc.bias": b, "ok": torch.ones(3)})
+    low = torch.tensor([-float("inf"), 0.0], dtype=torch.bfloat16)
+    err = tensor_error({"fc.weight": w, "fc.bias": b, "ok": torch.ones(3), "low": low})
     assert err.code is JobErrorCode.INVALID_WEIGHTS
-    assert err.message == "tensors with NaN or Inf values: fc.weight (1 of 6), fc.bias (2 of 3)"
+    assert err.message == (
+        "tensors with NaN or Inf values: fc.weight (1 of 6), fc.bias (2 of 3), low (1 of 2)"
+    )
 
 
 @pytest.mark.parametrize(
