@@ -9,29 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from api_tests.core.factories import T0, make_record
 from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus, UploadFormat
+from core.jobs import JobError, JobRecord, JobStatus
 from core.report import Progress
-from core.spec import REFERENCE_RECIPE
 from core.store import IdempotencyConflict
-from core.store_sqlite import SqliteJobStore, decode_cursor, new_job_id
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def make_record(
-    created_at: datetime = T0, job_id: str | None = None, **fields: object
-) -> JobRecord:
-    base: dict[str, object] = {
-        "id": job_id or new_job_id(),
-        "status": JobStatus.QUEUED,
-        "spec": REFERENCE_RECIPE,
-        "created_at": created_at,
-        "upload_format": UploadFormat.ZIP,
-        "upload_bytes": 10,
-        "upload_sha256": "0" * 64,
-    }
-    return JobRecord.model_validate({**base, **fields})
+from core.store_sqlite import SqliteJobStore, decode_cursor
 
 
 @pytest.fixture()

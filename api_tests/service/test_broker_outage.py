@@ -9,6 +9,7 @@ import pytest
 from kombu.exceptions import OperationalError
 
 from api_tests.service.conftest import ModelFiles, assert_problem, make_settings, running_api
+from api_tests.service.factories import MODEL_BYTES, REPORT_BODY, finished_job
 from stack import processes as P
 
 
@@ -28,10 +29,13 @@ def test_redis_stopped_then_restarted(tmp_path: Path, model_files: ModelFiles) -
             assert refused.headers["retry-after"] == "5"
             # Records and files it holds are still served; readiness says why not ready.
             assert api.client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
-            assert api.client.get("/v1/jobs").json()["data"][0]["id"] == job_id
+            assert job_id in [j["id"] for j in api.client.get("/v1/jobs").json()["data"]]
+            done = finished_job(api)
+            assert api.client.get(f"/v1/jobs/{done}/report").json() == REPORT_BODY
+            assert api.client.get(f"/v1/jobs/{done}/model").content == MODEL_BYTES
             body = assert_problem(api.client.get("/readyz"), 503, "not_ready")
             assert body["checks"]["redis"].startswith("unreachable")
-            assert len(api.store.list()[0]) == 1
+            assert len(api.store.list()[0]) == 2  # the first job and the finished one
 
             redis = P.start_redis(port, tmp_path / "redis", tmp_path / "logs")
             P.wait_until_ready(redis)

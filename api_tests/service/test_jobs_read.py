@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
-from api_tests.core.test_store_sqlite import make_record
+from api_tests.core.factories import make_record
 from api_tests.service.conftest import Api, ModelFiles, assert_problem
+from api_tests.service.factories import MODEL_BYTES, NOW, REPORT_BODY, finished_job
 from core.errors import JobErrorCode
 from core.jobs import JobError, JobStatus
 from core.report import Progress
-from core.store import REPORT, model_file
-
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-REPORT_BODY = {"report_version": 1, "note": "stored as written by the worker"}
-MODEL_BYTES = b"PK\x03\x04 pretend torchscript archive" * 100
-
-
-def finished_job(api: Api, job_id: str = "a" * 32, **fields: Any) -> str:
-    """A succeeded job with its report and a TorchScript model, as a worker leaves it."""
-    sha = hashlib.sha256(MODEL_BYTES).hexdigest()
-    values = {"status": JobStatus.SUCCEEDED, "started_at": NOW, "finished_at": NOW,
-              "model_format": "torchscript", "model_sha256": sha, **fields}
-    api.store.create(make_record(NOW, job_id=job_id, **values))
-    with api.blobs.writer(job_id, REPORT) as f:
-        f.write(json.dumps(REPORT_BODY).encode())
-    with api.blobs.writer(job_id, model_file("torchscript")) as f:
-        f.write(MODEL_BYTES)
-    return job_id
+from core.store import model_file
 
 
 def test_get_job_and_404(api: Api) -> None:
