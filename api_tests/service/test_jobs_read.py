@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -150,3 +152,27 @@ def test_events_stream_until_terminal(api: Api) -> None:
     assert len(events) == 1 and events[0].startswith("event: job\ndata: ")
     assert json.loads(events[0].split("data: ", 1)[1])["status"] == "succeeded"
     assert_problem(api.client.get("/v1/jobs/nope/events"), 404, "not_found")
+
+
+def test_events_follow_a_running_job(api: Api) -> None:
+    api.store.create(make_record(NOW, job_id="live", status=JobStatus.RUNNING))
+
+    def worker_progress() -> None:
+        time.sleep(0.3)
+        api.store.update("live", progress=Progress(phase="finetuning", epoch=1, epochs=1))
+        time.sleep(0.8)
+        api.store.transition("live", {JobStatus.RUNNING}, JobStatus.SUCCEEDED, finished_at=NOW)
+
+    thread = threading.Thread(target=worker_progress)
+    thread.start()
+    with api.client.stream("GET", "/v1/jobs/live/events") as response:
+        text = "".join(response.iter_text())
+    thread.join()
+    jobs = [json.loads(block.split("data: ", 1)[1]) for block in text.split("\n\n") if block]
+    assert jobs[0]["status"] == "running" and jobs[0]["progress"] is None
+    assert jobs[-1]["status"] == "succeeded"  # and the stream ended there
+    assert all(a != b for a, b in zip(jobs, jobs[1:], strict=False))  # only changes are sent
+    # The progress step is seen unless a loaded machine delayed a poll past both changes.
+    assert len(jobs) in (2, 3)
+    if len(jobs) == 3:
+        assert jobs[1]["progress"]["phase"] == "finetuning"

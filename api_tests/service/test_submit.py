@@ -186,3 +186,23 @@ def test_queue_too_deep_is_429(tmp_path: Path, redis_url: str, model_files: Mode
         assert_problem(response, 429, "queue_full")
         assert response.headers["retry-after"] == "30"
         assert len(api.queued_job_ids()) == 2 and len(api.store.list()[0]) == 2
+
+
+def test_spec_may_come_as_a_file_part(api: Api, model_files: ModelFiles) -> None:
+    """curl -F model=@m.pt -F 'spec=@spec.json;type=application/json'"""
+    with model_files.state_dict.open("rb") as f:
+        response = api.client.post("/v1/jobs", files={
+            "model": ("m.pt", f, "application/octet-stream"),
+            "spec": ("spec.json", json.dumps(REFERENCE).encode(), "application/json"),
+        })
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["architecture"] == "mnist_mlp"
+
+
+def test_duplicate_model_part_is_422(api: Api, model_files: ModelFiles) -> None:
+    raw = model_files.state_dict.read_bytes()
+    response = api.client.post("/v1/jobs", data={"spec": json.dumps(REFERENCE)},
+                               files=[("model", ("a.pt", raw)), ("model", ("b.pt", raw))])
+    body = assert_problem(response, 422, "validation_error")
+    assert body["errors"][0]["loc"] == ["body", "model"]
+    assert _job_dirs(api) == []
