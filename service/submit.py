@@ -51,6 +51,7 @@ BROKER_RETRY_AFTER_S = 5
 QUEUE_FULL_RETRY_AFTER_S = 30
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft allows
 _REJECTED = {413: PayloadTooLarge, 415: UnsupportedMediaType, 422: InvalidUpload}
+_REJECTED_BY_CODE = {e.code.value: e for e in _REJECTED.values()}
 
 
 def broker_down(detail: str) -> BrokerUnavailable:
@@ -96,9 +97,8 @@ def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFor
     try:
         return check_upload(blobs.local_path(job_id, UPLOAD), settings)
     except UploadRejected as exc:
-        error_class = _REJECTED.get(exc.status, InvalidUpload)
-        extra = {"code": exc.code} if exc.code != error_class.code.value else None
-        raise error_class(exc.message, extra=extra) from exc
+        error_class = _REJECTED_BY_CODE.get(exc.code) or _REJECTED.get(exc.status, InvalidUpload)
+        raise error_class(exc.message) from exc
 
 
 def request_hash(spec: JobSpec, upload_sha256: str) -> str:
