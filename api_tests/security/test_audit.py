@@ -151,6 +151,18 @@ def test_from_file_write_is_refused(tmp_path: Path) -> None:
     assert canary.read_text() == h.CANARY_TEXT
 
 
+def test_the_file_attacks_are_real_when_run_unaudited(tmp_path: Path) -> None:
+    """The hostile models above do what they claim when run outside the service, so the
+    canary checks in this suite are meaningful."""
+    canary = h.make_canary(tmp_path)
+    reads = torch.jit.load(str(h.torchscript_reads_canary(tmp_path, canary)))
+    leaked = reads(torch.zeros(1, 1, 28, 28)) - reads.fc(torch.zeros(1, 784))
+    assert leaked[0, 0].item() == sum(b"cana")  # the canary's first 4 bytes, summed
+    writes = torch.jit.load(str(h.torchscript_writes_canary(tmp_path, canary)))
+    writes(torch.zeros(1, 1, 28, 28))
+    assert canary.read_text() == "!!!!" + h.CANARY_TEXT[4:]
+
+
 @torch.jit.script
 def sneaky(x: torch.Tensor, path: str) -> torch.Tensor:
     for _ in range(2):
