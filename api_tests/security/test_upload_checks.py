@@ -113,6 +113,14 @@ def test_exec_pickle_with_stack_global_is_refused(
     assert canary.read_text() == h.CANARY_TEXT
 
 
+def test_the_pickle_attacks_are_real_when_unpickled(tmp_path: Path, canary: Path) -> None:
+    """Control: a plain unpickler runs them (so the canary checks mean something)."""
+    for path in (h.shell_pickle_zip(tmp_path, canary), h.exec_pickle_zip(tmp_path, canary)):
+        canary.write_text(h.CANARY_TEXT)
+        pickle.loads(zipfile.ZipFile(path).read("archive/data.pkl"))  # noqa: S301
+        assert canary.read_text().startswith("pwned")
+
+
 def test_torch_weights_only_refuses_it_too(tmp_path: Path, canary: Path) -> None:
     """Defence in depth: the loader the engine uses behind our check refuses the same file."""
     path = h.shell_pickle_zip(tmp_path, canary)
