@@ -47,6 +47,19 @@ def accepted(response: httpx.Response) -> str:
     return job_id
 
 
+def post_job(stack: Stack, model: Path, spec: dict[str, Any]) -> str:
+    """Submit as a well-behaved client does: a 503 carries Retry-After, so retry (a few
+    times, quickly). Known: right after a Redis restart the API's pooled Redis connections
+    are stale and the first submissions may answer 503 (never 500)."""
+    for _ in range(5):
+        response = submit(stack.client, model, spec)
+        if response.status_code != 503:
+            break
+        assert int(response.headers["retry-after"]) > 0
+        time.sleep(0.5)
+    return accepted(response)
+
+
 def wait_running(stack: Stack, job_id: str, phase: str = "finetuning",
                  timeout: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -96,8 +109,7 @@ def _zombie(pid: int) -> bool:
 
 def test_worker_sigkill_mid_job_reruns_and_succeeds_once(chaos: Stack, trained_mlp: TrainedMLP
                                                          ) -> None:
-    job_id = accepted(submit(chaos.client, trained_mlp.torchscript,
-                             MID))
+    job_id = post_job(chaos, trained_mlp.torchscript, MID)
     wait_running(chaos, job_id)
     children = chaos.job_processes(job_id)
     assert len(children) == 1
@@ -109,8 +121,7 @@ def test_worker_sigkill_mid_job_reruns_and_succeeds_once(chaos: Stack, trained_m
 
 
 def test_job_process_sigkill_is_retried(chaos: Stack, trained_mlp: TrainedMLP) -> None:
-    job_id = accepted(submit(chaos.client, trained_mlp.torchscript,
-                             MID))
+    job_id = post_job(chaos, trained_mlp.torchscript, MID)
     wait_running(chaos, job_id)
     (child,) = chaos.job_processes(job_id)
     os.kill(child, signal.SIGKILL)
@@ -121,7 +132,7 @@ def test_job_process_sigkill_is_retried(chaos: Stack, trained_mlp: TrainedMLP) -
 def test_poison_job_fails_after_max_attempts_and_worker_goes_on(
     chaos: Stack, trained_mlp: TrainedMLP
 ) -> None:
-    job_id = accepted(submit(chaos.client, trained_mlp.torchscript, LONG))
+    job_id = post_job(chaos, trained_mlp.torchscript, LONG)
     killed: set[int] = set()
     deadline = time.monotonic() + 120
     while job_of(chaos, job_id)["status"] not in ("failed", "succeeded", "cancelled"):
@@ -136,15 +147,14 @@ def test_poison_job_fails_after_max_attempts_and_worker_goes_on(
     assert job["error"]["code"] == "crashed"
     assert "3 attempts" in job["error"]["message"]
     assert job["attempts"] == chaos.settings.max_attempts == len(killed) == 3
-    assert_succeeded_once(chaos, accepted(submit(chaos.client, trained_mlp.torchscript, QUICK)),
+    assert_succeeded_once(chaos, post_job(chaos, trained_mlp.torchscript, QUICK),
                           attempts=1)
 
 
 def test_sigterm_mid_job_finishes_or_hands_back(chaos: Stack, trained_mlp: TrainedMLP) -> None:
-    job_id = accepted(submit(chaos.client, trained_mlp.torchscript,
-                             MID))
+    job_id = post_job(chaos, trained_mlp.torchscript, MID)
     wait_running(chaos, job_id)
-    queued_id = accepted(submit(chaos.client, trained_mlp.torchscript, QUICK))
+    queued_id = post_job(chaos, trained_mlp.torchscript, QUICK)
     chaos.worker.signal(signal.SIGTERM)  # warm shutdown: finish the current job, take no more
     chaos.worker.popen.wait(120)
     assert job_of(chaos, job_id)["status"] == "succeeded"
@@ -160,7 +170,7 @@ def test_sigterm_mid_job_finishes_or_hands_back(chaos: Stack, trained_mlp: Train
 def test_redis_killed_and_restarted_keeps_every_accepted_job(
     chaos: Stack, trained_mlp: TrainedMLP
 ) -> None:
-    ids = [accepted(submit(chaos.client, trained_mlp.torchscript, QUICK)) for _ in range(3)]
+    ids = [post_job(chaos, trained_mlp.torchscript, QUICK) for _ in range(3)]
     time.sleep(1.5)  # appendfsync everysec: what Redis acknowledged a second ago is on disk
     P.kill(chaos.redis)
 
@@ -177,24 +187,26 @@ def test_redis_killed_and_restarted_keeps_every_accepted_job(
     for job_id in ids:
         assert wait_for(chaos.client, job_id, timeout=120)["status"] == "succeeded"
     P.wait_until(lambda: chaos.client.get("/readyz").status_code == 200, "ready", 30)
+    assert_succeeded_once(chaos, post_job(chaos, trained_mlp.torchscript, QUICK), attempts=1)
 
 
 def test_redis_that_lost_everything_is_reconciled(chaos: Stack, trained_mlp: TrainedMLP) -> None:
     P.stop(chaos.worker)  # nobody consumes: the jobs stay in Redis only
-    ids = [accepted(submit(chaos.client, trained_mlp.torchscript, QUICK)) for _ in range(3)]
+    ids = [post_job(chaos, trained_mlp.torchscript, QUICK) for _ in range(3)]
     chaos.restart_redis(wipe=True)  # the queue is gone
     assert P.redis_ping(chaos.settings.redis_url)
     chaos.worker = chaos.start_worker()  # its janitor re-enqueues the accepted jobs
     for job_id in ids:
         job = wait_for(chaos.client, job_id, timeout=120)
         assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert_succeeded_once(chaos, post_job(chaos, trained_mlp.torchscript, QUICK), attempts=1)
 
 
 # --- API ------------------------------------------------------------------------------------------
 
 
 def test_api_restarted_mid_job(chaos: Stack, trained_mlp: TrainedMLP) -> None:
-    job_id = accepted(submit(chaos.client, trained_mlp.torchscript, MID))
+    job_id = post_job(chaos, trained_mlp.torchscript, MID)
     wait_running(chaos, job_id)
     chaos.restart_api()
     assert_succeeded_once(chaos, job_id, attempts=1)
@@ -202,9 +214,9 @@ def test_api_restarted_mid_job(chaos: Stack, trained_mlp: TrainedMLP) -> None:
 
 
 def test_cancel_queued_running_and_finished(chaos: Stack, trained_mlp: TrainedMLP) -> None:
-    running = accepted(submit(chaos.client, trained_mlp.torchscript, LONG))
+    running = post_job(chaos, trained_mlp.torchscript, LONG)
     wait_running(chaos, running)
-    queued = accepted(submit(chaos.client, trained_mlp.torchscript, QUICK))
+    queued = post_job(chaos, trained_mlp.torchscript, QUICK)
 
     response = chaos.client.post(f"/v1/jobs/{queued}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
@@ -212,7 +224,7 @@ def test_cancel_queued_running_and_finished(chaos: Stack, trained_mlp: TrainedML
     assert response.status_code == 202
     assert wait_for(chaos.client, running, timeout=30)["status"] == "cancelled"
 
-    after = accepted(submit(chaos.client, trained_mlp.torchscript, QUICK))
+    after = post_job(chaos, trained_mlp.torchscript, QUICK)
     assert_succeeded_once(chaos, after, attempts=1)  # the worker was freed
     never = job_of(chaos, queued)
     assert never["status"] == "cancelled" and never["attempts"] == 0, never
@@ -251,8 +263,8 @@ def test_time_limit_and_retention(tmp_path: Path, trained_mlp: TrainedMLP) -> No
     limits = {"job_soft_time_limit_s": 20, "job_hard_time_limit_s": 21,
               "broker_visibility_timeout_s": 22, "retention_s": 3}
     with start_stack(tmp_path, **limits) as stack:
-        slow = accepted(submit(stack.client, trained_mlp.torchscript, LONG))
-        quick = accepted(submit(stack.client, trained_mlp.torchscript, QUICK))
+        slow = post_job(stack, trained_mlp.torchscript, LONG)
+        quick = post_job(stack, trained_mlp.torchscript, QUICK)
         job = wait_for(stack.client, slow, timeout=90)
         assert job["status"] == "failed" and job["error"]["code"] == "timeout", job
         assert job["attempts"] == 1  # a timeout is not retried
@@ -269,12 +281,25 @@ def test_time_limit_and_retention(tmp_path: Path, trained_mlp: TrainedMLP) -> No
         assert quick in [j["id"] for j in listed]
 
 
-def test_burst_of_50_submissions(tmp_path: Path, trained_mlp: TrainedMLP) -> None:
+def small_model() -> bytes:
+    """A 784-32-10 MLP as TorchScript: a small upload, a quick job."""
+    import io
+
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buffer)
+    return buffer.getvalue()
+
+
+def test_burst_of_50_submissions(tmp_path: Path) -> None:
     """50 concurrent 0-epoch submissions: each accepted (202) or refused with 429/503, never
     another 5xx; every accepted job reaches a terminal state. The queue limit is low here so
     the refusal path is exercised too and the test stays short."""
-    with start_stack(tmp_path, max_queue_depth=15) as stack:
-        body = trained_mlp.torchscript.read_bytes()
+    with start_stack(tmp_path, max_queue_depth=10) as stack:
+        body = small_model()
 
         def one(i: int) -> httpx.Response:
             with httpx.Client(base_url=stack.base_url, timeout=60) as client:
@@ -286,7 +311,8 @@ def test_burst_of_50_submissions(tmp_path: Path, trained_mlp: TrainedMLP) -> Non
         codes = [r.status_code for r in responses]
         assert set(codes) <= {202, 429, 503}, codes
         ids = [r.json()["id"] for r in responses if r.status_code == 202]
-        assert len(ids) >= 15, codes
+        assert len(ids) >= 10, codes
+        assert codes.count(429) >= 1, codes  # the queue limit answered, with Retry-After
         for r in responses:
             if r.status_code != 202:
                 assert "retry-after" in r.headers

@@ -91,7 +91,7 @@ def test_upload_prune_download_matches_report(stack: Stack, trained_mlp: Trained
 
 
 def test_progress_moves_while_a_job_runs(stack: Stack, trained_mlp: TrainedMLP) -> None:
-    spec = {"pruning": {"amount": 0.5}, "finetune": {"epochs": 3, "batch_size": 32}}
+    spec = {"pruning": {"amount": 0.5}, "finetune": {"epochs": 3, "batch_size": 128}}
     job = submit(stack.client, trained_mlp.torchscript, spec).json()
     seen: list[tuple[Any, ...]] = []
     deadline = time.monotonic() + 240
