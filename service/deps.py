@@ -7,6 +7,7 @@ them through the typed aliases below (``StoreDep`` ...).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ def make_lifespan(settings: Settings, metrics: ApiMetrics) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[ServiceState]:
         state = build_state(settings, metrics)
+        # Everything imported and built so far lives as long as the process: take it out of
+        # the cyclic GC's view, or each full collection walks ~85k objects (~50-120 ms here),
+        # a pause every request in flight waits out (Instagram's gc.freeze pattern).
+        gc.collect()
+        gc.freeze()
         try:
             yield state
         finally:
@@ -78,41 +84,43 @@ def make_lifespan(settings: Settings, metrics: ApiMetrics) -> Any:
     return lifespan
 
 
+# The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
+# the thread pool, a hop (~100 us) per dependency per request for a mere attribute read.
 def _state(request: Request) -> Any:
     return request.state
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = _state(request).settings
     return settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     store: JobStore = _state(request).store
     return store
 
 
-def get_sqlite_store(request: Request) -> SqliteJobStore:
+async def get_sqlite_store(request: Request) -> SqliteJobStore:
     store: SqliteJobStore = _state(request).store
     return store
 
 
-def get_blobs(request: Request) -> BlobStore:
+async def get_blobs(request: Request) -> BlobStore:
     blobs: BlobStore = _state(request).blobs
     return blobs
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     celery: Celery = _state(request).celery
     return celery
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     client: aioredis.Redis = _state(request).redis
     return client
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = _state(request).metrics
     return metrics
 
