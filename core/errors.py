@@ -48,3 +48,4 @@ class ProblemCode(StrEnum):
     INTERNAL_ERROR = "internal_error"  # 500
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     NOT_READY = "not_ready"  # 503 from /readyz: a dependency check failed (see `checks`)
+    INSUFFICIENT_STORAGE = "insufficient_storage"  # 507: no room left to store the upload

@@ -115,6 +115,10 @@ class BrokerUnavailable(ApiError):
     status, code, title = 503, ProblemCode.BROKER_UNAVAILABLE, "Queue unavailable"
 
 
+class InsufficientStorage(ApiError):
+    status, code, title = 507, ProblemCode.INSUFFICIENT_STORAGE, "Insufficient storage"
+
+
 class NotReady(ApiError):
     status, code, title = 503, ProblemCode.NOT_READY, "Not ready"
 

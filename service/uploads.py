@@ -10,6 +10,7 @@ counting it on the way, and stops the moment the limit is passed. Memory stays a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import sys
 from contextlib import ExitStack
@@ -22,7 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from core.store import UPLOAD, BlobStore
-from service.errors import FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.errors import (
+    FieldError,
+    InsufficientStorage,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 MODEL_FIELD = "model"
 SPEC_FIELD = "spec"
@@ -175,9 +182,23 @@ async def receive_form(
     except MultipartParseError as exc:
         files.__exit__(*sys.exc_info())  # discards the partial upload
         raise _invalid(MODEL_FIELD, f"malformed multipart body: {exc}") from exc
+    except OSError as exc:
+        files.__exit__(*sys.exc_info())
+        raise _storage_error(exc) from exc
     except BaseException:
         files.__exit__(*sys.exc_info())
         raise
     # Closing the writer fsyncs the file: off the event loop.
-    await run_in_threadpool(files.close)
+    try:
+        await run_in_threadpool(files.close)
+    except OSError as exc:
+        raise _storage_error(exc) from exc
     return receiver.form
+
+
+def _storage_error(exc: OSError) -> Exception:
+    """A full disk is the service's problem, not a bug: 507 with Retry-After, never 500."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("no room left to store the upload; retry later",
+                                   headers={"Retry-After": "60"})
+    return exc

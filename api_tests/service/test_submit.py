@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from api_tests.service.conftest import REFERENCE, Api, ModelFiles, assert_problem, make_settings
 from api_tests.service.conftest import running_api as running
+from core.blobs import LocalBlobStore
 from core.jobs import JobStatus
 from core.store import UPLOAD
 
@@ -206,3 +214,21 @@ def test_duplicate_model_part_is_422(api: Api, model_files: ModelFiles) -> None:
     body = assert_problem(response, 422, "validation_error")
     assert body["errors"][0]["loc"] == ["body", "model"]
     assert _job_dirs(api) == []
+
+
+def test_full_disk_is_507_not_500(
+    api: Api, model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FullDisk(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    @contextmanager
+    def no_room(self: LocalBlobStore, job_id: str, name: str) -> Iterator[FullDisk]:
+        yield FullDisk()
+
+    monkeypatch.setattr(LocalBlobStore, "writer", no_room)
+    response = api.submit(model_files.state_dict)
+    assert_problem(response, 507, "insufficient_storage")
+    assert response.headers["retry-after"] == "60"
+    assert api.store.list()[0] == [] and api.queued_job_ids() == []

@@ -19,6 +19,7 @@ from service.errors import (
     FieldError,
     Gone,
     IdempotencyKeyReused,
+    InsufficientStorage,
     InvalidUpload,
     JobFinished,
     JobNotFinished,
@@ -95,7 +96,8 @@ def load_job(store: JobStore, job_id: str) -> JobRecord:
     responses={
         200: {"model": JobPublic, "description": "Idempotent replay: the job this key made."},
         **problem_responses(PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
-                            InvalidUpload, IdempotencyKeyReused, QueueFull, BrokerUnavailable),
+                            InvalidUpload, IdempotencyKeyReused, QueueFull, BrokerUnavailable,
+                            InsufficientStorage),
     },
 )
 async def create_job(
