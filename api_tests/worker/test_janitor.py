@@ -1,0 +1,134 @@
+"""The janitor against a real redis-server and a real SQLite store: dead runs and jobs the
+broker lost are re-enqueued exactly when they should be, retention expires files, and the
+worker heartbeat is written with its TTL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from core.jobs import JobRecord, JobStatus, UploadFormat
+from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key, make_celery
+from core.settings import Settings
+from core.spec import JobSpec
+from core.store import REPORT, UPLOAD
+from core.store_sqlite import new_job_id
+from stack import processes as P
+from worker.janitor import Janitor
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("janitor-redis")
+    proc = P.start_redis(P.free_port(), root / "redis", root / "logs")
+    try:
+        P.wait_until_ready(proc)
+        yield proc.meta["url"]
+    finally:
+        P.stop(proc)
+
+
+@pytest.fixture
+def janitor(tmp_path: Path, redis_url: str) -> Janitor:
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    settings = Settings(data_dir=tmp_path, redis_url=redis_url, janitor_interval_s=1,
+                        retention_s=3600, worker_heartbeat_ttl_s=7)
+    return Janitor(settings, make_celery(settings), "w1@test")
+
+
+def add_job(janitor: Janitor, status: JobStatus, age_s: float = 60, **fields: Any) -> JobRecord:
+    record = JobRecord(id=new_job_id(), status=status, spec=JobSpec(),
+                       created_at=datetime.now(UTC) - timedelta(seconds=age_s),
+                       upload_format=UploadFormat.ZIP, upload_bytes=1,
+                       upload_sha256="0" * 64, **fields)
+    janitor.store.create(record)
+    return record
+
+
+def queue_ids(janitor: Janitor) -> list[str]:
+    """Job ids of the messages waiting in the queue, one entry per message."""
+    raw = janitor.redis.lrange(janitor.settings.queue_name, 0, -1)
+    ids = []
+    for message in raw:
+        ids += [r.id for r in janitor.store.unfinished() if r.id.encode() in message]
+    return ids
+
+
+def test_running_job_with_an_expired_lease_is_requeued(janitor: Janitor) -> None:
+    janitor.redis.set(BROKER_MARKER_KEY, "x")
+    now = datetime.now(UTC)
+    dead = add_job(janitor, JobStatus.RUNNING, attempts=1, worker="w0",
+                   lease_expires_at=now - timedelta(seconds=1))
+    alive = add_job(janitor, JobStatus.RUNNING, attempts=1, worker="w2",
+                    lease_expires_at=now + timedelta(seconds=30))
+    assert janitor.reconcile() == [dead.id]
+    back = janitor.store.get(dead.id)
+    assert back is not None and back.status is JobStatus.QUEUED
+    assert back.attempts == 1 and back.worker is None  # the next claim counts the attempt
+    assert janitor.store.get(alive.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert queue_ids(janitor) == [dead.id]
+    assert janitor.reconcile() == []  # now in the broker: not enqueued twice
+
+
+def test_queued_jobs_the_broker_lost_are_requeued_once(janitor: Janitor) -> None:
+    janitor.redis.set(BROKER_MARKER_KEY, "x")
+    held = add_job(janitor, JobStatus.QUEUED)
+    enqueue_job(janitor.app, janitor.settings, held.id)
+    lost = add_job(janitor, JobStatus.QUEUED)
+    young = add_job(janitor, JobStatus.QUEUED, age_s=0)  # its message may be on its way
+    add_job(janitor, JobStatus.SUCCEEDED)
+    assert janitor.reconcile() == [lost.id]
+    assert sorted(queue_ids(janitor)) == sorted([held.id, lost.id])
+    assert young.id not in queue_ids(janitor)
+
+
+def test_messages_delivered_but_unacknowledged_count_as_held(janitor: Janitor) -> None:
+    janitor.redis.set(BROKER_MARKER_KEY, "x")
+    job = add_job(janitor, JobStatus.QUEUED)
+    enqueue_job(janitor.app, janitor.settings, job.id)
+    message = janitor.redis.rpop(janitor.settings.queue_name)  # a worker took it...
+    assert message is not None
+    janitor.redis.hset("unacked", "tag", message)  # ...and has not acknowledged it
+    assert janitor.reconcile() == []
+
+
+def test_a_redis_that_lost_everything_gets_every_queued_job_back(janitor: Janitor) -> None:
+    jobs = [add_job(janitor, JobStatus.QUEUED) for _ in range(3)]
+    for job in jobs:
+        enqueue_job(janitor.app, janitor.settings, job.id)
+    janitor.redis.flushall()  # the marker went with the queue
+    assert sorted(janitor.reconcile()) == sorted(j.id for j in jobs)
+    assert sorted(queue_ids(janitor)) == sorted(j.id for j in jobs)
+    assert janitor.redis.exists(BROKER_MARKER_KEY)
+
+
+def test_retention_expires_files_and_keeps_records(janitor: Janitor) -> None:
+    long_ago = datetime.now(UTC) - timedelta(seconds=3601)
+    old = add_job(janitor, JobStatus.SUCCEEDED, finished_at=long_ago)
+    recent = add_job(janitor, JobStatus.FAILED, finished_at=datetime.now(UTC))
+    running = add_job(janitor, JobStatus.RUNNING, lease_expires_at=datetime.now(UTC)
+                      + timedelta(seconds=60))
+    for job in (old, recent, running):
+        for name in (UPLOAD, REPORT):
+            with janitor.blobs.writer(job.id, name) as f:
+                f.write(b"x")
+    assert janitor.sweep() == [old.id]
+    expired = janitor.store.get(old.id)
+    assert expired is not None and expired.files_expired_at is not None
+    assert not janitor.blobs.exists(old.id, UPLOAD) and not janitor.blobs.exists(old.id, REPORT)
+    for job in (recent, running):
+        assert janitor.blobs.exists(job.id, UPLOAD) and janitor.blobs.exists(job.id, REPORT)
+    assert janitor.sweep() == []  # once
+
+
+def test_heartbeat_key_has_the_ttl(janitor: Janitor) -> None:
+    janitor.run_once()
+    key = heartbeat_key("w1@test")
+    assert janitor.redis.exists(key)
+    assert 0 < janitor.redis.ttl(key) <= 7
