@@ -117,6 +117,13 @@ class SqliteJobStore:
 
     def _init_schema(self) -> None:
         with self._write() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if columns and "started_us" not in columns:  # a database from before 0.1.0
+                conn.execute("ALTER TABLE jobs ADD COLUMN started_us INTEGER")
+                conn.execute(
+                    "UPDATE jobs SET started_us = CAST(ROUND((julianday(json_extract(record,"
+                    " '$.started_at')) - 2440587.5) * 86400000000) AS INTEGER)"
+                )
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
 

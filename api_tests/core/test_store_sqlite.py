@@ -182,3 +182,23 @@ def test_duration_histogram(store: SqliteJobStore) -> None:
         JobStatus.SUCCEEDED: ([1, 3], 4, 34.5),
         JobStatus.FAILED: ([0, 1], 1, 5.0),
     }
+
+
+def test_opens_a_database_without_started_us(tmp_path: Path) -> None:
+    """A jobs.sqlite3 made before the started_us column existed gets it, backfilled."""
+    import sqlite3
+
+    record = make_record(job_id="old", status=JobStatus.SUCCEEDED, started_at=T0,
+                         finished_at=T0 + timedelta(seconds=12.5))
+    conn = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_us"
+                 " INTEGER NOT NULL, finished_us INTEGER, files_expired INTEGER NOT NULL"
+                 " DEFAULT 0, idempotency_key TEXT UNIQUE, request_hash TEXT, record TEXT"
+                 " NOT NULL)")
+    conn.execute("INSERT INTO jobs VALUES ('old', 'succeeded', 0, ?, 0, NULL, NULL, ?)",
+                 (int((T0.timestamp() + 12.5) * 1e6), record.model_dump_json()))
+    conn.commit()
+    conn.close()
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    assert store.get("old") == record
+    assert store.duration_histogram((10.0, 20.0)) == {JobStatus.SUCCEEDED: ([0, 1], 1, 12.5)}
