@@ -9,7 +9,23 @@ from enum import StrEnum
 
 
 class JobErrorCode(StrEnum):
-    """``error.code`` of a job that ended ``failed``."""
+    """``error.code`` of a job that ended ``failed``; ``error.message`` says what was found.
+
+    invalid_model: not a readable TorchScript / state_dict / safetensors file (truncated,
+    corrupt, storage sizes that lie). unsafe_model: pickle globals or TorchScript operators
+    outside the allow-list (file, process, thread or Python-runtime access, a custom
+    __setstate__), each named. unsupported_model: a whole pickled nn.Module, or tensors that are
+    not float16/bfloat16/float32/float64 weights or integer buffers (complex, quantized, sparse,
+    meta, float8). model_too_large: over the archive, tensor or parameter caps.
+    invalid_weights: NaN or Inf values. unknown_architecture / architecture_required /
+    architecture_mismatch: the spec's architecture and the state_dict's keys and shapes.
+    incompatible_model: fails the MNIST I/O contract ((N, 1, 28, 28) in, (N, 10) out).
+    invalid_spec, no_prunable_tensors: the spec cannot apply to this model.
+    dataset_unavailable, device_unavailable: the worker lacks MNIST or the asked device.
+    resource_limit: the job process hit its memory, CPU-time or file-size limit. timeout: past
+    the wall-clock limit. crashed: the job process died on every allowed attempt.
+    internal_error: a bug on our side.
+    """
 
     INVALID_MODEL = "invalid_model"  # not a readable TorchScript/state_dict/safetensors file
     UNSAFE_MODEL = "unsafe_model"  # pickle globals or TorchScript ops outside the allow-list
