@@ -159,9 +159,9 @@ def finetune(
     epoch_losses = []
     model.train()
     for epoch in range(1, spec.epochs + 1):
-        shuffled = train.shuffled(generator)
         loss_sum = torch.zeros((), device=train.labels.device)
-        for step, (images, labels) in enumerate(shuffled.batches(spec.batch_size), start=1):
+        batches = train.shuffled_batches(spec.batch_size, generator)
+        for step, (images, labels) in enumerate(batches, start=1):
             _check_cancel(should_cancel)
             loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
