@@ -30,6 +30,7 @@ import pickletools
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -38,9 +39,10 @@ from core.errors import JobErrorCode, ProblemCode
 from core.jobs import UploadFormat
 from core.settings import MiB, Settings
 
-# data.pkl / constants.pkl are read whole; a state_dict's pickle is a few hundred bytes per
-# tensor, so 64 MiB leaves room for ~100k tensors while bounding what we hold in memory.
-MAX_PICKLE_BYTES = 64 * MiB
+# data.pkl / constants.pkl are read whole and walked opcode by opcode in Python (~0.6 us an
+# opcode here): a state_dict's pickle is ~150 bytes per tensor (1.5 MB at the 10 000-tensor
+# cap), and 8 MiB bounds the worst case (one-byte opcodes) to ~5 s of a thread.
+MAX_PICKLE_BYTES = 8 * MiB
 # Entries smaller than this are not judged by their compression ratio: a few KiB of zeros
 # compress 200x yet cannot hurt anyone, and TorchScript's deflated sources vary a lot.
 RATIO_CHECK_MIN_BYTES = 1 * MiB
@@ -119,13 +121,18 @@ def job_error_code(exc: UploadRejected) -> JobErrorCode:
 # --- zip archives ---------------------------------------------------------------------------
 
 _ALLOWED_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+# What zipfile raises on corrupt archives: bad headers and CRCs, broken deflate streams...
+_READ_ERRORS = (
+    zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError,
+    RuntimeError,
+)
 
 
 def check_zip(path: Path, settings: Settings) -> None:
     """Structure of a torch.save / torch.jit.save archive, then its pickles and storages."""
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise _invalid(f"the model file is not a readable zip archive ({exc})") from None
     with archive:
         infos = archive.infolist()
@@ -226,7 +233,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     try:
         with archive.open(info) as f:
             data = f.read(MAX_PICKLE_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise _invalid(f"the zip entry {info.filename!r} cannot be read ({exc})") from None
     if len(data) != info.file_size:
         raise _invalid(f"the zip entry {info.filename!r} is not the size it declares")
@@ -257,7 +264,7 @@ def _check_no_load_hooks(
         try:
             with archive.open(info) as f:
                 data = f.read(MAX_CODE_BYTES + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise _invalid(f"the zip entry {info.filename!r} cannot be read ({exc})") from None
         if _SETSTATE.search(data):
             raise _invalid(
@@ -304,9 +311,15 @@ class TensorRecord(NamedTuple):
 
 @dataclass
 class PickleScan:
-    globals: list[str] = field(default_factory=list)  # in order of first appearance
+    # Globals in order of first appearance (a dict: membership tests stay O(1) even for a
+    # pickle naming a million of them).
+    seen_globals: dict[str, None] = field(default_factory=dict)
     storages: dict[str, StorageRecord] = field(default_factory=dict)
     tensors: list[TensorRecord] = field(default_factory=list)
+
+    @property
+    def globals(self) -> list[str]:
+        return list(self.seen_globals)
 
 
 _MARK = object()
@@ -436,8 +449,7 @@ def _step(name: str, arg: Any, stack: list[Any], memo: dict[int, Any], scan: Pic
 
 
 def _record_global(scan: PickleScan, name: str) -> _Global:
-    if name not in scan.globals:
-        scan.globals.append(name)
+    scan.seen_globals[name] = None
     return _Global(name)
 
 
