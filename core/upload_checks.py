@@ -130,6 +130,10 @@ _READ_ERRORS = (
 
 def check_zip(path: Path, settings: Settings) -> None:
     """Structure of a torch.save / torch.jit.save archive, then its pickles and storages."""
+    declared = _declared_entry_count(path)
+    if declared is not None and declared > settings.max_archive_entries:
+        # Refused before zipfile builds an object per entry (millions fit in an upload).
+        raise _too_many_entries(declared, settings)
     try:
         archive = zipfile.ZipFile(path)
     except _READ_ERRORS as exc:
@@ -159,12 +163,45 @@ def check_zip(path: Path, settings: Settings) -> None:
         _check_storages(storages, tensors, names, prefix, settings, torchscript)
 
 
+def _too_many_entries(count: int, settings: Settings) -> UploadRejected:
+    return _too_large(
+        f"the zip archive has {count} entries; the limit is {settings.max_archive_entries} "
+        "(PRUNER_MAX_ARCHIVE_ENTRIES)"
+    )
+
+
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+
+
+def _declared_entry_count(path: Path) -> int | None:
+    """Entry count from the end-of-central-directory record (zip64 too), read from the last
+    64 KiB of the file; None when there is none (zipfile then says what is wrong)."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        tail_start = max(0, size - (22 + 65535 + 20))
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(_EOCD)
+        if at < 0 or len(tail) < at + 22:
+            return None
+        count: int = struct.unpack("<H", tail[at + 10 : at + 12])[0]
+        locator = at - 20
+        if count != 0xFFFF or locator < 0 or tail[locator : locator + 4] != _ZIP64_LOCATOR:
+            return count
+        (record_at,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+        f.seek(record_at)
+        record = f.read(56)
+    if len(record) < 56 or record[:4] != _ZIP64_EOCD:
+        return None
+    zip64_count: int = struct.unpack("<Q", record[32:40])[0]
+    return zip64_count
+
+
 def _check_entries(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
     if len(infos) > settings.max_archive_entries:
-        raise _too_large(
-            f"the zip archive has {len(infos)} entries; the limit is "
-            f"{settings.max_archive_entries} (PRUNER_MAX_ARCHIVE_ENTRIES)"
-        )
+        raise _too_many_entries(len(infos), settings)
     seen: set[str] = set()
     total = 0
     for info in infos:

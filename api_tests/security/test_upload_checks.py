@@ -439,3 +439,18 @@ def test_torchscript_code_size_is_bounded(
     assert (err.status, err.message) == (
         413, f"the TorchScript archive holds {code} bytes of code; at most {code - 1} are accepted"
     )
+
+
+def test_entry_count_is_judged_before_zipfile_parses_the_directory(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip64 archive with 70 000 entries is refused from its end-of-directory record: an
+    upload could hold millions, and zipfile would build an object for each."""
+    import core.upload_checks as checks
+
+    path = h.many_entries(tmp_path, 69_999)
+    monkeypatch.setattr(checks.zipfile, "ZipFile", None)  # any use would raise TypeError
+    err = rejected(path, settings)
+    assert err.message == (
+        "the zip archive has 70000 entries; the limit is 10000 (PRUNER_MAX_ARCHIVE_ENTRIES)"
+    )
