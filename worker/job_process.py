@@ -179,6 +179,8 @@ def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
         return EXIT_OK
     except EngineError as exc:
         return fail(claim, exc.code, exc.message)
+    if watcher.lost.is_set():  # re-queued meanwhile: the new attempt writes the files
+        return EXIT_LOST
     primary, sha = store_outputs(blobs, job_id, result)
     done = claim.finish(
         JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha,
