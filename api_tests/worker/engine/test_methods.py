@@ -11,6 +11,8 @@ from core.spec import Method, PruningSpec, Scope
 from worker.engine import methods, pruning
 from worker.engine.methods import PruningError
 
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script
+
 
 def _zeros(mask: torch.Tensor) -> int:
     return int((mask == 0).sum())
