@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,15 +123,21 @@ def machine(device: torch.device) -> dict[str, Any]:
         "cpu_model": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__, "platform": platform.platform(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_before": os.getloadavg(),
     }
 
 
 def main() -> None:
+    if "OMP_WAIT_POLICY" not in os.environ:
+        # As in a job process, where worker.engine sets it before torch loads: re-run so that
+        # both pipelines below run under the engine's OpenMP setting.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--repeats", type=int, default=2, help="engine epochs per batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="engine epochs per batch size")
     parser.add_argument("--skip-conventional", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
