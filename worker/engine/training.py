@@ -175,6 +175,12 @@ def finetune(
                 on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,
                                      step=step, steps=steps, loss=float(loss.detach())))
         epoch_losses.append(float(loss_sum) / steps)
+        if not math.isfinite(epoch_losses[-1]):  # NaN weights would also defeat the masks
+            raise EngineError(
+                JobErrorCode.INVALID_SPEC,
+                f"fine-tuning diverged: the mean loss of epoch {epoch} is {epoch_losses[-1]}; "
+                f"lower finetune.lr (now {spec.lr})",
+            )
         if on_progress is not None:
             on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,
                                  step=steps, steps=steps, loss=epoch_losses[-1]))

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import JobErrorCode
 from core.spec import FinetuneSpec, Optimizer, PruningSpec
 from worker.engine import pruning, training
 from worker.engine.data import Split
+from worker.engine.errors import EngineError
 
 
 def _tiny_split(n: int = 512) -> Split:
@@ -109,3 +111,13 @@ def test_evaluate_restores_training_mode() -> None:
     model.eval()
     training.evaluate(model, split)
     assert not model.training
+
+
+def test_divergence_is_an_invalid_spec() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.fill_(float("inf"))
+    spec = FinetuneSpec(epochs=1, optimizer=Optimizer.SGD, lr=10.0, batch_size=256)
+    with pytest.raises(EngineError) as info:
+        training.finetune(model, _tiny_split(), spec, training.MaskHold([], []), seed=0)
+    assert info.value.code == JobErrorCode.INVALID_SPEC and "finetune.lr" in info.value.message
