@@ -19,6 +19,7 @@ from core.report import Accuracy, Evaluation, Phase, Progress, Report
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec
 from worker.engine import data, pruning, saving, training
+from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, ModelFormat, load_model
 from worker.engine.methods import PruningError
@@ -104,14 +105,8 @@ def run_job(
         loaded = load_model(model_path, spec.architecture, settings)
         model = loaded.module.to(device)
     with clock.phase("data", device):
-        test = data.load_split(settings.mnist_root, False, device, spec.input,
-                               download=settings.mnist_download)
+        test, train = _mnist(spec, settings, device)
         training.check_io_contract(model, test, spec.input)
-        train = (
-            data.load_split(settings.mnist_root, True, device, spec.input,
-                            download=settings.mnist_download)
-            if spec.finetune.epochs > 0 else None
-        )
 
     phase("evaluating")
     with clock.phase("evaluate", device):
@@ -165,6 +160,15 @@ def run_job(
     if on_progress is not None:
         on_progress(Progress(phase="done"))
     return RunResult(report=report, outputs=dict(outputs), primary=primary)
+
+
+def _mnist(spec: JobSpec, settings: Settings, device: torch.device) -> tuple[Split, Split | None]:
+    """The test split, and the train split when there is fine-tuning to do."""
+    def split(train: bool) -> Split:
+        return data.load_split(settings.mnist_root, train, device, spec.input,
+                               download=settings.mnist_download)
+
+    return split(False), split(True) if spec.finetune.epochs > 0 else None
 
 
 def _prune(
