@@ -104,6 +104,25 @@ def matmul_rate(device: torch.device, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / best
 
 
+def matmul_only_epoch(device: torch.device, batch_size: int = 256) -> float:
+    """Seconds for just the epoch's matmuls, shape for shape (forward, weight gradients, input
+    gradients of fc2/fc3): the floor for this model at this batch size on this machine."""
+    steps = -(-SAMPLES // batch_size)
+    acts = [torch.randn(batch_size, i, device=device) for i, _ in LAYERS]  # layer inputs
+    grads = [torch.randn(batch_size, o, device=device) for _, o in LAYERS]  # output grads
+    weights = [torch.randn(o, i, device=device) for i, o in LAYERS]
+
+    def epoch() -> None:
+        for _ in range(steps):
+            for a, g, w in zip(acts, grads, weights, strict=True):
+                a @ w.t()  # forward
+                g.t() @ a  # weight gradient
+            for g, w in zip(grads[1:], weights[1:], strict=True):
+                g @ w  # input gradient (fc1's input needs none)
+
+    return min(timed(epoch, device) for _ in range(3))
+
+
 def epoch_flops() -> int:
     """Matmul FLOPs of one epoch: forward + weight grads, + input grads except for fc1."""
     per_sample = sum(2 * i * o * 2 for i, o in LAYERS) + sum(2 * i * o for i, o in LAYERS[1:])
@@ -167,6 +186,7 @@ def main() -> None:
         "matmul_fp32_flops_per_s": rate,
         "epoch_matmul_flops": epoch_flops(),
         "flop_bound_b256_epoch_s": bound,
+        "matmul_only_b256_epoch_s": matmul_only_epoch(device),
         "engine_b256_vs_flop_bound": best256 / bound,
         "target_vs_flop_bound": 1.5,
         "masks_hold": result["engine_b64_revived_weights"] == 0
