@@ -73,7 +73,8 @@ class Stack:
         pids = P.children_of(self.worker.pid)
         if job_id is None:
             return pids
-        return [pid for pid in pids if job_id.encode() in _cmdline(pid)]
+        return [pid for pid in pids if _cwd(pid).endswith(f"/scratch/{job_id}")
+                or job_id.encode() in _cmdline(pid)]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail(60)}"
@@ -83,6 +84,14 @@ class Stack:
         self.client.close()
         for proc in (self.api, self.worker, *self.extra, self.redis):
             P.stop(proc, timeout=20)
+
+
+def _cwd(pid: int) -> str:
+    """A job process works in its job's scratch dir (a standby moves there when assigned)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> bytes:

@@ -25,9 +25,11 @@ app.conf.include = ["worker.tasks"]
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_janitor(sender: Any = None, **_: Any) -> None:
     from worker.janitor import start_janitor
+    from worker.tasks import prepare_standby
 
     hostname = getattr(sender, "hostname", None) or "worker"
     start_janitor(get_settings(), app, hostname)
+    prepare_standby(get_settings())  # the first job's process warms up before it arrives
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]

@@ -1,8 +1,13 @@
-"""The job process: ``python -m worker.job_process <job id> <attempt>``.
+"""The job process: ``python -m worker.job_process <job id> <attempt>``, or ``--standby``.
 
 Started fresh for every job by the Celery task (worker/tasks.py), inside the sandbox limits,
-in a scratch directory. It is the only process that opens the upload and the only one that
-imports torch, so GPU memory and any state a hostile or broken model leaves behind die with it.
+in a scratch directory. A ``--standby`` process is started ahead of the next job: it imports
+torch and the engine (and reads MNIST on a CPU worker) while the worker is idle, then waits
+for one line on stdin, ``<job id> <attempt> <scratch dir>``, and runs that one job; it never
+runs a second. A standby that was never assigned a job exits when stdin closes.
+
+It is the only process that opens the upload and the only one that imports torch, so GPU
+memory and any state a hostile or broken model leaves behind die with it.
 
 It writes its own outcome into the job record:
 - success: every output file and report.json go to the blob store, then running -> succeeded;
@@ -196,18 +201,47 @@ def fail(claim: Claim, code: JobErrorCode, message: str) -> int:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s job-process %(message)s")
-    if len(argv) != 3 or not argv[2].isdigit():
-        print("usage: python -m worker.job_process <job id> <attempt>", file=sys.stderr)
-        return 64
-    job_id, attempt = argv[1], int(argv[2])
     settings = get_settings()
     parent_pid = os.getppid()
+    if argv[1:] == ["--standby"]:
+        warm_up(settings)
+        assignment = sys.stdin.readline().split()  # "<job id> <attempt> <scratch dir>"
+        if len(assignment) != 3:
+            return EXIT_OK  # the worker went away or stopped: no job for this process
+        job_id, attempt, scratch = assignment
+        os.chdir(scratch)
+    elif len(argv) == 3 and argv[2].isdigit():
+        job_id, attempt = argv[1], argv[2]
+    else:
+        print("usage: python -m worker.job_process <job id> <attempt> | --standby",
+              file=sys.stderr)
+        return 64
     try:
-        return run(job_id, attempt, settings, parent_pid)
+        return run(job_id, int(attempt), settings, parent_pid)
     except Exception as exc:  # a bug on our side: say what, keep the trace in the log
         traceback.print_exc()
-        claim = Claim(SqliteJobStore.from_settings(settings), job_id, attempt)
+        claim = Claim(SqliteJobStore.from_settings(settings), job_id, int(attempt))
         return fail(claim, *classify_exception(exc, settings))
+
+
+def warm_up(settings: Settings) -> None:
+    """What every job pays before its work starts, paid while the worker waits for a job:
+    Python's start, importing torch and the engine, and (on a CPU worker) reading MNIST into
+    the engine's cache. No upload is opened and CUDA is not initialised here."""
+    import torch
+
+    from core.spec import InputSpec
+    from worker.engine import pipeline  # noqa: F401  (the import is the warm-up)
+    from worker.engine.data import load_split
+
+    if settings.worker_device != "cpu":
+        return
+    try:
+        for train in (True, False):
+            load_split(settings.mnist_root, train, torch.device("cpu"), InputSpec(),
+                       download=False)
+    except Exception:  # e.g. MNIST missing: the job itself reports it with its code
+        log.warning("standby: could not preload MNIST", exc_info=True)
 
 
 def classify_exception(exc: BaseException, settings: Settings) -> tuple[JobErrorCode, str]:

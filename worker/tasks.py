@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -37,6 +38,8 @@ from worker import sandbox
 from worker.celery_app import app
 
 log = logging.getLogger("worker.tasks")
+
+Popen = subprocess.Popen[bytes]
 
 POLL_S = 0.25  # how often the supervisor looks at its job process
 CANCEL_GRACE_S = 10.0  # a cancelled job process that has not stopped by then is killed
@@ -131,12 +134,45 @@ def child_preexec(settings: Settings) -> Callable[[], None]:
     return apply
 
 
+def spawn_job_process(settings: Settings, args: list[str], cwd: Path) -> Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.job_process", *args], cwd=cwd,
+                            env=child_env(settings), preexec_fn=child_preexec(settings),
+                            stdin=subprocess.PIPE)
+
+
+# The next job's process, started ahead while this worker is idle (see worker/job_process.py).
+# Only the worker's main thread touches it: PR_SET_PDEATHSIG follows the thread that forked.
+_standby: Popen | None = None
+
+
+def prepare_standby(settings: Settings) -> None:
+    """Start a standby job process unless a live one is waiting."""
+    global _standby
+    if _standby is not None and _standby.poll() is None:
+        return
+    base = settings.data_dir.resolve() / "scratch"
+    base.mkdir(parents=True, exist_ok=True)
+    _standby = spawn_job_process(settings, ["--standby"], base)
+
+
+def start_job_process(record: JobRecord, settings: Settings, scratch: Path) -> Popen:
+    """Hand the job to the waiting standby, or start a process for it when there is none."""
+    global _standby
+    proc, _standby = _standby, None
+    if proc is not None and proc.poll() is None and proc.stdin is not None:
+        try:
+            proc.stdin.write(f"{record.id} {record.attempts} {scratch}\n".encode())
+            proc.stdin.close()
+            return proc
+        except OSError:  # it died meanwhile
+            kill(proc)
+    return spawn_job_process(settings, [record.id, str(record.attempts)], scratch)
+
+
 def run_job_process(store: JobStore, record: JobRecord, settings: Settings) -> Outcome:
     scratch = sandbox.scratch_dir(settings.data_dir.resolve(), record.id, settings)
     ooms_before = sandbox.oom_kills()
-    command = [sys.executable, "-m", "worker.job_process", record.id, str(record.attempts)]
-    proc = subprocess.Popen(command, cwd=scratch, env=child_env(settings),
-                            preexec_fn=child_preexec(settings))
+    proc = start_job_process(record, settings, scratch)
     log.info("job %s attempt %d: job process %d", record.id, record.attempts, proc.pid)
     try:
         outcome = watch(proc, store, record, settings)
@@ -146,12 +182,13 @@ def run_job_process(store: JobStore, record: JobRecord, settings: Settings) -> O
     finally:
         kill(proc)
         shutil.rmtree(scratch, ignore_errors=True)
+        prepare_standby(settings)  # the next job's process warms up while this one is filed
     ooms_after = sandbox.oom_kills()
     outcome.oom_killed = None not in (ooms_before, ooms_after) and ooms_after != ooms_before
     return outcome
 
 
-def watch(proc: subprocess.Popen[bytes], store: JobStore, record: JobRecord,
+def watch(proc: Popen, store: JobStore, record: JobRecord,
           settings: Settings) -> Outcome:
     """Wait for the job process, renewing the lease; kill it past the wall-clock limit, when
     the lease is lost, or when it ignores a cancel request."""
@@ -192,7 +229,7 @@ def renew_lease(store: JobStore, record: JobRecord, settings: Settings) -> JobRe
                             lease_expires_at=now() + timedelta(seconds=settings.job_lease_s))
 
 
-def kill(proc: subprocess.Popen[bytes]) -> None:
+def kill(proc: Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
