@@ -15,7 +15,9 @@ here; spec: ``core.spec.REFERENCE_RECIPE`` (30% global L1, fine-tune 2 epochs wi
   It includes the upload, the queue, the job process start (Python + torch import), the
   progress writes and the download.
 
-Rounds alternate between the two; the ratio is of the medians. Target: <= 1.3x.
+Rounds alternate between the two; the ratio is of the medians. Target: <= 1.3x. (The API can
+come out ahead: the worker's standby job process reads MNIST before the job arrives, which a
+cold script pays inside ``run_job``.)
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ def main(rounds: int = 2) -> dict[str, Any]:
         "median_in_process_s": round(local_s, 2),
         "median_through_api_s": round(api_s, 2),
         "ratio": round(api_s / local_s, 3),
+        "note": "through_api includes upload, queue, polling and download, but the job process "
+        "was started ahead of the job (standby: Python, torch, engine imported and, on a CPU "
+        "worker, MNIST read while idle); in_process pays the MNIST read inside run_job.",
         "target_ratio": TARGET_RATIO,
         "meets_target": api_s / local_s <= TARGET_RATIO,
     }
