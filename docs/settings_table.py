@@ -1,6 +1,7 @@
-"""Print the configuration table of docs/api.md from ``core.settings.Settings``.
+"""The configuration table of README.md, generated from ``core.settings.Settings``.
 
-    .venv/bin/python docs/settings_table.py     # paste between the CONFIG markers
+    .venv/bin/python docs/settings_table.py           # print it
+    .venv/bin/python docs/settings_table.py --write   # rewrite it between README's CONFIG markers
 """
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from core.settings import Settings  # noqa: E402
+
+START, END = "<!-- CONFIG -->", "<!-- /CONFIG -->"
 
 
 def rows() -> list[str]:
@@ -25,5 +29,15 @@ def rows() -> list[str]:
     return out
 
 
+def write(readme: Path = ROOT / "README.md") -> None:
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
+
+
 if __name__ == "__main__":
-    print("\n".join(rows()))
+    if "--write" in sys.argv:
+        write()
+    else:
+        print("\n".join(rows()))
