@@ -17,6 +17,9 @@ import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.blobs import LocalBlobStore
 from core.queue import make_celery
@@ -60,6 +63,11 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ServiceState:
             timeout=REDIS_WAIT_S,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             socket_timeout=REDIS_WAIT_S,
+            # A pooled connection goes stale when Redis restarts: retry once on a fresh
+            # connection, so the first request after a restart is not a false 503. A Redis
+            # that is really down refuses the retry at once.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )),
         metrics=metrics,
     )

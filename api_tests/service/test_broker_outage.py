@@ -66,3 +66,25 @@ def test_enqueue_failure_removes_the_job(
         retry = api.submit(model_files.state_dict, headers={"Idempotency-Key": "k"})
         assert retry.status_code == 202
         assert api.queued_job_ids() == [retry.json()["id"]]
+
+
+def test_first_submission_after_a_quiet_redis_restart_is_accepted(
+    tmp_path: Path, model_files: ModelFiles
+) -> None:
+    """Pooled connections go stale when Redis restarts while the API is idle; the next
+    request must reconnect, not answer a false 503."""
+    port = P.free_port()
+    redis = P.start_redis(port, tmp_path / "redis", tmp_path / "logs")
+    P.wait_until_ready(redis)
+    try:
+        with running_api(make_settings(tmp_path, redis.meta["url"])) as api:
+            first = api.submit(model_files.state_dict)
+            assert first.status_code == 202
+            P.stop(redis)
+            redis = P.start_redis(port, tmp_path / "redis", tmp_path / "logs")
+            P.wait_until_ready(redis)
+            second = api.submit(model_files.state_dict)
+            assert second.status_code == 202, second.text
+            assert api.queued_job_ids() == [first.json()["id"], second.json()["id"]]
+    finally:
+        P.stop(redis)
