@@ -34,6 +34,14 @@ class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request body."""
 
 
+class QueueLimitReached(Exception):
+    """``create`` refused a job: ``max_queued`` jobs are already queued."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"{queued} jobs are queued")
+        self.queued = queued
+
+
 class JobStore(Protocol):
     def create(
         self,
@@ -41,10 +49,13 @@ class JobStore(Protocol):
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        max_queued: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Insert ``record``; with a key already used for the same request hash, return the
-        existing job and ``False``; with a different hash raise ``IdempotencyConflict``.
-        Atomic: concurrent duplicates create one job."""
+        existing job and ``False``; with a different hash raise ``IdempotencyConflict``; with
+        ``max_queued`` jobs already queued raise ``QueueLimitReached``.
+        Atomic: concurrent duplicates create one job, concurrent submissions never overshoot
+        ``max_queued``."""
         ...
 
     def get(self, job_id: str) -> JobRecord | None: ...

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStatus
 from core.settings import Settings
-from core.store import IdempotencyConflict, JobStore
+from core.store import IdempotencyConflict, JobStore, QueueLimitReached
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -154,6 +154,7 @@ class SqliteJobStore:
         *,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        max_queued: int | None = None,
     ) -> tuple[JobRecord, bool]:
         with self._write() as conn:
             if idempotency_key is not None:
@@ -165,6 +166,14 @@ class SqliteJobStore:
                     if row[0] != request_hash:
                         raise IdempotencyConflict(idempotency_key)
                     return JobRecord.model_validate_json(row[1]), False
+            if max_queued is not None:
+                # Counted inside the write transaction (BEGIN IMMEDIATE serialises writers
+                # across processes), so a burst cannot overshoot the limit.
+                (queued,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
+                ).fetchone()
+                if queued >= max_queued:
+                    raise QueueLimitReached(queued)
             conn.execute(
                 "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
                 " files_expired, idempotency_key, request_hash, record)"

@@ -24,7 +24,7 @@ from core.queue import enqueue_job
 from core.report import Progress
 from core.settings import Settings
 from core.spec import JobSpec
-from core.store import UPLOAD, BlobStore, IdempotencyConflict, JobStore
+from core.store import UPLOAD, BlobStore, IdempotencyConflict, JobStore, QueueLimitReached
 from core.store_sqlite import new_job_id
 from core.upload_checks import UploadRejected, check_upload
 from service.errors import (
@@ -65,17 +65,24 @@ def check_idempotency_key(key: str | None) -> None:
         raise ValidationFailed(describe([error]), errors=[error])
 
 
+def queue_full(depth: int, settings: Settings) -> QueueFull:
+    return QueueFull(
+        f"{depth} jobs are waiting (limit {settings.max_queue_depth}); retry later",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+    )
+
+
 async def check_queue(redis: aioredis.Redis, settings: Settings) -> None:
-    """503 when Redis is unreachable, 429 when the queue is deeper than allowed."""
+    """503 when Redis is unreachable, 429 when the queue is deeper than allowed.
+
+    A cheap early answer before the upload is read; the binding limit is the count of queued
+    jobs taken when the record is created (``max_queued``), which a burst cannot overshoot."""
     try:
         depth = int(await redis.llen(settings.queue_name))
     except (RedisError, OSError) as exc:
         raise broker_down(f"the job queue is unreachable ({type(exc).__name__})") from exc
     if depth >= settings.max_queue_depth:
-        raise QueueFull(
-            f"{depth} jobs are waiting (limit {settings.max_queue_depth}); retry later",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
-        )
+        raise queue_full(depth, settings)
 
 
 def parse_spec(form: ReceivedForm) -> JobSpec:
@@ -133,7 +140,8 @@ async def submit(
             upload_bytes=form.model_bytes, upload_sha256=form.model_sha256,
         )
         stored, is_new = await run_in_threadpool(
-            _create, store, record, idempotency_key, request_hash(spec, form.model_sha256)
+            _create, store, record, idempotency_key, request_hash(spec, form.model_sha256),
+            settings,
         )
     except BaseException:
         await run_in_threadpool(blobs.delete_job_files, job_id)
@@ -146,10 +154,13 @@ async def submit(
 
 
 def _create(
-    store: JobStore, record: JobRecord, key: str | None, hash_: str
+    store: JobStore, record: JobRecord, key: str | None, hash_: str, settings: Settings
 ) -> tuple[JobRecord, bool]:
     try:
-        return store.create(record, idempotency_key=key, request_hash=hash_)
+        return store.create(record, idempotency_key=key, request_hash=hash_,
+                            max_queued=settings.max_queue_depth)
+    except QueueLimitReached as exc:
+        raise queue_full(exc.queued, settings) from exc
     except IdempotencyConflict as exc:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used for a different request (another spec or model "

@@ -13,7 +13,7 @@ from api_tests.core.factories import T0, make_record
 from core.errors import JobErrorCode
 from core.jobs import JobError, JobRecord, JobStatus
 from core.report import Progress
-from core.store import IdempotencyConflict
+from core.store import IdempotencyConflict, QueueLimitReached
 from core.store_sqlite import SqliteJobStore, decode_cursor
 
 
@@ -202,3 +202,34 @@ def test_opens_a_database_without_started_us(tmp_path: Path) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     assert store.get("old") == record
     assert store.duration_histogram((10.0, 20.0)) == {JobStatus.SUCCEEDED: ([0, 1], 1, 12.5)}
+
+
+def test_max_queued_is_never_overshot_by_concurrent_creates(store: SqliteJobStore) -> None:
+    created: list[str] = []
+    refused: list[int] = []
+
+    def create() -> None:
+        try:
+            record, _ = store.create(make_record(), max_queued=5)
+            created.append(record.id)
+        except QueueLimitReached as exc:
+            refused.append(exc.queued)
+
+    threads = [threading.Thread(target=create) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(created), refused) == (5, [5] * 15)
+    assert store.counts_by_status()[JobStatus.QUEUED] == 5
+    # A job leaving the queue frees a place.
+    store.transition(created[0], {JobStatus.QUEUED}, JobStatus.RUNNING)
+    store.create(make_record(), max_queued=5)
+    with pytest.raises(QueueLimitReached):
+        store.create(make_record(), max_queued=5)
+
+
+def test_idempotent_replay_is_answered_even_when_the_queue_is_full(store: SqliteJobStore) -> None:
+    first, _ = store.create(make_record(), idempotency_key="k", request_hash="h", max_queued=1)
+    again, is_new = store.create(make_record(), idempotency_key="k", request_hash="h", max_queued=1)
+    assert (again.id, is_new) == (first.id, False)
