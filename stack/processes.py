@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,17 @@ def start_redis(port: int, data_dir: Path, log_dir: Path) -> Proc:
     proc = _spawn("redis", args, log_dir / "redis.log")
     proc.meta["url"] = f"redis://127.0.0.1:{port}/0"
     return proc
+
+
+@contextmanager
+def running_redis(root: Path) -> Iterator[Proc]:
+    """A redis-server on a free port, data and logs under ``root``; stopped on exit."""
+    proc = start_redis(free_port(), root / "redis", root / "logs")
+    try:
+        wait_until_ready(proc)
+        yield proc
+    finally:
+        stop(proc)
 
 
 def start_api(env: Mapping[str, str], host: str, port: int, log_dir: Path) -> Proc:

@@ -35,13 +35,8 @@ REFERENCE = {
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("api-redis")
-    proc = P.start_redis(P.free_port(), root / "data", root / "logs")
-    try:
-        P.wait_until_ready(proc)
+    with P.running_redis(tmp_path_factory.mktemp("api-redis")) as proc:
         yield proc.meta["url"]
-    finally:
-        P.stop(proc)
 
 
 @dataclass

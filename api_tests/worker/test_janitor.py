@@ -24,13 +24,8 @@ from worker.janitor import Janitor
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("janitor-redis")
-    proc = P.start_redis(P.free_port(), root / "redis", root / "logs")
-    try:
-        P.wait_until_ready(proc)
+    with P.running_redis(tmp_path_factory.mktemp("janitor-redis")) as proc:
         yield proc.meta["url"]
-    finally:
-        P.stop(proc)
 
 
 @pytest.fixture
