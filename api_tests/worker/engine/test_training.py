@@ -40,13 +40,21 @@ class _CheckingHold(training.MaskHold):
             self.revived += int((p[m == 0] != 0).sum())
 
 
-def _run(optimizer: Optimizer, weight_decay: float, enforce: bool) -> tuple[int, int, nn.Module]:
+def _pruned_mlp(
+    hidden: int, amount: float
+) -> tuple[nn.Module, list[pruning.Target], dict[str, torch.Tensor]]:
+    """A 784-hidden-10 MLP pruned globally by L1 to ``amount``: (model, targets, masks)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    spec = PruningSpec(amount=0.5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    spec = PruningSpec(amount=amount)
     targets = pruning.find_targets(model, spec)
     masks = pruning.compute_masks(targets, spec)
     pruning.apply_masks(targets, masks)
+    return model, targets, masks
+
+
+def _run(optimizer: Optimizer, weight_decay: float, enforce: bool) -> tuple[int, int, nn.Module]:
+    model, targets, masks = _pruned_mlp(64, 0.5)
     hold = _CheckingHold([t.param for t in targets], [masks[t.name] for t in targets], enforce)
     ft = FinetuneSpec(epochs=2, optimizer=optimizer, lr=1e-2, batch_size=32,
                       weight_decay=weight_decay)
@@ -75,12 +83,7 @@ def test_control_without_hold_revives_weights(optimizer: Optimizer) -> None:
 
 
 def test_optimizer_state_stays_zero_at_pruned_entries() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
-    spec = PruningSpec(amount=0.7)
-    targets = pruning.find_targets(model, spec)
-    masks = pruning.compute_masks(targets, spec)
-    pruning.apply_masks(targets, masks)
+    model, targets, masks = _pruned_mlp(32, 0.7)
     hold = training.MaskHold([t.param for t in targets], [masks[t.name] for t in targets])
     params = list(model.parameters())
     opt = training.make_optimizer(params, FinetuneSpec(lr=1e-2, weight_decay=0.1))
