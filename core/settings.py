@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         return self
 
 
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        """These values, defaults for the rest, whatever this process's environment says (a
+        test stack must not pick up a developer's ``PRUNER_*`` variables)."""
+        return cls(**_FromValuesOnly(**values).model_dump())
+
     def as_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a child process that must run with exactly these settings:
         ``base`` (default: this process's environment) without any ``PRUNER_*`` variable,
@@ -167,6 +173,19 @@ class Settings(BaseSettings):
             env[ENV_PREFIX + name.upper()] = value if isinstance(value, str) else json.dumps(value)
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+
+class _FromValuesOnly(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # not the environment, .env or secrets
 
 
 @lru_cache

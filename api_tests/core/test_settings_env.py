@@ -25,3 +25,10 @@ def test_a_child_reads_back_exactly_these_settings(tmp_path: Path,
     child = Settings()
     assert child == expected
     assert child.queue_name == "prune"  # the parent's stale variable did not leak through
+
+
+def test_of_ignores_this_processes_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNER_QUEUE_NAME", "from-the-shell")
+    assert Settings().queue_name == "from-the-shell"
+    built = Settings.of(max_attempts=4)
+    assert (built.queue_name, built.max_attempts) == ("prune", 4)

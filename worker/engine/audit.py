@@ -1,4 +1,4 @@
-"""Audits of a loaded upload, run before any of its code executes. (Owner: issue 4.)
+"""Audits of a loaded upload, run before any of its code executes.
 
 - ``audit_torchscript``: a TorchScript archive is code. Before a scripted model runs we walk
   the graph of every method (and forward hook) of every submodule, with the functions and
