@@ -49,6 +49,7 @@ EXIT_FAILED = 2  # the record holds `failed` with the error's code
 EXIT_LOST = 3  # the claim was lost (or the job is gone): nothing written
 EXIT_ORPHANED = 4  # the supervising worker died
 
+STANDBY_READY = "standby: warmed up in"  # logged once the standby is ready (benchmarks wait)
 PROGRESS_INTERVAL_S = 0.5  # throttle of progress writes (phase and epoch changes always go)
 CANCEL_POLL_S = 0.2
 
@@ -166,7 +167,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s job-process %(message)s")
     parent_pid = os.getppid()
     if argv[1:] == ["--standby"]:
+        started = time.monotonic()
         warm_up(settings)
+        log.info("%s %.1f s; waiting for a job", STANDBY_READY, time.monotonic() - started)
         assignment = sys.stdin.readline().split()  # "<job id> <attempt> <scratch dir>"
         if len(assignment) != 3:
             return EXIT_OK  # the worker went away or stopped: no job for this process
