@@ -38,7 +38,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.job_soft_time_limit_s,
         "task_time_limit": settings.job_hard_time_limit_s,
         # A running job does not need the broker; a Redis restart must not cancel it (its
-        # message is redelivered later and is then a no-op, see worker/tasks.py).
+        # message is redelivered later and is then a no-op, see core/lifecycle.claim).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_max_retries": None,
         # The API answers 503 quickly when Redis is down instead of retrying for long.
