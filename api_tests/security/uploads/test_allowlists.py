@@ -3,15 +3,20 @@ torch.save writes; whole pickled modules and tensor kinds we do not prune are re
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from api_tests.security import hostile as h
 from api_tests.security.uploads.refusal import rejected
+from core.formats import ModelFormat
 from core.settings import Settings
-from core.uploads.allowlists import ALLOWED_STATE_DICT_GLOBALS
+from core.uploads import check_upload
+from core.uploads.allowlists import ACCEPTED_DTYPES, ALLOWED_STATE_DICT_GLOBALS
 from core.uploads.archive import pickle_globals
 
 
@@ -59,3 +64,31 @@ def test_disallowed_dtypes_and_layouts(
     assert (err.status, err.job_code) == (422, "unsupported_model")
     assert err.message.startswith("the state_dict holds tensors of a kind we do not prune")
     assert global_name in err.message
+
+
+
+def test_one_dtype_list_for_door_safetensors_and_audit(tmp_path: Path) -> None:
+    """ACCEPTED_DTYPES is what torch and safetensors really write for each dtype, the door
+    accepts a file of every one of them, and the worker's audit allows exactly these."""
+    from worker.engine import audit
+
+    tensors = {d.name: torch.ones(3, dtype=getattr(torch, d.name)) for d in ACCEPTED_DTYPES}
+    for d in ACCEPTED_DTYPES:
+        dtype = getattr(torch, d.name)
+        assert (dtype.itemsize, dtype.is_floating_point) == (d.itemsize, d.floating)
+        one = h.state_dict_file(tmp_path, {"w": tensors[d.name]}, f"{d.name}.pt")
+        assert d.storage in pickle_globals(one)
+    path = tmp_path / "all.safetensors"
+    save_file(tensors, str(path))
+    (length,) = struct.unpack("<Q", path.read_bytes()[:8])
+    header = json.loads(path.read_bytes()[8 : 8 + length])
+    assert {name: header[name]["dtype"] for name in tensors} == {
+        d.name: d.safetensors for d in ACCEPTED_DTYPES
+    }
+    settings = Settings()
+    state_dict = h.state_dict_file(tmp_path, tensors, "all.pt")
+    assert check_upload(state_dict, settings) is ModelFormat.STATE_DICT
+    assert check_upload(path, settings) is ModelFormat.SAFETENSORS
+    torch_dtypes = {getattr(torch, d.name) for d in ACCEPTED_DTYPES}
+    assert audit.FLOAT_DTYPES | audit.INTEGER_DTYPES == torch_dtypes
+    audit.check_tensors(tensors, settings)  # the worker's audit takes every one of them

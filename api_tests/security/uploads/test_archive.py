@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from api_tests.security import hostile as h
-from api_tests.security.uploads.refusal import rejected
+from api_tests.security.uploads.refusal import mlp_state_dict, rejected
+from core.formats import ModelFormat
 from core.settings import Settings
+from core.uploads import check_upload
 
 
 def test_torchscript_setstate_is_refused_before_loading(
@@ -123,3 +126,89 @@ def test_entry_count_is_judged_before_zipfile_parses_the_directory(
     assert err.message == (
         "the zip archive has 70000 entries; the limit is 10000 (PRUNER_MAX_ARCHIVE_ENTRIES)"
     )
+
+
+# --- one "is this TorchScript?" sniffer -----------------------------------------------------------
+
+
+def _old_door_said_torchscript(names: list[str]) -> bool:
+    """The door's rule before the sniffers became one (kept here as the control)."""
+    prefix = names[0].split("/", 1)[0]
+    return f"{prefix}/constants.pkl" in names or any(n.startswith(f"{prefix}/code/") for n in names)
+
+
+def _old_worker_said_torchscript(names: list[str]) -> bool:
+    """The worker's rule before: any ``code/`` folder or ``constants.pkl``, at any depth."""
+    return any("/code/" in f"/{n}" or n.rsplit("/", 1)[-1] == "constants.pkl" for n in names)
+
+
+def _with_entries(src: Path, dst: Path, extra: dict[str, bytes]) -> Path:
+    dst.write_bytes(src.read_bytes())
+    with zipfile.ZipFile(dst, "a") as z:
+        for name, data in extra.items():
+            z.writestr(name, data)
+    return dst
+
+
+SETSTATE_SOURCE = b"class Evil(Module):\n  def __setstate__(self, state: int) -> None:\n    pass\n"
+
+
+def test_load_hook_in_nested_code_is_refused_whatever_the_format(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A state_dict with a ``__setstate__`` one folder down: the old door called it a
+    state_dict and skipped the scan, the old loader called it TorchScript. Now the scan runs
+    on every archive's code, and the file is refused."""
+    src = h.state_dict_file(tmp_path, mlp_state_dict())
+    path = _with_entries(src, tmp_path / "nested.pt",
+                         {"sd/x/code/__torch__/evil.py": SETSTATE_SOURCE})
+    names = zipfile.ZipFile(path).namelist()
+    assert not _old_door_said_torchscript(names) and _old_worker_said_torchscript(names)
+    err = rejected(path, settings)
+    assert (err.status, err.code, err.job_code) == (422, "invalid_upload", "unsafe_model")
+    assert "defines __setstate__ (in 'sd/x/code/__torch__/evil.py')" in err.message
+
+
+def test_odd_depth_constants_is_a_state_dict_for_door_and_loader(tmp_path: Path) -> None:
+    """``constants.pkl`` two folders down (and a harmless ``code/`` one down): torch.jit.load
+    reads neither, torch.load reads the file as a state_dict. The old loader sent it to
+    torch.jit.load; now door and loader give the one sniffer's answer, and the tensors are
+    loaded weights-only and audited."""
+    from worker.engine import registry
+    from worker.engine.loading import load_model
+
+    torch.manual_seed(0)
+    state = registry.build("mnist_mlp").state_dict()
+    src = h.state_dict_file(tmp_path, state)
+    path = _with_entries(src, tmp_path / "odd.pt", {
+        "sd/extra/x/constants.pkl": pickle.dumps((), protocol=2),
+        "sd/extra/code/notes.py": b"# nothing to run\n",
+    })
+    names = zipfile.ZipFile(path).namelist()
+    assert not _old_door_said_torchscript(names) and _old_worker_said_torchscript(names)
+    settings = Settings()
+    assert check_upload(path, settings) is ModelFormat.STATE_DICT
+    loaded = load_model(path, "mnist_mlp", settings)
+    assert loaded.format is ModelFormat.STATE_DICT
+    assert all(torch.equal(loaded.module.state_dict()[k], v) for k, v in state.items())
+
+
+def test_code_without_constants_is_torchscript_for_door_and_loader(tmp_path: Path) -> None:
+    """The other way round: ``code/`` right under the prefix makes it TorchScript for both,
+    so its pickle is not judged as a state_dict and the loader uses torch.jit.load (which
+    refuses an archive without constants.pkl: an invalid model, nothing run)."""
+    from worker.engine.errors import EngineError
+    from worker.engine.loading import load_model
+
+    script = h.save_script(torch.nn.Sequential(torch.nn.Linear(4, 3)), tmp_path / "ts.pt")
+    path = tmp_path / "no_constants.pt"
+    with zipfile.ZipFile(script) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.endswith("/constants.pkl"):
+                dst.writestr(info, src.read(info))
+    settings = Settings()
+    assert check_upload(path, settings) is ModelFormat.TORCHSCRIPT
+    with pytest.raises(EngineError) as info:
+        load_model(path, None, settings)
+    assert info.value.code == "invalid_model"
+    assert info.value.message.startswith("not a loadable TorchScript archive")
