@@ -62,3 +62,24 @@ def test_malformed_pickle(tmp_path: Path, settings: Settings) -> None:
                          {"data.pkl": b"\x80\x02\x85."})
     err = rejected(path, settings)
     assert err.status == 422 and err.message.startswith("data.pkl is not a valid pickle")
+
+
+def test_every_opcode_has_exactly_one_handler() -> None:
+    """The opcode table names real opcodes only (a typo would refuse valid pickles) and
+    leaves none out but STOP, which ends the walk."""
+    import pickletools
+
+    from core.uploads.pickle_scan import _HANDLERS
+
+    assert set(_HANDLERS) | {"STOP"} == {op.name for op in pickletools.opcodes}
+
+
+def test_scan_lists_storages_and_tensors_of_a_state_dict(tmp_path: Path) -> None:
+    from core.uploads.pickle_scan import StorageRecord, TensorRecord, scan_pickle
+
+    path = h.state_dict_file(tmp_path, {"w": torch.ones(3, 4), "n": torch.tensor(7)})
+    scan = scan_pickle(zipfile.ZipFile(path).read("sd/data.pkl"), "data.pkl")
+    assert scan.storages == {"0": StorageRecord("torch.FloatStorage", 12),
+                             "1": StorageRecord("torch.LongStorage", 1)}
+    assert scan.tensors == [TensorRecord("0", 0, (3, 4), (4, 1), None),
+                            TensorRecord("1", 0, (), (), None)]
