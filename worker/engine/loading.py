@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import assert_never
 
 import torch
 from torch import nn
@@ -39,7 +40,12 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
     fmt = _checked_format(path, settings)
     if fmt is ModelFormat.TORCHSCRIPT:
         return LoadedModel(_load_torchscript(path, settings), fmt, None)
-    tensors = _load_state_dict(path) if fmt is ModelFormat.STATE_DICT else _load_safetensors(path)
+    if fmt is ModelFormat.STATE_DICT:
+        tensors = _load_state_dict(path)
+    elif fmt is ModelFormat.SAFETENSORS:
+        tensors = _load_safetensors(path)
+    else:  # a format without a loader: mypy says so when a member is added
+        assert_never(fmt)
     audit.check_tensors(tensors, settings)
     return LoadedModel(_into_architecture(tensors, architecture), fmt, architecture)
 
