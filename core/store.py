@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
 
 # File names inside a job's folder.
@@ -24,10 +25,9 @@ UPLOAD = "upload"
 REPORT = "report.json"
 
 
-def model_file(fmt: str) -> str:
-    """File name of the pruned model in a given format: torchscript, state_dict, safetensors."""
-    return {"torchscript": "model.torchscript.pt", "state_dict": "model.state_dict.pt",
-            "safetensors": "model.safetensors"}[fmt]
+def model_file(fmt: ModelFormat | str) -> str:
+    """File name of the pruned model in a given format (``core.formats`` holds the table)."""
+    return ModelFormat(fmt).file_name
 
 
 class IdempotencyConflict(Exception):
