@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from api_tests.service.conftest import REFERENCE, Api, assert_problem
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import REFERENCE, Api
 from core.architectures import ARCHITECTURES
 from core.spec import REFERENCE_RECIPE, JobSpec
 

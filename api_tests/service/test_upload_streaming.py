@@ -10,7 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.api_upload import BOUNDARY, CHUNK, memory_kib, multipart_body, written_bytes
+from api_tests.service.big_upload import (
+    BOUNDARY,
+    CHUNK,
+    memory_kib,
+    multipart_body,
+    written_bytes,
+)
 from stack import processes as P
 
 UPLOAD_MIB = 256

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from core.jobs import JobRecord, JobStatus, UploadFormat
+from api_tests.core.factories import make_record
+from core.jobs import JobRecord, JobStatus
 from core.settings import Settings
-from core.spec import JobSpec
-from core.store_sqlite import SqliteJobStore, new_job_id
+from core.store_sqlite import SqliteJobStore
 from worker import tasks
 from worker.tasks import Outcome, claim, record_outcome
 
@@ -41,9 +41,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def queued(store: SqliteJobStore, **fields: Any) -> JobRecord:
-    record = JobRecord(id=new_job_id(), status=JobStatus.QUEUED, spec=JobSpec(),
-                       created_at=datetime.now(UTC), upload_format=UploadFormat.ZIP,
-                       upload_bytes=1, upload_sha256="0" * 64, **fields)
+    record = make_record(datetime.now(UTC), **fields)
     store.create(record)
     return record
 
