@@ -9,6 +9,8 @@ from enum import StrEnum
 from pydantic import BaseModel
 
 from core.errors import JobErrorCode
+from core.formats import ModelFormat
+from core.formats import UploadFormat as UploadFormat  # re-exported: records and tests name it
 from core.report import Progress
 from core.spec import JobSpec
 
@@ -33,11 +35,6 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class UploadFormat(StrEnum):
-    ZIP = "zip"  # torch.jit.save archive or torch.save (zip) archive; told apart by the worker
-    SAFETENSORS = "safetensors"
-
-
 class JobError(BaseModel):
     code: JobErrorCode
     message: str
@@ -57,7 +54,7 @@ class JobRecord(BaseModel):
     upload_format: UploadFormat
     upload_bytes: int
     upload_sha256: str
-    model_format: str | None = None  # format of the stored result
+    model_format: ModelFormat | None = None  # primary format of the stored result
     model_sha256: str | None = None
     files_expired_at: datetime | None = None
     # Set while running: the worker renews the lease; an expired lease means it died.

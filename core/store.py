@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
 
 # A duration histogram: cumulative counts per bucket upper bound, count, sum (the Prometheus
@@ -30,10 +31,9 @@ UPLOAD = "upload"
 REPORT = "report.json"
 
 
-def model_file(fmt: str) -> str:
-    """File name of the pruned model in a given format: torchscript, state_dict, safetensors."""
-    return {"torchscript": "model.torchscript.pt", "state_dict": "model.state_dict.pt",
-            "safetensors": "model.safetensors"}[fmt]
+def model_file(fmt: ModelFormat | str) -> str:
+    """File name of the pruned model in a given format (``core.formats`` holds the table)."""
+    return ModelFormat(fmt).file_name
 
 
 class IdempotencyConflict(Exception):

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from api_tests.service.conftest import REFERENCE, Api, assert_problem
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import REFERENCE, Api
 from core.architectures import ARCHITECTURES
 from core.settings import Settings
 from core.spec import REFERENCE_RECIPE, JobSpec

@@ -9,7 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.api_upload import BOUNDARY, CHUNK, memory_kib, multipart_body, written_bytes
+from api_tests.service.big_upload import (
+    BOUNDARY,
+    CHUNK,
+    memory_kib,
+    multipart_body,
+    written_bytes,
+)
 from core.settings import Settings
 from stack import processes as P
 

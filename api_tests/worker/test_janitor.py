@@ -13,10 +13,10 @@ import pytest
 import redis
 from celery import Celery
 
-from core.jobs import JobRecord, JobStatus, UploadFormat, new_job_id
+from api_tests.core.factories import make_record
+from core.jobs import JobRecord, JobStatus
 from core.queue import BROKER_MARKER_KEY, celery_config, enqueue_job, heartbeat_key
 from core.settings import Settings
-from core.spec import JobSpec
 from core.store import REPORT, UPLOAD
 from stack import processes as P
 from worker.janitor import Janitor
@@ -38,10 +38,7 @@ def janitor(tmp_path: Path, redis_url: str) -> Janitor:
 
 
 def add_job(janitor: Janitor, status: JobStatus, age_s: float = 60, **fields: Any) -> JobRecord:
-    record = JobRecord(id=new_job_id(), status=status, spec=JobSpec(),
-                       created_at=datetime.now(UTC) - timedelta(seconds=age_s),
-                       upload_format=UploadFormat.ZIP, upload_bytes=1,
-                       upload_sha256="0" * 64, **fields)
+    record = make_record(datetime.now(UTC) - timedelta(seconds=age_s), status=status, **fields)
     janitor.store.create(record)
     return record
 

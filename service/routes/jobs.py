@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.digest import stored_sha256
+from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
 from core.lifecycle import CancelResult, cancel
 from core.store import REPORT, BlobStore, JobStore, model_file
@@ -37,9 +38,6 @@ from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
 
-ModelFormat = Literal["torchscript", "state_dict", "safetensors"]
-FORMATS: tuple[ModelFormat, ...] = ("torchscript", "state_dict", "safetensors")
-EXTENSIONS = {"torchscript": "pt", "state_dict": "pth", "safetensors": "safetensors"}
 EVENTS_POLL_S = 0.5
 EVENTS_KEEPALIVE_S = 15.0
 
@@ -185,7 +183,7 @@ def _etag_matches(if_none_match: str | None, sha: str) -> bool:
     return "*" in tags or sha in tags
 
 
-def _model_sha(record: JobRecord, blobs: BlobStore, fmt: str) -> str:
+def _model_sha(record: JobRecord, blobs: BlobStore, fmt: ModelFormat) -> str:
     if fmt == record.model_format and record.model_sha256:
         return record.model_sha256
     return stored_sha256(blobs, record.id, model_file(fmt))
@@ -211,10 +209,10 @@ def get_model(
     """Download the pruned model (default: the format the job produced)."""
     record = load_job(store, job_id)
     _finished_files(record)
-    fmt = format or record.model_format or "torchscript"
+    fmt = format or record.model_format or ModelFormat.TORCHSCRIPT
     name = model_file(fmt)
     if not blobs.exists(job_id, name):
-        available = [f for f in FORMATS if blobs.exists(job_id, model_file(f))]
+        available = [f for f in ModelFormat if blobs.exists(job_id, model_file(f))]
         if not available:  # retention is deleting the files right now
             raise Gone(f"the models of job {job_id} are no longer stored")
         raise NotFound(f"job {job_id} has no {fmt} model; available: {', '.join(available)}",
@@ -224,7 +222,7 @@ def get_model(
     if _etag_matches(if_none_match, sha):
         return Response(status_code=304, headers=headers)
     return FileResponse(blobs.local_path(job_id, name), media_type="application/octet-stream",
-                        filename=f"{job_id}-pruned.{EXTENSIONS[fmt]}", headers=headers)
+                        filename=f"{job_id}-pruned.{fmt.extension}", headers=headers)
 
 
 @router.post(
