@@ -6,7 +6,9 @@ interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the
 without touching routes or tasks. File paths are derived from job ids (which we generate),
 never from client-supplied names.
 
-Implementations: ``core/store_sqlite.py`` (records) and ``core/blobs.py`` (files). Every
+Implementations: ``core/store_sqlite.py`` and ``core/store_postgres.py`` (records),
+``core/blobs.py`` and ``core/blobs_s3.py`` (files); ``core/backends.py`` picks them from the
+settings. Every
 implementation must pass the contract tests, api_tests/core/test_store_contract.py and
 test_blob_contract.py: add the new backend as one more fixture parameter there.
 """
@@ -38,6 +40,20 @@ def model_file(fmt: ModelFormat | str) -> str:
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request body."""
+
+
+class StoreUnavailable(Exception):
+    """The job store (or the object store) cannot be reached now: the API answers 503 with
+    Retry-After; nothing was recorded by the call that raised it."""
+
+
+def merge_fields(current: JobRecord, fields: dict[str, Any]) -> JobRecord:
+    """``current`` with ``fields`` set, re-validated so a wrong value fails at the write, not
+    on the next read; the id and unknown fields are refused (``ValueError``)."""
+    refused = (set(fields) - set(JobRecord.model_fields)) | ({"id"} & set(fields))
+    if refused:
+        raise ValueError(f"cannot set job record fields: {sorted(refused)}")
+    return JobRecord.model_validate({**dict(current), **fields})
 
 
 class QueueLimitReached(Exception):

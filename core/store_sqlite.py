@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStatus
 from core.settings import Settings
-from core.store import Histogram, IdempotencyConflict, JobStore, QueueLimitReached
+from core.store import (
+    Histogram,
+    IdempotencyConflict,
+    JobStore,
+    QueueLimitReached,
+    merge_fields,
+)
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -274,11 +280,7 @@ class SqliteJobStore:
     def _save(
         self, conn: sqlite3.Connection, current: JobRecord, fields: dict[str, Any]
     ) -> JobRecord:
-        refused = (set(fields) - set(JobRecord.model_fields)) | ({"id"} & set(fields))
-        if refused:
-            raise ValueError(f"cannot set job record fields: {sorted(refused)}")
-        # Re-validate the merged record so a wrong value fails here, not on the next read.
-        merged = JobRecord.model_validate({**dict(current), **fields})
+        merged = merge_fields(current, fields)
         conn.execute(
             "UPDATE jobs SET status = ?, started_us = ?, finished_us = ?, files_expired = ?,"
             " record = ? WHERE id = ?",
