@@ -204,3 +204,15 @@ def postgres_server() -> Iterator[Any]:
         pytest.skip(f"PostgreSQL unavailable: {exc}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    from api_tests.real_services import SeaweedServer
+
+    try:
+        server = SeaweedServer()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"S3 server unavailable: {exc}")
+    yield server
+    server.stop()

