@@ -194,6 +194,12 @@ class S3BlobStore:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def ping(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except _S3_ERRORS as exc:
+            raise StoreUnavailable(f"object store: bucket {self.bucket}: {exc}") from exc
+
 
 if TYPE_CHECKING:
     _conforms: type[BlobStore] = S3BlobStore  # mypy proves the Protocol is met

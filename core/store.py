@@ -125,6 +125,10 @@ class JobStore(Protocol):
         """Release this process's connections (the API calls it at shutdown)."""
         ...
 
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot be reached (readiness)."""
+        ...
+
 
 class BlobStore(Protocol):
     def writer(self, job_id: str, name: str) -> AbstractContextManager[BinaryIO]:
@@ -152,4 +156,8 @@ class BlobStore(Protocol):
 
     def delete_job_files(self, job_id: str, keep: tuple[str, ...] = ()) -> None:
         """Delete the job's files except those named in ``keep`` (no error when none)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot be written (readiness)."""
         ...

@@ -16,6 +16,7 @@ it, a worker and each job process use one or two. Connections are checked before
 handed out, so after a PostgreSQL restart the first query gets a fresh connection rather
 than a dead one. A pool belongs to the process that opened it: a forked child opens its own.
 A database that cannot be reached raises ``StoreUnavailable`` (the API answers 503).
+The schema migrations (``core/pg_migrate.py``) run on the first connection a process makes.
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ class PostgresJobStore:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Conn] | None = None
         self._pid = 0
-        with self._conn() as conn:
-            migrate(conn)
+        self._migrated = False
 
     # --- connections --------------------------------------------------------------------
 
@@ -85,6 +85,11 @@ class PostgresJobStore:
     def _conn(self) -> Iterator[Conn]:
         try:
             with self._pool_here().connection() as conn:
+                if not self._migrated:
+                    # On first use, not in __init__: a process whose database is down at
+                    # start still starts (the API answers 503 and /readyz says why).
+                    migrate(conn)
+                    self._migrated = True
                 yield conn
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise StoreUnavailable(str(exc)) from exc
@@ -100,6 +105,10 @@ class PostgresJobStore:
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
+
+    def ping(self) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT 1")
 
     # --- JobStore -----------------------------------------------------------------------
 

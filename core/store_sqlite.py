@@ -30,6 +30,7 @@ from core.store import (
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
+    StoreUnavailable,
     merge_fields,
 )
 
@@ -143,6 +144,12 @@ class SqliteJobStore:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
         self._local.conn = None
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
 
     # --- JobStore -----------------------------------------------------------------------
 

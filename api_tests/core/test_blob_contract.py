@@ -18,6 +18,7 @@ from core.digest import stored_sha256
 from core.settings import Settings
 from core.store import REPORT, UPLOAD, BlobStore, model_file
 
+
 def _s3(request: pytest.FixtureRequest, tmp: Path) -> BlobStore:
     values = request.getfixturevalue("s3_server").settings()
     return S3BlobStore.from_settings(Settings.of(data_dir=tmp / "scratch", **values))
