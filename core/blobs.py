@@ -114,6 +114,9 @@ class LocalBlobStore:
             except OSError:
                 pass  # a file appeared meanwhile (a late writer); the next sweep takes it
 
+    def download_url(self, job_id: str, name: str, filename: str) -> str | None:
+        return None  # only the API can serve a local file
+
     def ping(self) -> None:
         probe = self.root / f"{_TMP_PREFIX}ping-{os.getpid()}"
         try:

@@ -11,6 +11,8 @@ outputs locally, then uploads them.
   uploads it when the block exits; boto3's transfer manager switches to a multipart upload
   past ``MULTIPART_THRESHOLD``. An object appears whole or not at all (S3 PUTs and completed
   multipart uploads are atomic), and a failed upload raises ``StoreUnavailable``.
+- With ``s3_presign_s`` set, model downloads answer a 307 redirect to a presigned URL, so
+  the bytes go from the object store to the client, not through the API.
 - Job files never change once written except the report and sidecars, which are rewritten
   whole; a cached copy is refreshed from the object store when its size differs.
 """
@@ -55,8 +57,10 @@ def split_blob_url(url: str) -> tuple[str, str]:
 class S3BlobStore:
     """``BlobStore`` on an S3 bucket, with a per-process local cache."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, cache: Path) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, cache: Path,
+                 presign_s: int = 0) -> None:
         self.client = client
+        self.presign_s = presign_s
         self.bucket = bucket
         self.prefix = prefix
         self.cache = cache
@@ -70,7 +74,8 @@ class S3BlobStore:
             aws_access_key_id=settings.s3_access_key_id or None,
             aws_secret_access_key=settings.s3_secret_access_key or None, config=CLIENT_CONFIG,
         )
-        return cls(client, bucket, prefix, settings.data_dir / "blob-cache")
+        return cls(client, bucket, prefix, settings.data_dir / "blob-cache",
+                   settings.s3_presign_s)
 
     # --- names --------------------------------------------------------------------------
 
@@ -193,6 +198,17 @@ class S3BlobStore:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def download_url(self, job_id: str, name: str, filename: str) -> str | None:
+        """A presigned GET valid ``presign_s`` seconds (None when presigning is off); it
+        names the file the way the API would (Content-Disposition)."""
+        if self.presign_s <= 0:
+            return None
+        url: str = self.client.generate_presigned_url(
+            "get_object", ExpiresIn=self.presign_s,
+            Params={"Bucket": self.bucket, "Key": self._key(job_id, name),
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"'})
+        return url
 
     def ping(self) -> None:
         try:

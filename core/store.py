@@ -161,3 +161,8 @@ class BlobStore(Protocol):
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` when the store cannot be written (readiness)."""
         ...
+
+    def download_url(self, job_id: str, name: str, filename: str) -> str | None:
+        """A short-lived URL a client may fetch ``name`` from directly (saved as
+        ``filename``), or None when the API must stream it itself."""
+        ...

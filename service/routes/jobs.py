@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.digest import stored_sha256
@@ -195,6 +195,7 @@ def _model_sha(record: JobRecord, blobs: BlobStore, fmt: ModelFormat) -> str:
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "The pruned model; its sha256 in X-Content-SHA256 and ETag."},
                304: {"description": "If-None-Match matched the model's ETag."},
+               307: {"description": "Presigned object-store URL (PRUNER_S3_PRESIGN_S set)."},
                **problem_responses(NotFound, JobNotFinished, NoModel, Gone, ValidationFailed)},
 )
 def get_model(
@@ -221,8 +222,12 @@ def get_model(
     headers = {"ETag": f'"{sha}"', "X-Content-SHA256": sha}
     if _etag_matches(if_none_match, sha):
         return Response(status_code=304, headers=headers)
+    filename = f"{job_id}-pruned.{fmt.extension}"
+    url = blobs.download_url(job_id, name, filename)
+    if url is not None:  # object storage with presigning on: the client fetches it there
+        return RedirectResponse(url, status_code=307, headers=headers)
     return FileResponse(blobs.local_path(job_id, name), media_type="application/octet-stream",
-                        filename=f"{job_id}-pruned.{fmt.extension}", headers=headers)
+                        filename=filename, headers=headers)
 
 
 @router.post(
