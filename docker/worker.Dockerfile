@@ -13,7 +13,7 @@ COPY core ./core
 COPY worker ./worker
 COPY service ./service
 COPY stack ./stack
-RUN pip install '.[worker]' \
+RUN pip install '.[worker,distributed]' \
     && useradd --system --uid 10001 --home-dir /app pruner \
     && mkdir -p /data && chown pruner /data
 USER pruner
