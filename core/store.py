@@ -65,6 +65,10 @@ class QueueLimitReached(Exception):
 
 
 class JobStore(Protocol):
+    # True when a read is a local file read of microseconds (SQLite): the API then reads on
+    # its event loop; a networked store (PostgreSQL) is read from the thread pool instead.
+    reads_are_local: bool
+
     def create(
         self,
         record: JobRecord,

@@ -58,6 +58,8 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 class PostgresJobStore:
     """``JobStore`` on PostgreSQL; safe across threads, processes and hosts."""
 
+    reads_are_local = False  # a round trip: never on the API's event loop
+
     def __init__(self, url: str, *, pool_max: int = POOL_MAX) -> None:
         self.url = url
         self.pool_max = pool_max

@@ -87,6 +87,8 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 class SqliteJobStore:
     """``JobStore`` backed by one SQLite file; safe across threads and processes."""
 
+    reads_are_local = True
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)

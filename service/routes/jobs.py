@@ -148,7 +148,11 @@ async def get_job(job_id: str, store: StoreDep) -> Response:
     """One job: status, progress, spec, error, links."""
     # The hot path (clients poll it): one indexed SQLite read of ~20 us, done on the event
     # loop. A thread-pool hop would cost more than the read; WAL readers never wait on writers.
-    return _json(JobPublic.from_record(load_job(store, job_id)))
+    # A PostgreSQL read is a network round trip: on the event loop it would stall every
+    # request behind it, so it goes to the thread pool.
+    if store.reads_are_local:
+        return _json(JobPublic.from_record(load_job(store, job_id)))
+    return _json(JobPublic.from_record(await run_in_threadpool(load_job, store, job_id)))
 
 
 def _finished_files(record: JobRecord) -> None:
