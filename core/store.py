@@ -1,16 +1,17 @@
 """Storage interfaces: job records and job files.
 
-Job records and files live in ``Settings.data_dir``, shared by the API and the workers (a
-volume in docker-compose), so they survive restarts of the API, the workers and Redis. The
+By default job records and files live in ``Settings.data_dir``, shared by the API and the
+workers (a volume in docker-compose), so they survive restarts of the API, the workers and
+Redis; with PostgreSQL and S3 they live off the hosts (docs/operations.md, "Several hosts"). The
 interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the local one
 without touching routes or tasks. File paths are derived from job ids (which we generate),
 never from client-supplied names.
 
 Implementations: ``core/store_sqlite.py`` and ``core/store_postgres.py`` (records),
 ``core/blobs.py`` and ``core/blobs_s3.py`` (files); ``core/backends.py`` picks them from the
-settings. Every
-implementation must pass the contract tests, api_tests/core/test_store_contract.py and
-test_blob_contract.py: add the new backend as one more fixture parameter there.
+settings. Every implementation must pass the contract tests,
+api_tests/core/test_store_contract.py and test_blob_contract.py: add a backend as one more
+fixture parameter there.
 """
 
 from __future__ import annotations

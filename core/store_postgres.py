@@ -46,7 +46,7 @@ from core.store_sqlite import MAX_PAGE, _micros, decode_cursor, encode_cursor
 
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5  # a database that is down answers fast, not after the default minutes
-POOL_WAIT_S = 10.0  # a busy pool makes a request wait this long for a connection, then 503
+POOL_WAIT_S = 3.0  # wait this long for a pooled connection, then 503 (a down database too)
 CREATE_LOCK = 0x7072756E6572636A  # advisory lock serialising creates: "prunercj"
 
 _TERMINAL = [s.value for s in JobStatus if s.terminal]
