@@ -1,6 +1,7 @@
 """The service on PostgreSQL + S3 as on several hosts: the API and two workers, each with a
 data_dir of its own (nothing shared but PostgreSQL, SeaweedFS's S3 and Redis). The reference
-job, hostile uploads, a worker SIGKILLed mid-job and a PostgreSQL crash-restart behave as on
+job, hostile uploads, a worker SIGKILLed mid-job, a Redis kill + restart and a PostgreSQL
+crash-restart behave as on
 the default stack.
 
 The stack is this module's own (it kills and restarts processes), on the session's
@@ -149,3 +150,19 @@ def test_postgres_crash_restart_mid_job_loses_nothing(
     assert_succeeded_once(dist, queued, attempts=1)
     after = post_job(dist, trained_mlp.torchscript, QUICK)
     assert_succeeded_once(dist, after, attempts=1)
+
+
+def test_redis_killed_and_restarted_keeps_every_accepted_job(
+    dist: Stack, trained_mlp: TrainedMLP
+) -> None:
+    ids = [post_job(dist, trained_mlp.torchscript, QUICK) for _ in range(3)]
+    time.sleep(1.5)  # appendfsync everysec: what Redis acknowledged a second ago is on disk
+    P.kill(dist.redis)
+    refused = submit(dist.client, trained_mlp.torchscript, QUICK)
+    assert refused.status_code == 503 and refused.json()["code"] == "broker_unavailable"
+    assert int(refused.headers["retry-after"]) > 0
+    assert job_of(dist, ids[0])["id"] == ids[0]  # records are still served, from PostgreSQL
+    dist.restart_redis()
+    for job_id in ids:
+        assert_succeeded_once(dist, job_id, attempts=1)
+    P.wait_until(lambda: dist.client.get("/readyz").status_code == 200, "ready", 30)
