@@ -1,8 +1,7 @@
 """The service on PostgreSQL + S3 as on several hosts: the API and two workers, each with a
 data_dir of its own (nothing shared but PostgreSQL, SeaweedFS's S3 and Redis). The reference
 job, hostile uploads, a worker SIGKILLed mid-job, a Redis kill + restart and a PostgreSQL
-crash-restart behave as on
-the default stack.
+crash-restart behave as on the default stack.
 
 The stack is this module's own (it kills and restarts processes), on the session's
 ``postgres_server`` and ``s3_server``."""
