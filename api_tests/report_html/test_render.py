@@ -36,8 +36,9 @@ class Page(HTMLParser):
             self.texts.setdefault(self._open[-1], []).append(data)
 
     def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
+        wanted = {k.rstrip("_").replace("_", "-"): v for k, v in attrs.items()}
         return [a for t, a in self.elements
-                if t == tag and all(a.get(k.rstrip("_").replace("_", "-")) == v for k, v in attrs.items())]
+                if t == tag and all(a.get(k) == v for k, v in wanted.items())]
 
 
 def bars(page: Page, chart: str) -> list[tuple[str | None, float]]:
