@@ -23,7 +23,6 @@ from core.spec import JobSpec, Method, OutputFormat, Scope
 
 EXIT_SPEC = 2  # the spec is invalid (pydantic) or impossible (EngineError)
 EXIT_CANCELLED = 130
-DEFAULT_HTML = ""  # --html given without a path: OUTPUT_DIR/report.html
 
 
 def _amount(text: str) -> int | float:
@@ -37,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="spec JSON file (flags override its fields)")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("pruned"))
     p.add_argument("--report", type=Path, help="report path (default: OUTPUT_DIR/report.json)")
-    p.add_argument("--html", type=Path, nargs="?", const=DEFAULT_HTML, metavar="PATH",
+    p.add_argument("--html", type=Path, nargs="?", const=True, metavar="PATH",
                    help="also write the report as a self-contained HTML page "
                    "(default PATH: OUTPUT_DIR/report.html)")
     p.add_argument("--architecture", help="registry architecture of a state_dict upload")
@@ -152,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 def _write_html(args: argparse.Namespace, report: Report) -> Path:
     from report_html import render_report
 
-    path: Path = args.output_dir / "report.html" if args.html == DEFAULT_HTML else args.html
+    # --html alone gives True (a str const would go through type=Path and become ".")
+    path: Path = args.output_dir / "report.html" if args.html is True else args.html
     path.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(report.model_dump(mode="json"), subtitle=f"Model: {args.model.name}")
     path.write_text(page, encoding="utf-8")
