@@ -35,9 +35,11 @@ def chromium_path() -> str:
 
 
 def launch(playwright: Playwright) -> Browser:
-    # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
-    return playwright.chromium.launch(executable_path=chromium_path(),
-                                      args=["--no-sandbox", "--disable-gpu"])
+    # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start;
+    # --disable-dev-shm-usage: containers often have a tiny /dev/shm, which crashes tabs.
+    return playwright.chromium.launch(
+        executable_path=chromium_path(),
+        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
 
 
 @dataclass
