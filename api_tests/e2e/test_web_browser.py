@@ -157,6 +157,28 @@ def test_docs_render_operations_without_leaving_the_machine(browser: Browser,
         assert w.errors == []
 
 
+def test_the_form_shows_a_refusal_in_place_and_keeps_the_input(
+    browser: Browser, app: ServedApp, tmp_path: Path
+) -> None:
+    """This app has no Redis: the submission is refused (503) and the page says so, with
+    the file and the typed spec still there to send again."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"PK\x03\x04 a model file")
+    spec = '{"pruning": {"amount": 0.5}, "finetune": {"epochs": 0}}'
+    with watched_page(browser) as w:
+        w.page.goto(f"{app.base_url}/")
+        w.page.set_input_files("#model", str(model))
+        w.page.fill("#spec", spec)
+        w.page.click("form.submit button[type=submit]")
+        box = w.page.locator("#submit-error")
+        expect(box).to_contain_text("Queue unavailable (503, broker_unavailable)")
+        assert w.page.url == f"{app.base_url}/"
+        assert w.page.input_value("#spec") == spec
+        assert w.page.eval_on_selector("#model", "input => input.files.length") == 1
+        # The browser logs the refused request itself; nothing else may fail.
+        assert [e for e in w.errors if "status of 503" not in e] == []
+
+
 def test_the_form_submits_a_job_that_the_page_follows_to_its_report(
     browser: Browser, stack: Stack, trained_mlp: TrainedMLP, tmp_path: Path
 ) -> None:

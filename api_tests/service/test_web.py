@@ -111,6 +111,7 @@ def test_report_html_is_self_contained_and_errors_are_problems(api: Api) -> None
 def test_the_form_submits_a_job_once_per_form(api: Api, model_files: ModelFiles) -> None:
     page = api.client.get("/").text
     [action] = re.findall(r'<form class="submit" method="post" action="([^"]+)"', page)
+    assert '<script src="/static/web/submit.js" defer></script>' in page
     [spec_text] = re.findall(r'<textarea[^>]*>([^<]*)</textarea>', page)
     assert 'name="model" type="file"' in page and json.loads(unescape(spec_text)) == REFERENCE
 
