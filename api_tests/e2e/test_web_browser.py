@@ -123,7 +123,7 @@ def test_live_page_follows_a_running_job(browser: Browser, app: ServedApp) -> No
         assert "step 1/10" in (phase.text_content() or "")
         app.store.update(job_id, progress=Progress(phase="finetuning", epoch=2, epochs=2,
                                                    step=5, steps=10, loss=0.5))
-        expect(phase).to_contain_text("epoch 2/2 · step 5/10", timeout=10_000)
+        expect(phase).to_contain_text("epoch 2/2 · step 5/10", timeout=30_000)
         assert w.page.eval_on_selector("#job-progress", "p => p.value") == 0.75
         assert "loss 0.5000" in (phase.text_content() or "")
         report = full_report()
@@ -132,7 +132,7 @@ def test_live_page_follows_a_running_job(browser: Browser, app: ServedApp) -> No
                              finished_at=datetime.now(UTC), model_format="torchscript",
                              model_sha256="0" * 64)
         # The page reloads when the job ends and shows the report the server renders.
-        w.page.wait_for_selector("svg[data-chart=sparsity]", timeout=10_000)
+        w.page.wait_for_selector("svg[data-chart=sparsity]", timeout=30_000)
         assert w.page.locator("#job-status").text_content() == "succeeded"
         assert w.page.locator("svg[data-chart=sparsity] g.bar").count() == 3
         assert w.errors == [] and w.off_machine() == []
@@ -171,7 +171,7 @@ def test_the_form_shows_a_refusal_in_place_and_keeps_the_input(
         w.page.fill("#spec", spec)
         w.page.click("form.submit button[type=submit]")
         box = w.page.locator("#submit-error")
-        expect(box).to_contain_text("Queue unavailable (503, broker_unavailable)")
+        expect(box).to_contain_text("Queue unavailable (503, broker_unavailable)", timeout=30_000)
         assert w.page.url == f"{app.base_url}/"
         assert w.page.input_value("#spec") == spec
         assert w.page.eval_on_selector("#model", "input => input.files.length") == 1
