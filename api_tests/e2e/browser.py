@@ -62,6 +62,7 @@ class Watched:
 def watched_page(browser: Browser, javascript: bool = True) -> Iterator[Watched]:
     context = browser.new_context(java_script_enabled=javascript,
                                   viewport={"width": 1000, "height": 800})
+    context.set_default_timeout(60_000)  # CI machines are shared and slow; a failure still fails
     page = context.new_page()
     w = Watched(page)
 

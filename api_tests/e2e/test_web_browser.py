@@ -142,7 +142,7 @@ def test_docs_render_operations_without_leaving_the_machine(browser: Browser,
                                                             app: ServedApp) -> None:
     with watched_page(browser) as w:
         w.page.goto(f"{app.base_url}/docs")
-        w.page.wait_for_selector(".opblock", timeout=20_000)
+        w.page.wait_for_selector(".opblock", timeout=60_000)
         operations = {
             (m.lower(), p) for m, p in zip(
                 w.page.locator(".opblock .opblock-summary-method").all_text_contents(),
