@@ -174,3 +174,15 @@ def test_the_document_fetches_nothing_and_runs_nothing() -> None:
     assert page.find("script") == []
     [csp] = page.find("meta", http_equiv="Content-Security-Policy")
     assert re.match(r"default-src 'none';", csp["content"] or "")
+
+
+def test_shrink_shows_shapes_before_and_after_and_the_widths() -> None:
+    report = make_report()
+    report["tensors"][0].update(shape_before=[256, 784], shape_after=[60, 784])
+    report["shrink"] = {"architecture": "mnist_mlp", "widths": {"fc1": 60, "fc2": 128},
+                        "groups": [{"ignored": "by the page"}]}
+    html = render_report(report)
+    assert "<th>shape after</th>" in html and "60×784" in html and "256×784" in html
+    shrink = html.split('id="shrink"', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r'<td class="mono">(\w+)</td><td class="num">(\d+)</td>', shrink) == [
+        ("fc1", "60"), ("fc2", "128")]
