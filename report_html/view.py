@@ -29,6 +29,10 @@ class TensorRow(_View):
     sparsity: float
     shape_before: list[int] | None = None  # shrink: the tensor's shape before / after removal
     shape_after: list[int] | None = None
+    nm: list[int] | None = None  # semi_structured: [N, M]
+    nm_exact: bool | None = None
+    semi_structured_eligible: bool | None = None
+    semi_structured_note: str | None = None
 
 
 class Totals(_View):
@@ -43,10 +47,17 @@ class Evaluation(_View):
     split: str | None = None
 
 
+class ValidationAccuracy(_View):
+    size: int | None = None  # images held out of MNIST train
+    before: Evaluation
+    after_finetune: Evaluation
+
+
 class Accuracy(_View):
     before: Evaluation
     after_pruning: Evaluation
     after_finetune: Evaluation
+    validation: ValidationAccuracy | None = None
 
 
 class FileInfo(_View):
@@ -59,6 +70,7 @@ class FileInfo(_View):
 class Latency(_View):
     p50: float
     p90: float
+    runs: int | None = None
 
 
 class CostSide(_View):
@@ -104,6 +116,7 @@ class Trial(_View):
     test_accuracy: float | None = None
     seconds: float | None = None
     within_budget: bool | None = None
+    amounts: dict[str, float] | None = None  # per_layer: each tensor's amount
 
 
 class Search(_View):
@@ -115,9 +128,21 @@ class Search(_View):
     trials: list[Trial]
 
 
+class ShrinkGroup(_View):
+    producers: list[str] = []
+    channels_before: int | None = None
+    channels_after: int | None = None
+    pruned: bool | None = None
+    reason: str | None = None
+
+
 class Shrink(_View):
     architecture: str | None = None
     widths: dict[str, int] = {}
+    scoring: str | None = None
+    groups: list[ShrinkGroup] = []
+    parameters_before: int | None = None
+    parameters_after: int | None = None
 
 
 # Each section the page knows, and how to read it. Order: the order the page shows them.
@@ -160,6 +185,10 @@ class ReportView:
     @property
     def any_shape_change(self) -> bool:
         return any(t.shape_after is not None for t in self.tensors or [])
+
+    @property
+    def any_nm(self) -> bool:
+        return any(t.nm is not None for t in self.tensors or [])
 
 
 def _pretty(value: Any) -> str:

@@ -145,6 +145,7 @@ def test_cost_table_shows_before_and_after() -> None:
     cost = html.split('id="cost"', 1)[1].split("</section>", 1)[0]
     assert "164,720" in cost and "235,146" in cost  # non-zero parameters after / before
     assert "1.120 / 1.300 ms" in cost and "batch_256 ×1.71" in cost
+    assert "(200 timed runs)" in cost
 
 
 def test_an_unreadable_section_is_shown_raw_and_the_rest_renders() -> None:
@@ -179,10 +180,51 @@ def test_the_document_fetches_nothing_and_runs_nothing() -> None:
 def test_shrink_shows_shapes_before_and_after_and_the_widths() -> None:
     report = make_report()
     report["tensors"][0].update(shape_before=[256, 784], shape_after=[60, 784])
-    report["shrink"] = {"architecture": "mnist_mlp", "widths": {"fc1": 60, "fc2": 128},
-                        "groups": [{"ignored": "by the page"}]}
+    report["shrink"] = {
+        "architecture": "mnist_mlp", "widths": {"fc1": 60, "fc2": 128}, "scoring": "l2",
+        "parameters_before": 235146, "parameters_after": 56954, "tensors": [],
+        "groups": [{"producers": ["fc1"], "channels_before": 256, "channels_after": 60,
+                    "pruned": True, "reason": None, "tensors": ["fc1.weight"]},
+                   {"producers": ["fc3"], "channels_before": 10, "channels_after": 10,
+                    "pruned": False, "reason": "the output layer", "tensors": []}]}
     html = render_report(report)
     assert "<th>shape after</th>" in html and "60×784" in html and "256×784" in html
     shrink = html.split('id="shrink"', 1)[1].split("</section>", 1)[0]
-    assert re.findall(r'<td class="mono">(\w+)</td><td class="num">(\d+)</td>', shrink) == [
-        ("fc1", "60"), ("fc2", "128")]
+    assert re.findall(r'<td class="mono">(\w+)</td><td class="num">(\d+)</td></tr>',
+                      shrink)[:2] == [("fc1", "60"), ("fc2", "128")]
+    assert "235,146 → 56,954 parameters; channels scored by l2" in shrink
+    assert re.findall(r'<td class="mono">(\w+)</td><td class="num">(\d+)</td>'
+                      r'<td class="num">(\d+)</td><td>(\w+)', shrink) == [
+        ("fc1", "256", "60", "yes"), ("fc3", "10", "10", "no")]
+    assert "(the output layer)" in shrink
+
+
+def test_validation_figures_and_their_split_are_shown() -> None:
+    report = full_report()
+    report["accuracy"]["validation"] = {
+        "size": 5000, "before": {"accuracy": 0.975, "loss": 0.08, "split": "validation"},
+        "after_finetune": {"accuracy": 0.979, "loss": 0.07, "split": "validation"}}
+    html = render_report(report)
+    rows = re.findall(r'<tr class="validation"><td>([^<]+)</td><td>([^<]+)</td>'
+                      r'<td class="num">([^<]+)</td>', html)
+    assert rows == [("before pruning", "validation (5,000 images)", "97.50%"),
+                    ("after fine-tuning", "validation (5,000 images)", "97.90%")]
+
+
+def test_semi_structured_rows_say_their_pattern() -> None:
+    report = make_report()
+    report["tensors"][0].update(nm=[2, 4], nm_exact=True, semi_structured_eligible=False,
+                                semi_structured_note="rows not a multiple of 32")
+    html = render_report(report)
+    assert "<th>N:M</th>" in html
+    assert ("2:4, exact; GPU sparse kernels: not eligible <span class=\"note\">"
+            "(rows not a multiple of 32)</span>") in html
+
+
+def test_per_layer_search_lists_each_trials_amounts() -> None:
+    report = full_report()
+    report["search"]["per_layer"] = True
+    report["search"]["trials"][0]["amounts"] = {"fc1.weight": 0.6, "fc2.weight": 0.3}
+    search = render_report(report).split('id="search"', 1)[1].split("</section>", 1)[0]
+    assert "<th>amount per tensor</th>" in search
+    assert "fc1.weight 60.0%; fc2.weight 30.0%" in search

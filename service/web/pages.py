@@ -10,6 +10,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
@@ -29,10 +30,26 @@ HTML_HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "
                 "Referrer-Policy": "same-origin"}
 
 
+# Progress fields of schedules, search and sensitivity (added to core.report.Progress by the
+# sparsity branch); read with getattr so that this works before and after they exist.
+_COUNTERS = (("round", "rounds"), ("trial", "trials"))
+
+
+def _extra(progress: Progress, name: str) -> Any:
+    return getattr(progress, name, None)
+
+
 def progress_text(progress: Progress | None) -> str:
     if progress is None:
         return ""
     parts: list[str] = [progress.phase]
+    for one, of in _COUNTERS:
+        if _extra(progress, one) is not None and _extra(progress, of):
+            parts.append(f"{one} {_extra(progress, one)}/{_extra(progress, of)}")
+    if (tensor := _extra(progress, "tensor")) is not None:
+        parts.append(str(tensor))
+    if (sparsity := _extra(progress, "sparsity")) is not None:
+        parts.append(f"sparsity {sparsity * 100:.1f}%")
     if progress.epoch is not None and progress.epochs:
         parts.append(f"epoch {progress.epoch}/{progress.epochs}")
     if progress.step is not None and progress.steps:
@@ -45,16 +62,22 @@ def progress_text(progress: Progress | None) -> str:
 def progress_fraction(status: JobStatus, progress: Progress | None) -> float | None:
     """0..1 through the job, or None when unknown (the page shows a busy bar).
 
-    Only fine-tuning reports steps, and it is nearly all of a job's time, so the fraction
-    is the fine-tuning's; a job with no steps yet is at 0."""
+    Fine-tuning steps are nearly all of a plain job's time, so its fraction is the
+    fine-tuning's; rounds (iterative schedules) and trials (search) each take an equal
+    share, the steps counting within the current one."""
     if status is JobStatus.SUCCEEDED or (progress is not None and progress.phase == "done"):
         return 1.0
     if progress is None or progress.phase == "queued":
         return 0.0
     p = progress
+    within: float | None = None
     if p.phase == "finetuning" and p.epoch and p.epochs and p.step is not None and p.steps:
-        return round(((p.epoch - 1) + p.step / p.steps) / p.epochs, 4)
-    return None
+        within = ((p.epoch - 1) + p.step / p.steps) / p.epochs
+    for one, of in _COUNTERS:
+        done, total = _extra(p, one), _extra(p, of)
+        if done and total:
+            within = ((done - 1) + (within or 0.0)) / total
+    return None if within is None else round(within, 4)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,24 @@
   var phaseEl = document.getElementById("job-phase");
   var bar = document.getElementById("job-progress");
 
+  var COUNTERS = [["round", "rounds"], ["trial", "trials"]];
+
   function describe(p) {
     if (!p) {
       return "";
     }
     var parts = [p.phase];
+    COUNTERS.forEach(function (c) {
+      if (p[c[0]] !== null && p[c[0]] !== undefined && p[c[1]]) {
+        parts.push(c[0] + " " + p[c[0]] + "/" + p[c[1]]);
+      }
+    });
+    if (p.tensor !== null && p.tensor !== undefined) {
+      parts.push(String(p.tensor));
+    }
+    if (p.sparsity !== null && p.sparsity !== undefined) {
+      parts.push("sparsity " + (p.sparsity * 100).toFixed(1) + "%");
+    }
     if (p.epoch !== null && p.epochs) {
       parts.push("epoch " + p.epoch + "/" + p.epochs);
     }
@@ -38,10 +51,16 @@
     if (!p || p.phase === "queued") {
       return 0;
     }
+    var within = null;
     if (p.phase === "finetuning" && p.epoch && p.epochs && p.step !== null && p.steps) {
-      return (p.epoch - 1 + p.step / p.steps) / p.epochs;
+      within = (p.epoch - 1 + p.step / p.steps) / p.epochs;
     }
-    return null;
+    COUNTERS.forEach(function (c) {
+      if (p[c[0]] && p[c[1]]) {
+        within = (p[c[0]] - 1 + (within || 0)) / p[c[1]];
+      }
+    });
+    return within;
   }
 
   var source = new EventSource(root.dataset.events);
