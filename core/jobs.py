@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from enum import StrEnum
 
@@ -15,6 +16,11 @@ from core.spec import JobSpec
 
 # Celery task names: the API sends tasks by name, with the job id only.
 PRUNE_TASK = "worker.tasks.prune_job"
+
+
+def new_job_id() -> str:
+    """A fresh job id (never client-supplied): 32 hex digits."""
+    return uuid.uuid4().hex
 
 
 class JobStatus(StrEnum):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 from celery import Celery
@@ -20,13 +19,13 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from core.formats import UploadFormat
-from core.jobs import JobRecord, JobStatus
+from core.jobs import JobRecord, JobStatus, new_job_id
+from core.lifecycle import utcnow
 from core.queue import enqueue_job
 from core.report import Progress
 from core.settings import Settings
 from core.spec import JobSpec
 from core.store import UPLOAD, BlobStore, IdempotencyConflict, JobStore, QueueLimitReached
-from core.store_sqlite import new_job_id
 from core.uploads import UploadRejected, check_upload
 from service.errors import (
     BrokerUnavailable,
@@ -133,7 +132,7 @@ async def submit(
         upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
         assert form.model_sha256 is not None
         record = JobRecord(
-            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=datetime.now(UTC),
+            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=utcnow(),
             progress=Progress(phase="queued"), upload_format=upload_format,
             upload_bytes=form.model_bytes, upload_sha256=form.model_sha256,
         )

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from api_tests.core.factories import make_record
 from core.jobs import JobRecord, JobStatus
-from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key, make_celery
+from core.queue import BROKER_MARKER_KEY, celery_config, enqueue_job, heartbeat_key
 from core.settings import Settings
 from core.store import REPORT, UPLOAD
 from stack import processes as P
@@ -33,7 +34,7 @@ def janitor(tmp_path: Path, redis_url: str) -> Janitor:
     client.flushall()
     settings = Settings(data_dir=tmp_path, redis_url=redis_url, janitor_interval_s=1,
                         retention_s=3600, worker_heartbeat_ttl_s=7)
-    return Janitor(settings, make_celery(settings), "w1@test")
+    return Janitor(settings, Celery("test", config_source=celery_config(settings)), "w1@test")
 
 
 def add_job(janitor: Janitor, status: JobStatus, age_s: float = 60, **fields: Any) -> JobRecord:

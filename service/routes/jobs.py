@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.digest import stored_sha256
 from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
+from core.lifecycle import CancelResult, cancel
 from core.store import REPORT, BlobStore, JobStore, model_file
 from service.deps import BlobsDep, CeleryDep, MetricsDep, RedisDep, SettingsDep, StoreDep
 from service.errors import (
@@ -33,7 +34,6 @@ from service.errors import (
     problem_responses,
 )
 from service.schemas import JOBS_PATH, SPEC_EXAMPLES, JobPublic, JobsPublic, PageLinks
-from service.sha import file_sha256
 from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
@@ -186,7 +186,7 @@ def _etag_matches(if_none_match: str | None, sha: str) -> bool:
 def _model_sha(record: JobRecord, blobs: BlobStore, fmt: ModelFormat) -> str:
     if fmt == record.model_format and record.model_sha256:
         return record.model_sha256
-    return file_sha256(blobs, record.id, model_file(fmt))
+    return stored_sha256(blobs, record.id, model_file(fmt))
 
 
 @router.get(
@@ -233,21 +233,14 @@ def get_model(
 )
 def cancel_job(job_id: str, store: StoreDep) -> Response:
     """Cancel a job: a queued one at once (200), a running one at its next batch (202)."""
-    for _ in range(3):  # the status may change under us; each step is a compare-and-set
-        record = load_job(store, job_id)
-        if record.status is JobStatus.QUEUED:
-            done = store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELLED,
-                                    finished_at=datetime.now(UTC))
-            if done is not None:
-                return _json(JobPublic.from_record(done), 200)
-        elif record.status is JobStatus.RUNNING:
-            asked = store.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING,
-                                     cancel_requested=True)
-            if asked is not None:
-                return _json(JobPublic.from_record(asked), 202)
-        else:
-            raise JobFinished(f"job {job_id} already ended {record.status.value}")
-    raise JobFinished(f"job {job_id} changed state while cancelling; read it again")
+    result, record = cancel(store, job_id)
+    if result is CancelResult.NOT_FOUND or record is None:
+        raise NotFound(f"no job {job_id!r}")
+    if result is CancelResult.FINISHED:
+        raise JobFinished(f"job {job_id} already ended {record.status.value}")
+    if result is CancelResult.CONTESTED:
+        raise JobFinished(f"job {job_id} changed state while cancelling; read it again")
+    return _json(JobPublic.from_record(record), 200 if result is CancelResult.CANCELLED else 202)
 
 
 @router.get(

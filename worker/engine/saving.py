@@ -6,7 +6,6 @@ so each file loads with plain PyTorch and shows the report's zeros.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 import zlib
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import assert_never
 import torch
 from torch import nn
 
+from core.digest import sha256_file
 from core.formats import ModelFormat
 from core.report import FileInfo
-
-_CHUNK = 1 << 20
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -63,14 +61,13 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
 
 def file_info(path: Path, fmt: ModelFormat) -> FileInfo:
     """sha256, size, and zlib level-6 size, in one streaming pass."""
-    digest = hashlib.sha256()
     compressor = zlib.compressobj(6)
-    compressed = 0
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            compressed += len(compressor.compress(chunk))
-    compressed += len(compressor.flush())
-    return FileInfo(format=fmt, sha256=digest.hexdigest(), bytes=size, compressed_bytes=compressed)
+    sizes = [0, 0]  # bytes, compressed bytes
+
+    def measure(chunk: bytes) -> None:
+        sizes[0] += len(chunk)
+        sizes[1] += len(compressor.compress(chunk))
+
+    sha = sha256_file(path, measure)
+    sizes[1] += len(compressor.flush())
+    return FileInfo(format=fmt, sha256=sha, bytes=sizes[0], compressed_bytes=sizes[1])
