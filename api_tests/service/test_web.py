@@ -7,9 +7,10 @@ import re
 from datetime import timedelta
 from html import unescape
 
+from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
 from api_tests.report_html.factories import HOSTILE, full_report
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles, assert_problem
+from api_tests.service.conftest import REFERENCE, Api, ModelFiles
 from api_tests.service.factories import NOW, finished_job
 from core.errors import JobErrorCode
 from core.jobs import JobError, JobStatus
