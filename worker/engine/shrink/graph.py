@@ -123,11 +123,12 @@ class _Analysis:
         self.groups.append(Group(id=len(self.groups), channels=channels, producers=[producer]))
         return len(self.groups) - 1
 
-    def union(self, a: int, b: int, node: torch._C.Node) -> int:
+    def union(self, a: int, b: int, node: torch._C.Node | None, what: str = "") -> int:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             if self.groups[ra].channels != self.groups[rb].channels:
-                self.block(ra, f"{node.kind()} of {self.groups[ra].channels} and "
+                what = what or (node.kind() if node is not None else "")
+                self.block(ra, f"{what} of {self.groups[ra].channels} and "
                                f"{self.groups[rb].channels} channels", node)
             self.parent[rb] = ra
         return ra
@@ -165,6 +166,15 @@ class _Analysis:
         self.walk(graph.nodes())
         for value in graph.outputs():
             self.mark_output(value)
+        self.couple_shared_tensors()
+
+    def couple_shared_tensors(self) -> None:
+        """A layer called twice slices one tensor for two groups: they are one group."""
+        owner: dict[tuple[str, int], int] = {}
+        for group in self.groups:
+            for piece in group.slices:
+                first = owner.setdefault((piece.tensor, piece.dim), group.id)
+                self.union(first, group.id, None, f"{piece.tensor} shared by layers")
 
     def mark_output(self, value: torch._C.Value) -> None:
         state = self.states.get(value)
@@ -394,9 +404,13 @@ def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:
     for group in analysis.groups:
         root = merged.setdefault(analysis.find(group.id), Group(
             id=len(merged), channels=analysis.groups[analysis.find(group.id)].channels))
-        root.producers += group.producers
-        root.slices += group.slices
+        root.producers += [p for p in group.producers if p not in root.producers]
+        root.slices += [s for s in group.slices if s not in root.slices]
         root.blockers += group.blockers
         root.feeds_output |= group.feeds_output
+    for group in merged.values():
+        cuts = [(s.tensor, s.dim) for s in group.slices]
+        if len(set(cuts)) != len(cuts):  # one tensor, two layouts (a flatten and not)
+            group.blockers.append("a tensor reached both flattened and not")
     shapes = {k: list(v.shape) for k, v in analysis.tensors.items()}
     return ChannelGraph(groups=list(merged.values()), tensor_shapes=shapes)

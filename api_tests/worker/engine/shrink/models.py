@@ -90,3 +90,16 @@ class Sigmoid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.sigmoid(self.fc1(torch.flatten(x, 1))))
+
+
+class SharedLayer(nn.Module):
+    """One conv applied twice: its input and output channels couple both uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.shared = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 28 * 28, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.shared(F.relu(self.shared(F.relu(self.stem(x)))))))

@@ -178,3 +178,29 @@ def test_spec_refuses_shrink_without_output_channel_pruning() -> None:
         PruningSpec(method="l1_unstructured", shrink=True)
     with pytest.raises(ValueError, match="dim 1"):
         PruningSpec(method="ln_structured", dim=1, shrink=True)
+
+
+def test_a_layer_used_twice_couples_its_input_and_output(batch: torch.Tensor) -> None:
+    model = torch.jit.script(models.SharedLayer().eval())
+    shrunk, masked = _shrink_and_mask(model, None)
+    [group] = [g for g in shrunk.report.groups if g.pruned]
+    assert group.producers == ["stem", "shared"] and group.channels_after == 3
+    shapes = {c.name: c.shape_after for c in shrunk.report.tensors}
+    assert shapes["shared.weight"] == [3, 3, 3, 3]
+    assert shapes["head.1.weight"] == [10, 3 * 28 * 28]
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk.model(batch), masked(batch), atol=1e-5, rtol=0)
+
+
+def test_random_structured_and_overrides(batch: torch.Tensor) -> None:
+    spec = PruningSpec.model_validate({**HALF.model_dump(), "method": "random_structured",
+                                       "overrides": {"conv2.weight": 4}})
+    torch.manual_seed(0)
+    first, masked = _shrink_and_mask(registry.build("lenet5").eval(), "lenet5", spec)
+    torch.manual_seed(0)
+    again, _ = _shrink_and_mask(registry.build("lenet5").eval(), "lenet5", spec)
+    assert first.report.widths == {"conv1": 3, "conv2": 12, "fc1": 60, "fc2": 42}
+    assert first.report.scoring == "one uniform random score per channel of the group"
+    torch.testing.assert_close(first.model.state_dict(), again.model.state_dict())  # seeded
+    with torch.no_grad():
+        torch.testing.assert_close(first.model(batch), masked(batch), atol=1e-5, rtol=0)
