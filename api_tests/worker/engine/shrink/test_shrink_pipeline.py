@@ -15,7 +15,7 @@ from api_tests.worker.engine.shrink import models
 from core.errors import JobErrorCode
 from core.settings import Settings
 from core.spec import JobSpec
-from worker.engine import registry
+from worker.engine import cli, registry
 from worker.engine.errors import EngineError
 from worker.engine.pipeline import run_job
 
@@ -92,3 +92,16 @@ def test_registry_mlp_shrunk_then_finetuned(engine_settings: Settings, tmp_path:
     assert accuracy(rebuilt, mnist_test) == pytest.approx(
         result.report.accuracy.after_finetune.accuracy, abs=1e-4)
     _check_files(result, mnist_test)
+
+
+def test_cli_shrink_flag(engine_settings: Settings, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "residual.pt"
+    torch.jit.save(torch.jit.script(models.ResidualNet().eval()), str(path))
+    code = cli.main([str(path), "--method", "ln_structured", "--amount", "0.5", "--shrink",
+                     "--epochs", "0", "--device", "cpu", "--no-progress", "-o",
+                     str(tmp_path / "out"), "--mnist-root", str(engine_settings.mnist_root)])
+    assert code == 0
+    assert "shrunk: 6426 -> 2642 parameters; widths {\"stem\": 4," in capsys.readouterr().out
+    assert cli.main([str(path), "--method", "l1_unstructured", "--shrink", "-o",
+                     str(tmp_path / "x")]) == 2  # shrink needs a structured method
