@@ -78,8 +78,8 @@ class Prepared:
         return ShrinkReport(
             architecture=self.architecture, widths=widths, scoring=scoring_rule(self.spec),
             groups=groups, tensors=changes,
-            parameters_before=sum(int(v.numel()) for k, v in before.items()
-                                  if k in dict(self.model.named_parameters())),
+            parameters_before=sum(int(before[name].numel())
+                                  for name, _ in self.model.named_parameters()),
             parameters_after=sum(p.numel() for p in model.parameters()),
         )
 
