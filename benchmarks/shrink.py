@@ -61,22 +61,31 @@ def flops_per_image(model: nn.Module) -> int:
     return int(counter.get_total_flops())
 
 
-def latency_ms(models: dict[str, nn.Module], batch: int, runs: int = 40) -> dict[str, Any]:
+def latency_ms(models: dict[str, nn.Module], batch: int, runs: int = 100) -> dict[str, Any]:
     """Warm-up, then ``runs`` forward passes per model, interleaved so that both see the
-    same machine load; p50/p90 in milliseconds."""
+    same machine load. Wall-clock p50/p90/min in milliseconds, and the process CPU time per
+    pass (p50): on a shared, overloaded CPU the wall clock also counts time spent waiting for
+    a core, the CPU time only the work done."""
     x = torch.randn(batch, 1, 28, 28)
-    times: dict[str, list[float]] = {name: [] for name in models}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():
             for _ in range(5):
                 model(x)
         for _ in range(runs):
             for name, model in models.items():
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 model(x)
-                times[name].append((time.perf_counter() - t0) * 1000)
-    return {name: {"p50": statistics.median(t), "p90": statistics.quantiles(t, n=10)[-1]}
-            for name, t in times.items()}
+                wall[name].append((time.perf_counter() - t0) * 1000)
+                cpu[name].append((time.process_time() - c0) * 1000)
+    return {name: {"p50": statistics.median(t), "p90": statistics.quantiles(t, n=10)[-1],
+                   "min": min(t), "cpu_p50": statistics.median(cpu[name])}
+            for name, t in wall.items()}
+
+
+def speedups(lat: dict[str, Any]) -> dict[str, float]:
+    return {key: lat["dense"][key] / lat["shrunk"][key] for key in ("p50", "min", "cpu_p50")}
 
 
 def shrink_job(path: Path, spec: dict[str, Any], out: Path) -> RunResult:
@@ -100,7 +109,7 @@ def lenet5(workdir: Path) -> dict[str, Any]:
     shrunk = torch.jit.load(str(result.outputs["torchscript"])).eval()
     dense_script = torch.jit.script(dense).eval()
     lat = latency_ms({"dense": dense_script, "shrunk": shrunk}, batch=256)
-    lat1 = latency_ms({"dense": dense_script, "shrunk": shrunk}, batch=1, runs=200)
+    lat1 = latency_ms({"dense": dense_script, "shrunk": shrunk}, batch=1, runs=300)
     flops = {"dense": flops_per_image(dense), "shrunk": flops_per_image(shrunk)}
     after = result.report.accuracy.after_finetune.accuracy
     assert result.report.shrink is not None
@@ -113,12 +122,11 @@ def lenet5(workdir: Path) -> dict[str, Any]:
                      "after_finetune": after, "points_below_dense": (dense_accuracy - after) * 100},
         "flops_per_image": {**flops, "reduction": 1 - flops["shrunk"] / flops["dense"]},
         "latency_ms_batch_256": lat, "latency_ms_batch_1": lat1,
-        "speedup_batch_256": lat["dense"]["p50"] / lat["shrunk"]["p50"],
-        "speedup_batch_1": lat1["dense"]["p50"] / lat1["shrunk"]["p50"],
+        "speedup_batch_256": speedups(lat), "speedup_batch_1": speedups(lat1),
         "job_seconds": job_s, "timings_s": result.report.timings_s,
         "targets_met": {
             "accuracy_within_0.5_points": (dense_accuracy - after) * 100 <= 0.5,
-            "speedup_batch_256_at_least_1.5": lat["dense"]["p50"] / lat["shrunk"]["p50"] >= 1.5,
+            "speedup_batch_256_at_least_1.5 (wall p50)": speedups(lat)["p50"] >= 1.5,
             "flops_at_least_45_percent_fewer": 1 - flops["shrunk"] / flops["dense"] >= 0.45,
         },
     }

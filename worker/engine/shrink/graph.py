@@ -18,33 +18,26 @@ multiply zeros only.
 
 from __future__ import annotations
 
-import linecache
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-# Ops that keep the channel dimension where it is and map a zero channel to zero.
-_PASSTHROUGH = frozenset(
-    f"aten::{name}"
-    for name in (
-        "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "gelu", "silu", "silu_",
-        "tanh", "tanh_", "elu", "elu_", "hardtanh", "hardtanh_", "hardswish", "hardswish_",
-        "mish", "dropout", "dropout_", "feature_dropout", "alpha_dropout", "contiguous",
-        "clone", "detach", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
-        "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-        "adaptive_avg_pool3d", "lp_pool2d", "upsample_nearest2d", "upsample_bilinear2d",
-    )
+from worker.engine.shrink.ops import (
+    CONV,
+    COUPLING,
+    METADATA,
+    PASSTHROUGH,
+    SCALE,
+    Opaque,
+    State,
+    flatten_state,
+    is_number,
+    location,
+    mean_state,
+    plain_conv,
+    reshape_rank,
 )
-# Elementwise ops of two tensors: two groups meeting here are coupled (one group).
-_COUPLING = frozenset({"aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::mul",
-                       "aten::mul_"})
-_SCALE = frozenset({"aten::mul", "aten::mul_", "aten::div", "aten::div_"})
-# Ops that read a tensor's metadata only: fine on any shape, nothing to rewrite.
-_METADATA = frozenset({"aten::size", "aten::dim", "aten::len", "aten::numel", "prim::shape",
-                       "aten::__is__", "aten::__isnot__"})
-_CONV = frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"})
 
 
 @dataclass(frozen=True)
@@ -75,41 +68,15 @@ class ChannelGraph:
     tensor_shapes: dict[str, list[int]]
 
 
-@dataclass(frozen=True)
-class _State:
-    """A tensor value whose dimension 1 carries group ``group``'s channels."""
-
-    group: int
-    rank: int | None  # None: unknown
-    flat: bool = False  # channel-major flattened: feature = channel * inner + rest
-
-
-def location(node: torch._C.Node) -> str:
-    """'model.py:15: return self.fc(x.view(-1, 400))' from the node's source range.
-
-    Scripted graphs say 'File "model.py", line 15', traced ones 'model.py(15): forward'."""
-    text = str(node.sourceRange())
-    match = re.search(r'File "([^"]+)", line (\d+)', text) or re.match(r"(.+?)\((\d+)\): ", text)
-    if match is None:
-        return "unknown location"
-    path, line = match.group(1), int(match.group(2))
-    code = linecache.getline(path, line).strip()
-    lines = text.splitlines()
-    here = next((i for i, ln in enumerate(lines) if "<--- HERE" in ln), 0)
-    if not code and here > 0:  # the file is gone (a loaded archive): the range has the code
-        code = lines[here - 1].strip()
-    return f"{path}:{line}: {code}" if code else f"{path}:{line}"
-
-
 class _Analysis:
     def __init__(self, module: torch.jit.ScriptModule) -> None:
         self.tensors = dict(module.state_dict())
         self.parent: list[int] = []
         self.groups: list[Group] = []
-        self.states: dict[torch._C.Value, _State] = {}
+        self.states: dict[torch._C.Value, State] = {}
         self.paths: dict[torch._C.Value, str] = {}
         self.ranks: dict[torch._C.Value, int] = {}
-        self.containers: dict[torch._C.Value, list[_State]] = {}
+        self.containers: dict[torch._C.Value, list[State]] = {}
 
     # -- union-find over groups ------------------------------------------------------------
     def find(self, g: int) -> int:
@@ -156,7 +123,7 @@ class _Analysis:
         if value.node().kind() == "prim::Constant" and value.type().kind() == "NoneType":
             return None
         if value not in self.paths or self.paths[value] not in self.tensors:
-            raise _Opaque("a weight that is not a parameter of a submodule")
+            raise Opaque("a weight that is not a parameter of a submodule")
         return self.paths[value]
 
     # -- the walk ----------------------------------------------------------------------------
@@ -207,7 +174,7 @@ class _Analysis:
             return
         tracked = [v for v in ins if v in self.states]
         try:
-            if kind in _CONV or kind == "aten::linear":
+            if kind in CONV or kind == "aten::linear":
                 self.layer(node, ins)
             elif kind == "aten::batch_norm":
                 self.batch_norm(node, ins)
@@ -217,7 +184,7 @@ class _Analysis:
                 self.untracked(node, kind, ins)
             else:
                 self.follow(node, kind, ins, tracked)
-        except _Opaque as exc:
+        except Opaque as exc:
             for value in tracked:
                 self.block(self.states[value].group, f"{kind} ({exc})", node)
 
@@ -226,44 +193,44 @@ class _Analysis:
         for block in node.blocks():
             self.walk(block.nodes())
         if kind in ("aten::flatten", "aten::view", "aten::reshape") and node.outputsSize() == 1:
-            rank = _reshape_rank(node, ins, self.rank(ins[0]))
+            rank = reshape_rank(node, ins, self.rank(ins[0]))
             if rank is not None:
                 self.ranks[node.output()] = rank
 
     def follow(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value],
                tracked: list[torch._C.Value]) -> None:
         state = self.states[tracked[0]]
-        if kind in _METADATA:
+        if kind in METADATA:
             return
-        if kind in _PASSTHROUGH:
+        if kind in PASSTHROUGH:
             if ins[0] is not tracked[0]:
-                raise _Opaque("a channel tensor in an unexpected argument")
+                raise Opaque("a channel tensor in an unexpected argument")
             self.states[next(node.outputs())] = state
-        elif kind in _COUPLING and len(tracked) == 2:
+        elif kind in COUPLING and len(tracked) == 2:
             other = self.states[tracked[1]]
             if state.flat != other.flat:
-                raise _Opaque("adds a flattened and an unflattened tensor")
+                raise Opaque("adds a flattened and an unflattened tensor")
             group = self.union(state.group, other.group, node)
             rank = state.rank if state.rank is not None else other.rank
-            self.states[node.output()] = _State(group, rank, state.flat)
-        elif kind in _SCALE and len(tracked) == 1 and ins[0] is tracked[0] and _is_number(ins[1]):
+            self.states[node.output()] = State(group, rank, state.flat)
+        elif kind in SCALE and len(tracked) == 1 and ins[0] is tracked[0] and is_number(ins[1]):
             self.states[node.output()] = state  # x * 0.5 keeps zeros zero
         elif kind in ("aten::flatten", "aten::view", "aten::reshape") and ins[0] is tracked[0]:
-            self.states[node.output()] = _flatten(node, ins, state)
+            self.states[node.output()] = flatten_state(node, ins, state)
         elif kind == "aten::mean" and ins[0] is tracked[0]:
-            self.states[node.output()] = _mean(node, ins, state)
+            self.states[node.output()] = mean_state(node, ins, state)
         else:
-            raise _Opaque("an op the channel analysis does not know")
+            raise Opaque("an op the channel analysis does not know")
 
     def layer(self, node: torch._C.Node, ins: list[torch._C.Value]) -> None:
         """Conv/Linear: consumes its input's group (weight dim 1), produces a new group."""
         weight, bias = self.param(ins[1]), self.param(ins[2])
         if weight is None:
-            raise _Opaque("a layer without a weight")
+            raise Opaque("a layer without a weight")
         shape = list(self.tensors[weight].shape)
-        conv = node.kind() in _CONV
+        conv = node.kind() in CONV
         source = self.states.get(ins[0])
-        if conv and not _plain_conv(node, ins):
+        if conv and not plain_conv(node, ins):
             if source is not None:
                 self.block(source.group, f"{node.kind()} with groups != 1 or transposed", node)
             return
@@ -274,9 +241,9 @@ class _Analysis:
         self.add_slice(group, weight, 0)
         self.add_slice(group, bias, 0)
         rank = len(shape) if conv else self.rank(ins[0])
-        self.states[node.output()] = _State(group, rank)
+        self.states[node.output()] = State(group, rank)
 
-    def consume(self, node: torch._C.Node, source: _State, shape: list[int], weight: str,
+    def consume(self, node: torch._C.Node, source: State, shape: list[int], weight: str,
                 conv: bool) -> None:
         channels = self.groups[self.find(source.group)].channels
         if conv or not source.flat:
@@ -299,8 +266,11 @@ class _Analysis:
         source = self.states.get(ins[0])
         if source is None:
             return
-        for value in ins[1:5]:  # weight, bias, running_mean, running_var
-            self.add_slice(source.group, self.param(value), 0)
+        names = [self.param(value) for value in ins[1:5]]  # weight, bias, mean, var
+        if names[0] is None or names[1] is None:  # 0 would come out as -mean/std, not 0
+            raise Opaque("BatchNorm without affine weight and bias")
+        for name in names:
+            self.add_slice(source.group, name, 0)
         self.states[node.output()] = source
 
     def branch(self, node: torch._C.Node) -> None:
@@ -318,80 +288,6 @@ class _Analysis:
             else:
                 for s in known:
                     self.block(s.group, "a branch whose outputs carry different channels", node)
-
-
-class _Opaque(Exception):
-    """The node does something with a group's channels that we cannot rewrite."""
-
-
-def _is_number(value: torch._C.Value) -> bool:
-    return value.type().kind() in ("IntType", "FloatType", "NumberType")
-
-
-def _constant(value: torch._C.Value) -> object:
-    node = value.node()
-    if node.kind() != "prim::Constant":
-        return None
-    return value.toIValue()
-
-
-def _plain_conv(node: torch._C.Node, ins: list[torch._C.Value]) -> bool:
-    if node.kind() == "aten::_convolution":
-        return _constant(ins[6]) is False and _constant(ins[8]) == 1
-    return _constant(ins[6]) == 1
-
-
-def _list_items(value: torch._C.Value) -> list[torch._C.Value] | None:
-    node = value.node()
-    if node.kind() == "prim::ListConstruct":
-        return list(node.inputs())
-    if node.kind() == "prim::Constant":
-        items = value.toIValue()
-        if isinstance(items, list):
-            return [value] * len(items)  # only the length is used
-    return None
-
-
-def _reshape_rank(node: torch._C.Node, ins: list[torch._C.Value], rank: int | None) -> int | None:
-    if node.kind() == "aten::flatten":
-        start, end = _constant(ins[1]), _constant(ins[2])
-        if isinstance(start, int) and end == -1 and start >= 0:
-            return start + 1
-        return None
-    items = _list_items(ins[1])
-    return len(items) if items is not None else None
-
-
-def _flatten(node: torch._C.Node, ins: list[torch._C.Value], state: _State) -> _State:
-    """flatten(x, 1) / x.view(x.size(0), -1): channels become channel-major features."""
-    if node.kind() == "aten::flatten":
-        start, end = _constant(ins[1]), _constant(ins[2])
-        if start == 1 and end == -1:
-            return _State(state.group, 2, flat=True)
-        if isinstance(start, int) and start >= 2 and end == -1:
-            return _State(state.group, start + 1, state.flat)
-        raise _Opaque(f"flatten({start}, {end}) merges the channel dimension into the batch")
-    items = _list_items(ins[1])
-    if items is None or len(items) != 2 or _constant(items[1]) != -1:
-        raise _Opaque("a reshape to fixed sizes; write x.flatten(1) or "
-                      "x.view(x.size(0), -1) so the size follows the channels")
-    first = items[0]
-    while first.node().kind() in ("aten::Int", "prim::NumToTensor", "aten::ScalarImplicit"):
-        first = next(first.node().inputs())  # traced graphs wrap x.size(0) in tensors
-    if first.node().kind() == "aten::size" and _constant(list(first.node().inputs())[1]) == 0:
-        return _State(state.group, 2, flat=True)
-    raise _Opaque("a reshape whose batch size is not x.size(0); write x.flatten(1)")
-
-
-def _mean(node: torch._C.Node, ins: list[torch._C.Value], state: _State) -> _State:
-    """Global average pooling (mean over dims >= 2) keeps the channels at dim 1."""
-    dims, keepdim = _constant(ins[1]), _constant(ins[2])
-    if state.flat or not isinstance(dims, list) or state.rank is None:
-        raise _Opaque("a mean over dimensions the analysis cannot see")
-    real = [d % state.rank for d in dims]
-    if any(d < 2 for d in real):
-        raise _Opaque("a mean over the batch or channel dimension")
-    return _State(state.group, state.rank if keepdim else state.rank - len(real))
 
 
 def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:

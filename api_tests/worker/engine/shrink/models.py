@@ -103,3 +103,16 @@ class SharedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.relu(self.shared(F.relu(self.shared(F.relu(self.stem(x)))))))
+
+
+class NoAffine(nn.Module):
+    """BatchNorm without weight and bias maps a removed channel's 0 to -mean/std."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.bn(self.conv(x)), 1))

@@ -156,6 +156,8 @@ def test_refuses_concatenation_and_non_zero_preserving_activations() -> None:
     assert "torch.cat([self.a(x), self.b(x)], 1)" in cat.message
     sigmoid = _refusal(torch.jit.trace(models.Sigmoid(), torch.zeros(2, 1, 28, 28)))
     assert "aten::sigmoid" in sigmoid.message and "models.py:" in sigmoid.message
+    no_affine = _refusal(torch.jit.script(models.NoAffine()))
+    assert "aten::batch_norm (BatchNorm without affine weight and bias)" in no_affine.message
 
 
 def test_refusal_leaves_the_model_untouched() -> None:
