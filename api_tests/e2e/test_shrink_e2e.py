@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import Stack, accuracy, submit, wait_for
+from api_tests.conftest import Stack, submit, wait_for
+from api_tests.models import accuracy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]
 

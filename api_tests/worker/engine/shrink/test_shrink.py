@@ -26,7 +26,7 @@ HALF = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0,
 
 
 @pytest.fixture(scope="module")
-def batch(mnist_test: tuple[Any, Any]) -> torch.Tensor:
+def batch(mnist_test: tuple[Any, Any]) -> torch.Tensor:  # only in tests marked slow
     images, _ = mnist_test
     return images[:256]  # (256, 1, 28, 28), real MNIST digits
 
@@ -48,16 +48,34 @@ def _shrink_and_mask(model: nn.Module, architecture: str | None, spec: PruningSp
     return prepared.apply(), masked
 
 
-def _residual(kind: str, batch: torch.Tensor) -> torch.jit.ScriptModule:
+def _residual(kind: str) -> torch.jit.ScriptModule:
     net = models.randomize_batchnorm(models.ResidualNet())
     if kind == "scripted":
         return torch.jit.script(net)
-    return torch.jit.trace(net, batch[:8])
+    return torch.jit.trace(net, torch.zeros(2, 1, 28, 28))
 
 
 @pytest.mark.parametrize("kind", ["scripted", "traced"])
+def test_residual_shape_bookkeeping(kind: str) -> None:
+    """The fast-loop twin of the MNIST test below: random inputs, same bookkeeping."""
+    shrunk, masked = _shrink_and_mask(_residual(kind), None)
+    [pruned] = [g for g in shrunk.report.groups if "stem" in g.producers]
+    assert pruned.producers == ["stem", "block1.conv2", "block2.conv2"]
+    assert sorted(pruned.tensors) == sorted(
+        ["stem.weight", "stem.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+         "block1.conv1.weight", "block2.conv1.weight", "fc.weight"]
+        + [f"{b}.{t}" for b in ("block1", "block2") for t in (
+            "conv2.weight", "conv2.bias", "bn2.weight", "bn2.bias", "bn2.running_mean",
+            "bn2.running_var")])
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk.model(x), masked(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["scripted", "traced"])
+@pytest.mark.slow  # MNIST batches: the test split is read
 def test_residual_groups_are_coupled_and_removal_is_exact(kind: str, batch: torch.Tensor) -> None:
-    model = _residual(kind, batch)
+    model = _residual(kind)
     shrunk, masked = _shrink_and_mask(model, None)
     report = shrunk.report
     residual = next(g for g in report.groups if "stem" in g.producers)
@@ -83,6 +101,7 @@ def test_residual_groups_are_coupled_and_removal_is_exact(kind: str, batch: torc
     assert dict(shrunk.model.named_parameters())["fc.weight"].shape == (10, 196)
 
 
+@pytest.mark.slow  # MNIST batches: the test split is read
 def test_flatten_linear_maps_channel_major_features(batch: torch.Tensor) -> None:
     """lenet5: conv2's kept channels select fc1's inputs in blocks of 5*5 = 25."""
     model = registry.build("lenet5").eval()
@@ -100,6 +119,7 @@ def test_flatten_linear_maps_channel_major_features(batch: torch.Tensor) -> None
 
 
 @pytest.mark.parametrize("name", ["mnist_mlp", "lenet5", "small_cnn_bn"])
+@pytest.mark.slow  # MNIST batches: the test split is read
 def test_registry_widths_rebuild_the_shrunk_model(name: str, batch: torch.Tensor) -> None:
     model = models.randomize_batchnorm(registry.build(name))
     shrunk, masked = _shrink_and_mask(model, name)
@@ -125,8 +145,8 @@ def test_mlp_neurons_linear_to_linear() -> None:
     assert shrunk.report.parameters_after == 128 * 785 + 64 * 129 + 10 * 65
 
 
-def test_group_score_is_the_sum_of_the_producers_norms(batch: torch.Tensor) -> None:
-    model = _residual("scripted", batch)
+def test_group_score_is_the_sum_of_the_producers_norms() -> None:
+    model = _residual("scripted")
     state = model.state_dict()
     score = sum(state[f"{p}.weight"].flatten(1).norm(dim=1)
                 for p in ["stem", "block1.conv2", "block2.conv2"])
@@ -182,6 +202,7 @@ def test_spec_refuses_shrink_without_output_channel_pruning() -> None:
         PruningSpec(method="ln_structured", dim=1, shrink=True)
 
 
+@pytest.mark.slow  # MNIST batches: the test split is read
 def test_a_layer_used_twice_couples_its_input_and_output(batch: torch.Tensor) -> None:
     model = torch.jit.script(models.SharedLayer().eval())
     shrunk, masked = _shrink_and_mask(model, None)
@@ -194,6 +215,7 @@ def test_a_layer_used_twice_couples_its_input_and_output(batch: torch.Tensor) ->
         torch.testing.assert_close(shrunk.model(batch), masked(batch), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # MNIST batches: the test split is read
 def test_random_structured_and_overrides(batch: torch.Tensor) -> None:
     spec = PruningSpec.model_validate({**HALF.model_dump(), "method": "random_structured",
                                        "overrides": {"conv2.weight": 4}})

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from api_tests.conftest import accuracy
+from api_tests.models import accuracy
 from api_tests.worker.engine.shrink import models
 from core.errors import JobErrorCode
 from core.settings import Settings
@@ -36,6 +36,7 @@ def _check_files(result: Any, mnist_test: tuple[Any, Any]) -> None:
     assert accuracy(scripted, mnist_test) == pytest.approx(stated, abs=1e-4)
 
 
+@pytest.mark.slow  # evaluates on the MNIST test split
 @pytest.mark.parametrize("kind", ["scripted", "traced"])
 def test_torchscript_residual_upload_is_shrunk(
     kind: str, engine_settings: Settings, tmp_path: Path, mnist_test: tuple[Any, Any]
@@ -94,6 +95,7 @@ def test_registry_mlp_shrunk_then_finetuned(engine_settings: Settings, tmp_path:
     _check_files(result, mnist_test)
 
 
+@pytest.mark.slow  # evaluates on the MNIST test split
 def test_cli_shrink_flag(engine_settings: Settings, tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "residual.pt"
