@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, help="structured: dimension whose slices are pruned")
     p.add_argument("--include", action="append", help="fnmatch pattern to target (repeatable)")
     p.add_argument("--exclude", action="append", help="fnmatch pattern to skip (repeatable)")
+    p.add_argument("--shrink", action="store_true", default=None,
+                   help="remove the pruned channels (structured, dim 0): a smaller model")
     p.add_argument("--epochs", type=int)
     p.add_argument("--optimizer", choices=["adam", "sgd"])
     p.add_argument("--lr", type=float)
@@ -68,7 +70,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     sections = {
         "pruning": {"method": args.method, "scope": args.scope, "amount": args.amount,
                     "n": None if args.n is None else (int(args.n) if args.n.isdigit() else args.n),
-                    "dim": args.dim, "include": args.include, "exclude": args.exclude},
+                    "dim": args.dim, "include": args.include, "exclude": args.exclude,
+                    "shrink": args.shrink},
         "finetune": {"epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr,
                      "batch_size": args.batch_size, "weight_decay": args.weight_decay},
         "input": {"flatten": args.flatten},
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         f"model: {result.outputs[result.primary]}; report: {report_path}"
         + (f"; page: {html_path}" if html_path else "")
     )
+    if r.shrink is not None:
+        print(f"shrunk: {r.shrink.parameters_before} -> {r.shrink.parameters_after} "
+              f"parameters; widths {json.dumps(r.shrink.widths)}")
     return 0
 
 
