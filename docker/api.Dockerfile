@@ -10,6 +10,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY service ./service
+COPY report_html ./report_html
 # The base install (fastapi, uvicorn, celery[redis], pydantic...) and the PostgreSQL/S3
 # drivers of the distributed profile; never torch.
 RUN pip install '.[distributed]' \
