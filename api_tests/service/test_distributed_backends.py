@@ -3,14 +3,19 @@ when either is down: 503 + Retry-After, never 500, nothing recorded."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from api_tests.conftest import assert_problem
+from api_tests.core.factories import T0, make_record
 from api_tests.service.conftest import ModelFiles, make_settings, running_api
 from core.digest import sha256_file
+from core.formats import ModelFormat
 from core.jobs import JobStatus
-from core.store import UPLOAD
+from core.store import UPLOAD, model_file
 from stack.processes import free_port
 
 
@@ -56,3 +61,38 @@ def test_database_and_object_store_down_answer_503(
         assert_problem(response, 503, "storage_unavailable")
         assert response.headers["Retry-After"] == "5"
         assert api.queued_job_ids() == []  # nothing was enqueued
+
+
+def test_model_download_from_s3_streams_or_redirects_to_a_presigned_url(
+    tmp_path: Path, redis_url: str, postgres_server: Any, s3_server: Any
+) -> None:
+    payload = b"pruned model bytes " * 1000
+    sha = hashlib.sha256(payload).hexdigest()
+    backends = {"database_url": postgres_server.url(), **s3_server.settings()}
+    for presign_s in (0, 60):
+        settings = make_settings(tmp_path / str(presign_s), redis_url, s3_presign_s=presign_s,
+                                 **backends)
+        with running_api(settings) as api:
+            if presign_s == 0:  # the first round stores the job both rounds read
+                record = make_record(status=JobStatus.SUCCEEDED, started_at=T0, finished_at=T0,
+                                     model_format=ModelFormat.TORCHSCRIPT, model_sha256=sha)
+                api.store.create(record)
+                with api.blobs.writer(record.id, model_file(ModelFormat.TORCHSCRIPT)) as f:
+                    f.write(payload)
+            response = api.client.get(f"/v1/jobs/{record.id}/model", follow_redirects=False)
+            assert response.headers["etag"] == f'"{sha}"'
+            if presign_s == 0:
+                assert response.status_code == 200 and response.content == payload
+                ranged = api.client.get(f"/v1/jobs/{record.id}/model",
+                                        headers={"Range": "bytes=0-4"})
+                assert ranged.status_code == 206 and ranged.content == payload[:5]
+            else:
+                assert response.status_code == 307
+                location = response.headers["location"]
+                assert location.startswith(s3_server.endpoint) and "Expires=" in location
+                direct = httpx.get(location)
+                assert direct.status_code == 200 and direct.content == payload
+                assert f"{record.id}-pruned.pt" in direct.headers["content-disposition"]
+            unchanged = api.client.get(f"/v1/jobs/{record.id}/model",
+                                       headers={"If-None-Match": f'"{sha}"'})
+            assert unchanged.status_code == 304
