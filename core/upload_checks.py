@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
+from core.compact_checks import CompactRejected, check_compact_safetensors
 from core.errors import JobErrorCode, ProblemCode
 from core.jobs import UploadFormat
 from core.settings import MiB, Settings
@@ -736,6 +737,10 @@ def check_safetensors(path: Path, settings: Settings) -> None:
         raw = f.read(header_len)
     header = _parse_header(raw)
     _check_safetensors_entries(header, file_size - 8 - header_len, settings)
+    try:  # the compact sparse layout (sparse_safetensors): its pieces must fit together
+        check_compact_safetensors(path, raw, settings)
+    except CompactRejected as exc:
+        raise UploadRejected(exc.status, exc.code, exc.message, exc.job_code) from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
