@@ -54,7 +54,7 @@ class Accuracy(BaseModel):
 
 
 class FileInfo(BaseModel):
-    format: Literal["torchscript", "state_dict", "safetensors"]
+    format: Literal["torchscript", "state_dict", "safetensors", "sparse_safetensors"]
     sha256: str
     bytes: int
     compressed_bytes: int | None = Field(

@@ -166,6 +166,7 @@ class OutputFormat(StrEnum):
     TORCHSCRIPT = "torchscript"
     STATE_DICT = "state_dict"
     SAFETENSORS = "safetensors"
+    SPARSE_SAFETENSORS = "sparse_safetensors"  # bitmask + non-zero values (a compact download)
 
 
 class JobSpec(_Model):

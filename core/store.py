@@ -27,7 +27,8 @@ REPORT = "report.json"
 def model_file(fmt: str) -> str:
     """File name of the pruned model in a given format: torchscript, state_dict, safetensors."""
     return {"torchscript": "model.torchscript.pt", "state_dict": "model.state_dict.pt",
-            "safetensors": "model.safetensors"}[fmt]
+            "safetensors": "model.safetensors",
+            "sparse_safetensors": "model.sparse.safetensors"}[fmt]
 
 
 class IdempotencyConflict(Exception):

@@ -37,9 +37,11 @@ from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
 
-ModelFormat = Literal["torchscript", "state_dict", "safetensors"]
-FORMATS: tuple[ModelFormat, ...] = ("torchscript", "state_dict", "safetensors")
-EXTENSIONS = {"torchscript": "pt", "state_dict": "pth", "safetensors": "safetensors"}
+ModelFormat = Literal["torchscript", "state_dict", "safetensors", "sparse_safetensors"]
+FORMATS: tuple[ModelFormat, ...] = ("torchscript", "state_dict", "safetensors",
+                                    "sparse_safetensors")
+EXTENSIONS = {"torchscript": "pt", "state_dict": "pth", "safetensors": "safetensors",
+              "sparse_safetensors": "sparse.safetensors"}
 EVENTS_POLL_S = 0.5
 EVENTS_KEEPALIVE_S = 15.0
 

@@ -24,10 +24,10 @@ from core.errors import JobErrorCode
 from core.jobs import UploadFormat
 from core.settings import Settings
 from core.upload_checks import UploadRejected, check_upload
-from worker.engine import audit, registry
+from worker.engine import audit, compact, registry
 from worker.engine.errors import EngineError
 
-ModelFormat = Literal["torchscript", "state_dict", "safetensors"]
+ModelFormat = Literal["torchscript", "state_dict", "safetensors", "sparse_safetensors"]
 
 
 @dataclass
@@ -48,6 +48,8 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
     else:
         tensors = _load_safetensors(path)
         kind = "safetensors"
+        if compact.is_compact_file(path):  # bitmask + values, checked at the door
+            tensors, kind = _decode_compact(tensors), "sparse_safetensors"
     audit.check_tensors(tensors, settings)
     return LoadedModel(_into_architecture(tensors, architecture), kind, architecture)
 
@@ -134,6 +136,13 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise EngineError(
             JobErrorCode.INVALID_MODEL, f"not a readable safetensors file: {exc}"
         ) from exc
+
+
+def _decode_compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    try:
+        return compact.decode(tensors)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise EngineError(JobErrorCode.INVALID_MODEL, f"not a valid compact file: {exc}") from exc
 
 
 def _into_architecture(tensors: dict[str, torch.Tensor], architecture: str | None) -> nn.Module:

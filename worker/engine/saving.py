@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from core.report import FileInfo
+from worker.engine import compact
 from worker.engine.loading import ModelFormat
 
 FILE_NAMES: dict[ModelFormat, str] = {
     "torchscript": "model.torchscript.pt",
     "state_dict": "model.state_dict.pt",
     "safetensors": "model.safetensors",
+    "sparse_safetensors": "model.sparse.safetensors",  # bitmask + values (engine/compact.py)
 }
 _CHUNK = 1 << 20
 
@@ -56,6 +58,8 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
             torch.jit.save(module, str(path))
     elif fmt == "state_dict":
         torch.save(cpu_state_dict(module), str(path))
+    elif fmt == "sparse_safetensors":
+        compact.save(cpu_state_dict(module), path)
     else:
         from safetensors.torch import save_file
 
