@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from core.cost import CostReport
 from core.spec import JobSpec
 
 REPORT_VERSION = 1
@@ -75,3 +76,4 @@ class Report(BaseModel):
     seed: int
     input: FileInfo
     output: FileInfo
+    cost: CostReport | None = None  # measured by the worker (core/cost.py)

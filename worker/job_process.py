@@ -231,9 +231,10 @@ def warm_up(settings: Settings) -> None:
     import torch
 
     from core.spec import InputSpec
-    from worker.engine import pipeline  # noqa: F401  (the import is the warm-up)
+    from worker.engine import cost, pipeline  # noqa: F401  (the import is the warm-up)
     from worker.engine.data import load_split
 
+    cost.warm_up()  # the FLOP counter's first dispatch mode imports torch._dynamo
     if settings.worker_device != "cpu":
         return
     try:

@@ -20,14 +20,13 @@ import torch
 
 from core.compact_checks import LAYOUT, LAYOUT_KEY, MASK_SUFFIX, SHAPE_SUFFIX
 
-# Bit patterns, so that -0.0 stays -0.0 (a float comparison with 0 would drop its sign).
-_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _BIT = torch.arange(8, dtype=torch.uint8)  # bit i of a byte holds element 8 * byte + i
 
 
 def _nonzero_mask(tensor: torch.Tensor) -> torch.Tensor:
-    flat = tensor.reshape(-1)
-    return flat.view(_SAME_WIDTH_INT[flat.element_size()]) != 0
+    # By value: pruning multiplies negative weights by 0 and leaves -0.0, which must not cost
+    # a stored value; it comes back as +0.0 (equal as a number: torch.equal holds). NaN != 0.
+    return tensor.reshape(-1) != 0
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

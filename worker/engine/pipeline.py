@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from core.cost import Cost
 from core.errors import JobErrorCode
 from core.report import Accuracy, Evaluation, Phase, Progress, Report
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec
-from worker.engine import data, pruning, saving, training
+from worker.engine import cost, data, pruning, saving, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, ModelFormat, load_model
@@ -107,6 +108,9 @@ def run_job(
     with clock.phase("data", device):
         test, train = _mnist(spec, settings, device)
         training.check_io_contract(model, test, spec.input)
+    with clock.phase("cost", device):
+        cost_before = _cost(model, spec, device, _primary_format(spec.output_format, loaded),
+                            saved=None)
 
     phase("evaluating")
     with clock.phase("evaluate", device):
@@ -137,6 +141,8 @@ def run_job(
 
     tensor_rows = pruning.tensor_reports(targets, applied_pruning)
     all_totals = pruning.parameter_totals(model)
+    with clock.phase("cost", device):
+        cost_after = _cost(model, spec, device, "state_dict", saved={})  # bytes: once saved
     phase("saving")
     primary = _primary_format(spec.output_format, loaded)
     with clock.phase("save"):
@@ -156,6 +162,8 @@ def run_job(
         seed=spec.seed,
         input=input_info,
         output=output_info,
+        cost=cost.report(cost_before, cost_after.model_copy(
+            update={"bytes": cost.file_bytes(outputs)})),
     )
     if on_progress is not None:
         on_progress(Progress(phase="done"))
@@ -190,6 +198,18 @@ def _prune(
         raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
     pruning.apply_masks(targets, masks)
     return targets, masks
+
+
+def _cost(
+    model: torch.nn.Module, spec: JobSpec, device: torch.device, primary: ModelFormat,
+    saved: dict[str, int] | None,
+) -> Cost:
+    """The model's cost now; ``saved=None``: measure its bytes by writing it to scratch."""
+    if saved is None:
+        saved = cost.bytes_as_saved(
+            model, lambda m, folder: saving.save_all(m, primary, folder), device
+        )
+    return cost.measure(model, spec.input, device, device_name(device), saved)
 
 
 def _primary_format(requested: OutputFormat, loaded: LoadedModel) -> ModelFormat:
