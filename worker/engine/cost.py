@@ -9,9 +9,10 @@
 - Latency: on the job's device, in ``eval()`` under ``inference_mode``, on a fixed random
   batch of 1 and of 256 images: ``WARMUP_RUNS`` untimed runs, then up to ``TIMED_RUNS`` timed
   ones, each bracketed by ``torch.cuda.synchronize`` on CUDA; p50/p90 by nearest rank. It runs
-  in every job, twice (before and after), so each batch size stops timing after
-  ``BUDGET_S`` seconds (at least ``MIN_RUNS`` runs): a few seconds per job at most for models
-  whose forward pass takes under ~0.3 s, and the number of runs is reported.
+  in every job, twice (before and after), so the warm-up and the timed runs of each batch size
+  each stop after ``BUDGET_S`` seconds (at least 1 warm-up and ``MIN_RUNS`` timed runs): about
+  8 s per job at most for models whose forward pass takes under ~0.3 s, and the number of
+  timed runs is reported.
 """
 
 from __future__ import annotations
@@ -130,9 +131,12 @@ def time_runs(run: Callable[[], object], device: torch.device) -> Latency:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(WARMUP_RUNS):
+    warm_start = time.perf_counter()
+    for _ in range(WARMUP_RUNS):  # at least one; a slow model stops warming after BUDGET_S
         run()
-    sync()
+        sync()
+        if time.perf_counter() - warm_start > BUDGET_S:
+            break
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < TIMED_RUNS and (
@@ -158,9 +162,9 @@ def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device) -> 
 def latency_method(device: torch.device) -> str:
     sync = ", torch.cuda.synchronize before and after each run" if device.type == "cuda" else ""
     return (
-        f"eval() + inference_mode on {device}, fixed random input; {WARMUP_RUNS} warm-up runs, "
-        f"then up to {TIMED_RUNS} timed runs (at least {MIN_RUNS}, stopping after "
-        f"{BUDGET_S:g} s) per batch size, perf_counter around each forward{sync}; "
+        f"eval() + inference_mode on {device}, fixed random input; {WARMUP_RUNS} warm-up runs "
+        f"(fewer past {BUDGET_S:g} s), then up to {TIMED_RUNS} timed runs (at least {MIN_RUNS}, "
+        f"stopping after {BUDGET_S:g} s) per batch size, perf_counter around each forward{sync}; "
         f"p50/p90 by nearest rank; torch threads: {torch.get_num_threads()}"
     )
 
@@ -190,16 +194,22 @@ def file_bytes(outputs: dict[str, Path]) -> dict[str, int]:
 
 def bytes_as_saved(
     model: nn.Module, save_all: Callable[[nn.Module, Path], dict[str, Path]],
-    device: torch.device,
+    device: torch.device, parent: Path | None = None,
 ) -> dict[str, int]:
-    """Sizes of every format ``model`` would be written in now (written to a scratch folder,
-    then deleted). ``save_all`` moves the model to the CPU in eval mode: undone here."""
+    """Sizes of every format ``model`` would be written in now (written to a scratch folder
+    under ``parent``, then deleted). ``save_all`` moves the model to the CPU in eval mode:
+    undone here."""
     was_training = model.training
+    made_parent = parent is not None and not parent.exists()
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="cost-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="cost-", dir=parent) as scratch:
             return file_bytes(save_all(model, Path(scratch)))
     finally:
         model.to(device).train(was_training)
+        if made_parent and parent is not None:
+            parent.rmdir()  # a job that stops before saving leaves no output folder
 
 
 def report(before: Cost, after: Cost) -> CostReport:

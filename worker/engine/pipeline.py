@@ -110,7 +110,7 @@ def run_job(
         training.check_io_contract(model, test, spec.input)
     with clock.phase("cost", device):
         cost_before = _cost(model, spec, device, _primary_format(spec.output_format, loaded),
-                            saved=None)
+                            saved=None, scratch=output_dir)
 
     phase("evaluating")
     with clock.phase("evaluate", device):
@@ -202,12 +202,13 @@ def _prune(
 
 def _cost(
     model: torch.nn.Module, spec: JobSpec, device: torch.device, primary: ModelFormat,
-    saved: dict[str, int] | None,
+    saved: dict[str, int] | None, scratch: Path | None = None,
 ) -> Cost:
-    """The model's cost now; ``saved=None``: measure its bytes by writing it to scratch."""
+    """The model's cost now; ``saved=None``: measure its bytes by writing it under
+    ``scratch`` (the job's output folder: a killed job leaves nothing elsewhere)."""
     if saved is None:
         saved = cost.bytes_as_saved(
-            model, lambda m, folder: saving.save_all(m, primary, folder), device
+            model, lambda m, folder: saving.save_all(m, primary, folder), device, scratch
         )
     return cost.measure(model, spec.input, device, device_name(device), saved)
 

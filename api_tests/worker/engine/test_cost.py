@@ -64,8 +64,10 @@ def test_latency_runs_are_bounded_by_count_and_budget(monkeypatch: pytest.Monkey
     assert quick.runs == cost.TIMED_RUNS and len(calls) == cost.WARMUP_RUNS + cost.TIMED_RUNS
     assert 0 <= quick.p50 <= quick.p90
     monkeypatch.setattr(cost, "BUDGET_S", 0.0)
-    slow = cost.time_runs(lambda: None, CPU)
+    calls.clear()
+    slow = cost.time_runs(lambda: calls.append(1), CPU)
     assert slow.runs == cost.MIN_RUNS  # past the budget: the minimum, never fewer
+    assert len(calls) == 1 + cost.MIN_RUNS  # and a single warm-up run
 
 
 def test_measure_fills_every_field(tmp_path: Path) -> None:
