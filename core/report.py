@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from core.cost import CostReport
+from core.formats import ModelFormat
 from core.spec import JobSpec
 
 REPORT_VERSION = 1
@@ -55,7 +56,7 @@ class Accuracy(BaseModel):
 
 
 class FileInfo(BaseModel):
-    format: Literal["torchscript", "state_dict", "safetensors", "sparse_safetensors"]
+    format: ModelFormat
     sha256: str
     bytes: int
     compressed_bytes: int | None = Field(

@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import JobErrorCode
-from core.jobs import UploadFormat
+from core.formats import ModelFormat
 from core.settings import Settings
-from core.upload_checks import UploadRejected, check_upload
+from core.uploads import RejectKind, UploadRejected, check_upload
 from worker.engine import compact, loading
 from worker.engine.errors import EngineError
 
 META = {"format": "pt", "pruner.layout": "bitmask-v1"}
+BAD, BIG = RejectKind.MALFORMED, RejectKind.TOO_LARGE  # 422 and 413 at the door
 
 
 def weight() -> torch.Tensor:
@@ -35,11 +36,11 @@ def write(tmp_path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, 
     return path
 
 
-def refused(path: Path, status: int, match: str, job_code: JobErrorCode) -> None:
+def refused(path: Path, kind: RejectKind, match: str, job_code: JobErrorCode) -> None:
     settings = Settings(max_tensor_elements=1_000_000)
     with pytest.raises(UploadRejected, match=match) as info:
         check_upload(path, settings)
-    assert info.value.status == status
+    assert info.value.kind is kind
     assert info.value.job_code is job_code
     with pytest.raises(EngineError, match=match) as engine_info:
         loading.load_model(path, "mnist_mlp", settings)  # the worker runs the same checks
@@ -48,34 +49,34 @@ def refused(path: Path, status: int, match: str, job_code: JobErrorCode) -> None
 
 def test_a_good_compact_file_passes(tmp_path: Path) -> None:
     path = write(tmp_path, compact.encode({"w": weight(), "b": torch.ones(16)}))
-    assert check_upload(path, Settings()) is UploadFormat.SAFETENSORS
+    assert check_upload(path, Settings()) is ModelFormat.SPARSE_SAFETENSORS
 
 
 def test_mask_ones_and_value_count_must_agree(tmp_path: Path) -> None:
     good = compact.encode({"w": weight()})
     path = write(tmp_path, {**good, "w": good["w"][:-3]})
-    refused(path, 422, r"mask marks \d+ stored elements but it holds \d+ values",
+    refused(path, BAD, r"mask marks \d+ stored elements but it holds \d+ values",
             JobErrorCode.INVALID_MODEL)
 
 
 def test_mask_length_must_cover_the_shape(tmp_path: Path) -> None:
     good = compact.encode({"w": weight()})
     path = write(tmp_path, {**good, "w@shape": torch.tensor([16, 32])})
-    refused(path, 422, r"shape \[16, 32\] needs a mask of 64 bytes, got 48",
+    refused(path, BAD, r"shape \[16, 32\] needs a mask of 64 bytes, got 48",
             JobErrorCode.INVALID_MODEL)
 
 
 def test_bits_past_the_end_are_refused(tmp_path: Path) -> None:
     mask = torch.tensor([0, 0b1000_0000], dtype=torch.uint8)  # bit 15 of a 15-element tensor
     path = write(tmp_path, {"w": torch.ones(1), "w@mask": mask, "w@shape": torch.tensor([3, 5])})
-    refused(path, 422, "mask bits are set past element 15", JobErrorCode.INVALID_MODEL)
+    refused(path, BAD, "mask bits are set past element 15", JobErrorCode.INVALID_MODEL)
 
 
 def test_a_huge_declared_shape_is_refused_before_anything_expands(tmp_path: Path) -> None:
     # 12 bytes of file would expand to 10^12 floats.
     path = write(tmp_path, {"w": torch.ones(1), "w@mask": torch.ones(1, dtype=torch.uint8),
                             "w@shape": torch.tensor([1_000_000, 1_000_000])})
-    refused(path, 413, r"declares shape \[1000000, 1000000\] = 1000000000000 elements",
+    refused(path, BIG, r"declares shape \[1000000, 1000000\] = 1000000000000 elements",
             JobErrorCode.MODEL_TOO_LARGE)
 
 
@@ -91,20 +92,20 @@ def test_negative_shapes_wrong_dtypes_and_orphans_are_refused(tmp_path: Path) ->
         ({**good, "w@shape": torch.ones(9, dtype=torch.int64)}, "more than 8 dimensions"),
     ]
     for i, (tensors, match) in enumerate(cases):
-        refused(write(tmp_path, tensors, name=f"{i}.safetensors"), 422, match,
+        refused(write(tmp_path, tensors, name=f"{i}.safetensors"), BAD, match,
                 JobErrorCode.INVALID_MODEL)
 
 
 def test_compact_entries_without_the_layout_marker_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, compact.encode({"w": weight()}), metadata={"format": "pt"})
-    refused(path, 422, "lacks 'pruner.layout'", JobErrorCode.INVALID_MODEL)
+    refused(path, BAD, "lacks 'pruner.layout'", JobErrorCode.INVALID_MODEL)
 
 
 def test_a_declared_expansion_past_the_parameter_cap_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, compact.encode({"w": weight(), "v": weight()}))
     with pytest.raises(UploadRejected, match=r"expands to 768 elements; the limit is 500") as e:
         check_upload(path, Settings(max_parameters=500))
-    assert e.value.status == 413
+    assert e.value.kind is RejectKind.TOO_LARGE
 
 
 def test_header_json_is_the_one_the_checks_read(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_header_json_is_the_one_the_checks_read(tmp_path: Path) -> None:
     raw = json.dumps(header).encode()
     path = tmp_path / "hand.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + values + mask + shape)
-    assert check_upload(path, Settings()) is UploadFormat.SAFETENSORS
+    assert check_upload(path, Settings()) is ModelFormat.SPARSE_SAFETENSORS
     decoded = compact.decode({"w": torch.tensor([1.0, 2.0]),
                               "w@mask": torch.tensor([5], dtype=torch.uint8),
                               "w@shape": torch.tensor([2, 3])})

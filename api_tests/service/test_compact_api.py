@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from api_tests.service.conftest import Api, assert_problem
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import Api
 from api_tests.service.factories import finished_job
 from core.store import model_file
 from worker.engine import compact

@@ -1,6 +1,6 @@
 """The compact sparse download (``sparse_safetensors``): bitmask + non-zero values.
 
-The layout is described (and checked at the door, without torch) in ``core/compact_checks.py``.
+The layout is described (and checked at the door, without torch) in ``core/uploads/compact.py``.
 Plain PyTorch reads it back to the exact dense tensors in three lines (README, docs/engine.md)::
 
     import torch, safetensors.torch as st
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from core.compact_checks import LAYOUT, LAYOUT_KEY, MASK_SUFFIX, SHAPE_SUFFIX
+from core.uploads.compact import LAYOUT, LAYOUT_KEY, MASK_SUFFIX, SHAPE_SUFFIX
 
 _BIT = torch.arange(8, dtype=torch.uint8)  # bit i of a byte holds element 8 * byte + i
 

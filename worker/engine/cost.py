@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from core.cost import Cost, CostReport, Latency
+from core.formats import ModelFormat
 from core.spec import InputSpec
 
 BATCHES = (1, 256)
@@ -188,12 +189,12 @@ def measure(
     )
 
 
-def file_bytes(outputs: dict[str, Path]) -> dict[str, int]:
-    return {fmt: path.stat().st_size for fmt, path in outputs.items()}
+def file_bytes(outputs: dict[ModelFormat, Path]) -> dict[str, int]:
+    return {fmt.value: path.stat().st_size for fmt, path in outputs.items()}
 
 
 def bytes_as_saved(
-    model: nn.Module, save_all: Callable[[nn.Module, Path], dict[str, Path]],
+    model: nn.Module, save_all: Callable[[nn.Module, Path], dict[ModelFormat, Path]],
     device: torch.device, parent: Path | None = None,
 ) -> dict[str, int]:
     """Sizes of every format ``model`` would be written in now (written to a scratch folder

@@ -16,13 +16,14 @@ import torch
 
 from core.cost import Cost
 from core.errors import JobErrorCode
+from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Accuracy, Evaluation, Phase, Progress, Report
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec
 from worker.engine import cost, data, pruning, saving, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
-from worker.engine.loading import LoadedModel, ModelFormat, load_model
+from worker.engine.loading import LoadedModel, load_model
 from worker.engine.methods import PruningError
 
 ProgressFn = Callable[[Progress], None]
@@ -32,8 +33,8 @@ CancelFn = Callable[[], bool]
 @dataclass
 class RunResult:
     report: Report
-    outputs: dict[str, Path]  # format -> file written in output_dir, one per format available
-    primary: str  # the format the spec's output_format resolves to ("same" -> the input's)
+    outputs: dict[ModelFormat, Path]  # file written in output_dir, one per format available
+    primary: ModelFormat  # the format the spec's output_format resolves to ("same" -> the input's)
 
 
 def resolve_device(requested: str, settings: Settings) -> torch.device:
@@ -142,7 +143,7 @@ def run_job(
     tensor_rows = pruning.tensor_reports(targets, applied_pruning)
     all_totals = pruning.parameter_totals(model)
     with clock.phase("cost", device):
-        cost_after = _cost(model, spec, device, "state_dict", saved={})  # bytes: once saved
+        cost_after = _cost(model, spec, device, ModelFormat.STATE_DICT, saved={})  # bytes: saved
     phase("saving")
     primary = _primary_format(spec.output_format, loaded)
     with clock.phase("save"):
@@ -214,10 +215,7 @@ def _cost(
 
 
 def _primary_format(requested: OutputFormat, loaded: LoadedModel) -> ModelFormat:
-    if requested is OutputFormat.SAME:
-        return loaded.format
-    fmt: ModelFormat = requested.value  # type: ignore[assignment]
-    return fmt
+    return loaded.format if requested == SAME_FORMAT else ModelFormat(requested)
 
 
 def _accuracy(before: Evaluation, pruned: Evaluation, tuned: Evaluation) -> Accuracy:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.formats import ModelFormat
 from core.settings import Settings
 from worker.engine import compact, loading, registry, saving
 
@@ -51,7 +52,7 @@ def test_ninety_percent_sparse_mlp_is_at_most_a_quarter_of_the_dense_file(
     tmp_path: Path,
 ) -> None:
     model = sparse_mlp(0.9)
-    outputs = saving.save_all(model, "safetensors", tmp_path)
+    outputs = saving.save_all(model, ModelFormat.SAFETENSORS, tmp_path)
     dense = outputs["state_dict"].stat().st_size
     small = outputs["sparse_safetensors"].stat().st_size
     assert small <= 0.25 * dense, (small, dense)

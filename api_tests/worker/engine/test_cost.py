@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.cost import Cost, Latency
+from core.formats import ModelFormat
 from core.spec import InputSpec
 from worker.engine import cost, registry, saving
 
@@ -89,7 +90,7 @@ def test_measure_fills_every_field(tmp_path: Path) -> None:
 def test_bytes_as_saved_writes_every_format_and_restores_the_model() -> None:
     model = registry.build("mnist_mlp").train()
     sizes = cost.bytes_as_saved(
-        model, lambda m, folder: saving.save_all(m, "state_dict", folder), CPU
+        model, lambda m, folder: saving.save_all(m, ModelFormat.STATE_DICT, folder), CPU
     )
     assert set(sizes) == {"torchscript", "state_dict", "safetensors", "sparse_safetensors"}
     assert sizes["safetensors"] > 4 * 235_146 and model.training
