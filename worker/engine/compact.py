@@ -96,10 +96,3 @@ def save(state: dict[str, torch.Tensor], path: Path) -> None:
 
     save_file(encode(state), str(path), metadata={"format": "pt", LAYOUT_KEY: LAYOUT})
 
-
-def is_compact_file(path: Path) -> bool:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:  # reads the header only
-        metadata = f.metadata() or {}
-    return metadata.get(LAYOUT_KEY) == LAYOUT
