@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import tempfile
@@ -198,9 +199,12 @@ def bytes_as_saved(
     device: torch.device, parent: Path | None = None,
 ) -> dict[str, int]:
     """Sizes of every format ``model`` would be written in now (written to a scratch folder
-    under ``parent``, then deleted). ``save_all`` moves the model to the CPU in eval mode:
-    undone here."""
+    under ``parent``, then deleted). ``save_all`` moves the model to the CPU in eval mode: on
+    the CPU that is undone here; on another device a copy is saved, so no tensor anyone holds
+    (a shrink plan, say) is moved under it."""
     was_training = model.training
+    if device.type != "cpu":
+        model = copy.deepcopy(model)
     made_parent = parent is not None and not parent.exists()
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
