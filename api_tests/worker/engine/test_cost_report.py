@@ -49,3 +49,26 @@ def test_cost_is_present_and_consistent(engine_settings: Settings, tmp_path: Pat
     assert "cost" in report.timings_s
     line = cli.cost_summary(report.cost)
     assert line.startswith("cost: 235146/235146 -> ") and "(sparse_safetensors)" in line
+
+
+def test_a_shrunk_model_reports_fewer_flops_and_a_speedup(
+    engine_settings: Settings, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "lenet5.pt"
+    torch.save(registry.build("lenet5").state_dict(), path)
+    spec = JobSpec.model_validate({
+        "architecture": "lenet5", "device": "cpu", "finetune": {"epochs": 0},
+        "pruning": {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True,
+                    "include": ["conv*.weight"]},
+    })
+    report = run_job(path, spec, tmp_path / "out", settings=engine_settings).report
+    assert report.cost is not None and report.shrink is not None
+    before, after = report.cost.before, report.cost.after
+    assert before.flops == 833_040 and after.flops < before.flops
+    assert after.parameters == report.shrink.parameters_after < before.parameters
+    assert after.nonzero_parameters <= after.parameters
+    assert report.cost.speedup is not None
+    assert set(report.cost.speedup) == {"batch_1", "batch_256"}
+    for key, ratio in report.cost.speedup.items():
+        assert ratio == pytest.approx(before.latency_ms[key].p50 / after.latency_ms[key].p50)
