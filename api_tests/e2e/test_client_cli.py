@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from api_tests.conftest import REPO_ROOT, Stack, wait_for
+from api_tests.conftest import REPO_ROOT, wait_for
 from api_tests.e2e.stack_command import random_mlp
+from client.cli import main
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +31,25 @@ def cli_env(stack: Stack) -> dict[str, str]:
     return {**stack.env, "PRUNER_URL": stack.base_url}
 
 
-def pruner(stack: Stack, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "client", *map(str, args)], cwd=cwd,
+def pruner(stack: Stack, *args: object) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, as a user or a pipeline runs it."""
+    return subprocess.run([sys.executable, "-m", "client", *map(str, args)], cwd=REPO_ROOT,
                           env=cli_env(stack), capture_output=True, text=True, timeout=300)
 
 
-def test_submit_wait_downloads_the_model_and_report(stack: Stack, mlp: Path,
-                                                    tmp_path: Path) -> None:
+def pruner_here(stack: Stack, capsys: pytest.CaptureFixture[str],
+                *args: object) -> tuple[int, str, str]:
+    """The same command's code in this process (a process start costs seconds on a loaded
+    machine): exit status, stdout, stderr."""
+    capsys.readouterr()
+    code = main(["--url", stack.base_url, *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_submit_wait_downloads_the_model_and_report(
+    stack: Stack, mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     done = pruner(stack, "submit", mlp, "--arch", "mnist_mlp", "--spec", QUICK, "--wait",
                   "-o", tmp_path / "out")
     assert done.returncode == 0, done.stderr
@@ -48,14 +62,14 @@ def test_submit_wait_downloads_the_model_and_report(stack: Stack, mlp: Path,
     assert report["targeted"]["zeros"] == round(0.3 * (784 * 256 + 256 * 128 + 128 * 10))
     assert f"{job_id}: succeeded" in done.stderr  # plain progress lines: stderr is no TTY
 
-    status = pruner(stack, "status", job_id, "--json")
-    assert json.loads(status.stdout)["status"] == "succeeded"
-    listed = pruner(stack, "list", "--status", "succeeded", "--json")
-    assert job_id in [json.loads(line)["id"] for line in listed.stdout.splitlines()]
-    printed = pruner(stack, "report", job_id)
-    assert json.loads(printed.stdout) == report
-    again = pruner(stack, "download", job_id, "-o", tmp_path / "again")
-    assert again.returncode == 0, again.stderr
+    code, out, _ = pruner_here(stack, capsys, "status", job_id, "--json")
+    assert (code, json.loads(out)["status"]) == (0, "succeeded")
+    code, out, _ = pruner_here(stack, capsys, "list", "--status", "succeeded", "--json")
+    assert job_id in [json.loads(line)["id"] for line in out.splitlines()]
+    code, out, _ = pruner_here(stack, capsys, "report", job_id)
+    assert (code, json.loads(out)) == (0, report)
+    code, out, err = pruner_here(stack, capsys, "download", job_id, "-o", tmp_path / "again")
+    assert code == 0, err
     assert (tmp_path / "again" / model_path.name).read_bytes() == model_path.read_bytes()
 
 
@@ -83,7 +97,8 @@ def test_submit_wait_through_a_cancel_exits_3(stack: Stack, mlp: Path, tmp_path:
         time.sleep(0.5)
         cancel = pruner(stack, "cancel", job_id)
         assert cancel.returncode == 0, cancel.stderr
-        assert "cancel requested" in cancel.stdout
+        assert cancel.stdout.startswith(f"{job_id}: running ") and \
+            cancel.stdout.endswith(" (cancel requested)\n"), cancel.stdout
         assert waiting.wait(60) == 3
         rest = waiting.stderr.read()
         assert f"{job_id}: running" in rest and f"job {job_id} was cancelled" in rest
@@ -93,10 +108,10 @@ def test_submit_wait_through_a_cancel_exits_3(stack: Stack, mlp: Path, tmp_path:
             waiting.wait()
 
 
-def test_errors_exit_2_with_the_problem_code(stack: Stack) -> None:
-    missing = pruner(stack, "status", "no-such-job")
-    assert missing.returncode == 2
-    assert "404 not_found" in missing.stderr
-    bad_spec = pruner(stack, "submit", REPO_ROOT / "README.md", "--spec", '{"pruning": 1}')
-    assert bad_spec.returncode == 2
-    assert "422 validation_error" in bad_spec.stderr
+def test_errors_exit_2_with_the_problem_code(stack: Stack,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = pruner_here(stack, capsys, "status", "no-such-job")
+    assert (code, err) == (2, "pruner: 404 not_found: no job 'no-such-job'\n")
+    code, _, err = pruner_here(stack, capsys, "submit", REPO_ROOT / "README.md",
+                               "--spec", '{"pruning": 1}')
+    assert code == 2 and err.startswith("pruner: 422 validation_error: "), err
