@@ -142,11 +142,12 @@ class PrunerClient:
                     raise
                 self._sleep(self.retry.backoff_s(failures))
                 failures += 1
-            else:  # the stream ended without an end: the job is gone or the API stopping
+            else:  # the stream ended before the job did: the API is stopping, say
                 current = self.get(job_id)
                 if current.status.terminal:
                     yield current
                     return
+                self._sleep(self.retry.backoff_s(0))
 
     def wait(self, job_id: str,
              on_update: Callable[[JobPublic], None] | None = None) -> JobPublic:

@@ -214,3 +214,29 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:
     view = ProgressView(term, tty=True)
     view.update(steps[2])
     assert term.getvalue().startswith("\r[" + "#" * 18 + "-" * 6 + "]  74% running finetuning")
+
+
+def test_wait_reconnects_when_the_stream_drops() -> None:
+    """An API restart ends the stream or breaks the connection: the client opens it again
+    (it starts with the job's current state) and follows the job to its end."""
+    running = job(JobStatus.RUNNING, progress=Progress(phase="loading"))
+    done = job(JobStatus.SUCCEEDED)
+    streams = [f"event: job\ndata: {running.model_dump_json()}\n\n", None,
+               f"event: job\ndata: {done.model_dump_json()}\n\n"]
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/events"):
+            body = streams.pop(0)
+            if body is None:
+                raise httpx.ReadError("connection reset")
+            return httpx.Response(200, content=body.encode())
+        return answer(200, running)  # GET /v1/jobs/j1 after the first stream ended early
+
+    waits: list[float] = []
+    with client_for(handler, waits) as client:
+        assert client.wait("j1").status is JobStatus.SUCCEEDED
+    assert calls == ["/v1/jobs/j1/events", "/v1/jobs/j1", "/v1/jobs/j1/events",
+                     "/v1/jobs/j1/events"]
+    assert len(waits) == 2
