@@ -20,7 +20,20 @@ import fnmatch
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from core.formats import SAME_FORMAT, ModelFormat
 
 SPEC_VERSION = 1
 
@@ -179,11 +192,31 @@ class LimitsSpec(_Model):
         return min(self.timeout_s, server_limit_s)
 
 
-class OutputFormat(StrEnum):
-    SAME = "same"
-    TORCHSCRIPT = "torchscript"
-    STATE_DICT = "state_dict"
-    SAFETENSORS = "safetensors"
+_OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
+_EXPECTED_OUTPUT = (  # pydantic's own wording for an enum: 'a', 'b' or 'c'
+    ", ".join(f"'{v}'" for v in _OUTPUT_FORMATS[:-1]) + f" or '{_OUTPUT_FORMATS[-1]}'"
+)
+
+
+def _output_format(value: object) -> Literal["same"] | ModelFormat:
+    """One error naming every choice (a plain union would report one per member)."""
+    if value == SAME_FORMAT:
+        return SAME_FORMAT
+    if isinstance(value, str) and value in _OUTPUT_FORMATS:
+        return ModelFormat(value)
+    raise PydanticCustomError(
+        "enum", "Input should be {expected}", {"expected": _EXPECTED_OUTPUT}
+    )
+
+
+# A model format, or "same": the format the model was uploaded in. One flat string enum in
+# the JSON schema, as clients have always seen it.
+OutputFormat = Annotated[
+    Literal["same"] | ModelFormat,
+    PlainValidator(_output_format),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"title": "OutputFormat", "type": "string", "enum": list(_OUTPUT_FORMATS)}),
+]
 
 
 class JobSpec(_Model):
@@ -205,7 +238,7 @@ class JobSpec(_Model):
         description="auto: the worker's device (CUDA when present).",
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    output_format: OutputFormat = OutputFormat.SAME
+    output_format: OutputFormat = SAME_FORMAT
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
 

@@ -10,7 +10,6 @@ within 10 s; a running job goes back to the queue for the next start.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -25,19 +24,10 @@ from stack.processes import redis_ping, start_api, start_redis, start_worker, wa
 POLL_S = 0.25
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """This environment with the paths made absolute (the children may change directory)."""
-    env = dict(os.environ)
-    env["PRUNER_DATA_DIR"] = str(settings.data_dir.resolve())
-    env["PRUNER_MNIST_ROOT"] = str(settings.mnist_root.resolve())
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def start_children(keeper: Keeper, settings: Settings) -> None:
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
-    env = child_env(settings)
+    env = settings.as_env()
     if redis_ping(settings.redis_url):
         say(f"using the Redis already at {settings.redis_url}")
     else:
