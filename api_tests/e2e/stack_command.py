@@ -58,14 +58,12 @@ class StackCommand:
 
 
 def stack_env(root: Path, **settings: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNER_")}
+    """The environment ``python -m stack`` runs with: short leases, its own ports and data."""
     values = {"data_dir": root / "data", "mnist_root": mnist_root(),
               "redis_url": f"redis://127.0.0.1:{P.free_port()}/0", "api_port": P.free_port(),
               "worker_device": "cpu", "job_lease_s": 3, "janitor_interval_s": 1,
               "worker_heartbeat_ttl_s": 5, **settings}
-    env.update({f"PRUNER_{k.upper()}": str(v) for k, v in values.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return Settings.of(**values).as_env()
 
 
 def start_stack_command(env: dict[str, str], stderr_path: Path) -> StackCommand:
