@@ -30,6 +30,7 @@ from pydantic import (
     StrictInt,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -124,6 +125,21 @@ class PruningSpec(_Model):
         "matching pattern wins.",
     )
     schedule: Schedule = Field(default_factory=OneShot)
+    shrink: bool = Field(
+        default=False,
+        description="Remove the pruned filters/neurons and everything that depends on them "
+        "(BatchNorm, the next layer's inputs, residual partners) and return a smaller dense "
+        "model. Needs ln_structured or random_structured with dim 0.",
+    )
+
+    @model_validator(mode="after")
+    def _shrink_needs_output_channels(self) -> PruningSpec:
+        if self.shrink and not (self.method.structured and self.dim == 0):
+            raise ValueError(
+                "shrink removes whole output channels: use method ln_structured or "
+                f"random_structured with dim 0 (got {self.method.value}, dim {self.dim})"
+            )
+        return self
 
     @field_validator("amount")
     @classmethod

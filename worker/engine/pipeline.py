@@ -19,7 +19,7 @@ from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Accuracy, Evaluation, Phase, Progress, Report
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec
-from worker.engine import data, pruning, saving, training
+from worker.engine import data, pruning, saving, shrink, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, load_model
@@ -105,6 +105,9 @@ def run_job(
     with clock.phase("load"):
         loaded = load_model(model_path, spec.architecture, settings)
         model = loaded.module.to(device)
+        applied_pruning = pruning.effective_spec(spec.pruning)
+        shrinking = (shrink.prepare(model, applied_pruning, spec.architecture, spec.seed)
+                     if applied_pruning.shrink else None)  # refuses before any work
     with clock.phase("data", device):
         test, train = _mnist(spec, settings, device)
         training.check_io_contract(model, test, spec.input)
@@ -115,8 +118,13 @@ def run_job(
 
     phase("pruning")
     with clock.phase("prune", device):
-        applied_pruning = pruning.effective_spec(spec.pruning)
-        targets, masks = _prune(model, applied_pruning, spec.seed)
+        shrunk = shrinking.apply() if shrinking is not None else None
+        targets: list[pruning.Target] = []
+        masks: dict[str, torch.Tensor] = {}
+        if shrunk is not None:  # channels removed: a smaller dense model, nothing to hold
+            model = shrunk.model
+        else:
+            targets, masks = _prune(model, applied_pruning, spec.seed)
 
     phase("evaluating")
     with clock.phase("evaluate", device):
@@ -136,7 +144,8 @@ def run_job(
     else:
         after_finetune = after_pruning
 
-    tensor_rows = pruning.tensor_reports(targets, applied_pruning)
+    tensor_rows = (shrunk.rows if shrunk is not None
+                   else pruning.tensor_reports(targets, applied_pruning))
     all_totals = pruning.parameter_totals(model)
     phase("saving")
     primary = _primary_format(spec.output_format, loaded)
@@ -157,6 +166,7 @@ def run_job(
         seed=spec.seed,
         input=input_info,
         output=output_info,
+        shrink=shrunk.report if shrunk is not None else None,
     )
     if on_progress is not None:
         on_progress(Progress(phase="done"))
