@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="save a job's model and report")
     download.add_argument("job")
     download.add_argument("-o", "--output", type=Path, default=Path("."))
-    download.add_argument("--format", choices=["torchscript", "state_dict", "safetensors"])
+    download.add_argument("--format", choices=["torchscript", "state_dict", "safetensors",
+                                                "sparse_safetensors"])
     return p
 
 

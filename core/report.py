@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from core.cost import CostReport
 from core.formats import ModelFormat
 from core.spec import JobSpec
 
@@ -110,4 +111,5 @@ class Report(BaseModel):
     seed: int
     input: FileInfo
     output: FileInfo
+    cost: CostReport | None = None  # measured by the worker (core/cost.py)
     shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from core.cost import Cost
 from core.errors import JobErrorCode
 from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Accuracy, Evaluation, Phase, Progress, Report
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec
-from worker.engine import data, pruning, saving, shrink, training
+from worker.engine import cost, data, pruning, saving, shrink, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, load_model
@@ -111,6 +112,9 @@ def run_job(
     with clock.phase("data", device):
         test, train = _mnist(spec, settings, device)
         training.check_io_contract(model, test, spec.input)
+    with clock.phase("cost", device):
+        cost_before = _cost(model, spec, device, _primary_format(spec.output_format, loaded),
+                            saved=None, scratch=output_dir)
 
     phase("evaluating")
     with clock.phase("evaluate", device):
@@ -147,6 +151,8 @@ def run_job(
     tensor_rows = (shrunk.rows if shrunk is not None
                    else pruning.tensor_reports(targets, applied_pruning))
     all_totals = pruning.parameter_totals(model)
+    with clock.phase("cost", device):
+        cost_after = _cost(model, spec, device, ModelFormat.STATE_DICT, saved={})  # bytes: saved
     phase("saving")
     primary = _primary_format(spec.output_format, loaded)
     with clock.phase("save"):
@@ -166,6 +172,8 @@ def run_job(
         seed=spec.seed,
         input=input_info,
         output=output_info,
+        cost=cost.report(cost_before, cost_after.model_copy(
+            update={"bytes": cost.file_bytes(outputs)})),
         shrink=shrunk.report if shrunk is not None else None,
     )
     if on_progress is not None:
@@ -201,6 +209,19 @@ def _prune(
         raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
     pruning.apply_masks(targets, masks)
     return targets, masks
+
+
+def _cost(
+    model: torch.nn.Module, spec: JobSpec, device: torch.device, primary: ModelFormat,
+    saved: dict[str, int] | None, scratch: Path | None = None,
+) -> Cost:
+    """The model's cost now; ``saved=None``: measure its bytes by writing it under
+    ``scratch`` (the job's output folder: a killed job leaves nothing elsewhere)."""
+    if saved is None:
+        saved = cost.bytes_as_saved(
+            model, lambda m, folder: saving.save_all(m, primary, folder), device, scratch
+        )
+    return cost.measure(model, spec.input, device, device_name(device), saved)
 
 
 def _primary_format(requested: OutputFormat, loaded: LoadedModel) -> ModelFormat:
