@@ -10,7 +10,9 @@ from core.spec import JobSpec
 
 REPORT_VERSION = 1
 
-Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done"]
+Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done",
+                "pruning_step", "round", "trial", "sensitivity"]
+Split = Literal["validation", "test"]
 
 
 class Progress(BaseModel):
@@ -20,6 +22,12 @@ class Progress(BaseModel):
     step: int | None = None  # 1-based, within the epoch
     steps: int | None = None
     loss: float | None = None
+    round: int | None = None  # iterative schedule: 1-based
+    rounds: int | None = None
+    trial: int | None = None  # search: 1-based
+    trials: int | None = None
+    sparsity: float | None = None  # the target sparsity of this schedule step / round / trial
+    tensor: str | None = None  # sensitivity: the tensor being scanned
 
 
 class TensorReport(BaseModel):
@@ -32,6 +40,14 @@ class TensorReport(BaseModel):
     dim: int | None = None  # structured: the dimension pruned along
     slices: int | None = None  # structured: slices along dim
     slices_zeroed: int | None = None  # structured: slices that are entirely zero
+    nm: list[int] | None = None  # semi_structured: [N, M]
+    nm_exact: bool | None = None  # semi_structured: every full group of M keeps at most N
+    semi_structured_eligible: bool | None = Field(
+        default=None, description="semi_structured: whether torch.sparse."
+        "to_sparse_semi_structured accepts this weight once it is on CUDA in float16/bfloat16 "
+        "(2:4, 2-D, rows a multiple of 32, columns of 64). The kernels are GPU-only: no CPU "
+        "speed-up is claimed.")
+    semi_structured_note: str | None = None  # why (not) eligible
 
 
 class Totals(BaseModel):
@@ -41,8 +57,9 @@ class Totals(BaseModel):
 
 
 class Evaluation(BaseModel):
-    accuracy: float  # fraction in [0, 1] over the MNIST test split
+    accuracy: float  # fraction in [0, 1] over ``split``
     loss: float  # mean cross-entropy (NLL of log-softmax of the outputs)
+    split: Split = "test"  # MNIST test split, or the validation images held out of train
 
 
 class Accuracy(BaseModel):
@@ -51,6 +68,47 @@ class Accuracy(BaseModel):
     after_finetune: Evaluation
     delta_pruning: float  # after_pruning.accuracy - before.accuracy
     delta_total: float  # after_finetune.accuracy - before.accuracy
+    validation: ValidationAccuracy | None = None  # the same figures on the validation split
+
+
+class ValidationAccuracy(BaseModel):
+    """Accuracy on the ``size`` images held out of MNIST train (``finetune.validation_size``)."""
+
+    size: int
+    before: Evaluation
+    after_finetune: Evaluation
+
+
+class TensorSensitivity(BaseModel):
+    name: str
+    accuracy: list[float]  # validation accuracy with only this tensor pruned, one per amount
+
+
+class Sensitivity(BaseModel):
+    """Each targeted tensor pruned alone to each amount, no fine-tuning (validation split)."""
+
+    split: Split = "validation"
+    dense_accuracy: float
+    amounts: list[float]
+    tensors: list[TensorSensitivity]
+
+
+class Trial(BaseModel):
+    amount: float  # the global sparsity tried (per_layer: the overall targeted sparsity)
+    val_accuracy: float  # decides (validation split)
+    test_accuracy: float  # reported only, never looked at by the search
+    seconds: float
+    within_budget: bool
+    amounts: dict[str, float] | None = None  # per_layer: the amount given to each tensor
+
+
+class Search(BaseModel):
+    split: Split = "validation"
+    max_accuracy_drop: float
+    per_layer: bool
+    dense_accuracy: float  # validation
+    chosen_amount: float
+    trials: list[Trial]
 
 
 class FileInfo(BaseModel):
@@ -75,3 +133,5 @@ class Report(BaseModel):
     seed: int
     input: FileInfo
     output: FileInfo
+    sensitivity: Sensitivity | None = None
+    search: Search | None = None
