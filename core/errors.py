@@ -23,9 +23,9 @@ class JobErrorCode(StrEnum):
     invalid_spec, no_prunable_tensors: the spec cannot apply to this model.
     dataset_unavailable, device_unavailable: the worker lacks MNIST or the asked device.
     budget_unreachable: a search found no tried amount within its accuracy budget (the message
-    names the best trial). resource_limit: the job process hit its memory, CPU-time or file-size limit. timeout: past
-    the wall-clock limit. crashed: the job process died on every allowed attempt.
-    internal_error: a bug on our side.
+    names the best trial). resource_limit: the job process hit its memory, CPU-time or
+    file-size limit. timeout: past the wall-clock limit. crashed: the job process died on
+    every allowed attempt. internal_error: a bug on our side.
     """
 
     INVALID_MODEL = "invalid_model"  # not a readable TorchScript/state_dict/safetensors file

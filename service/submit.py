@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from core.estimate import estimate, too_long
 from core.jobs import JobRecord, JobStatus, UploadFormat
 from core.queue import enqueue_job
 from core.report import Progress
@@ -100,6 +101,15 @@ def parse_spec(form: ReceivedForm) -> JobSpec:
         raise ValidationFailed(describe(errors), errors=errors) from exc
 
 
+def check_duration(spec: JobSpec, settings: Settings) -> None:
+    """422 when the job's estimated fine-tuning cannot fit in the job time limit."""
+    reason = too_long(spec, settings.finetune_epoch_s, settings.job_soft_time_limit_s)
+    if reason is not None:
+        field = estimate(spec, settings.finetune_epoch_s).field
+        error = FieldError(loc=["body", SPEC_FIELD, *field], msg=reason, type="value_error")
+        raise ValidationFailed(describe([error]), errors=[error])
+
+
 def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFormat:
     try:
         return check_upload(blobs.local_path(job_id, UPLOAD), settings)
@@ -132,6 +142,7 @@ async def submit(
     try:
         form = await receive_form(request, blobs, job_id, settings.max_upload_bytes)
         spec = parse_spec(form)
+        check_duration(spec, settings)
         upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
         assert form.model_sha256 is not None
         record = JobRecord(
