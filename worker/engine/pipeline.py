@@ -133,6 +133,7 @@ def run_job(
     evaluations: list[Evaluation] = []
 
     def after_first_prune() -> None:
+        phase("evaluating")
         with clock.phase("evaluate", device):
             evaluations.append(training.evaluate(model, test, should_cancel))
 

@@ -154,6 +154,7 @@ class ScheduleRun:
     def _finetune(self, seed: int, on_step: Callable[[int], None] | None = None) -> None:
         if self.train is None:
             return
+        self._report(Progress(phase="finetuning"))
         started = time.perf_counter()
         self.hold = training.MaskHold([t.param for t in self.targets],
                                       [self.masks[t.name] for t in self.targets])
