@@ -15,6 +15,10 @@ Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "sav
 Split = Literal["validation", "test"]
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class Progress(BaseModel):
     phase: Phase
     epoch: int | None = None  # 1-based
@@ -22,12 +26,14 @@ class Progress(BaseModel):
     step: int | None = None  # 1-based, within the epoch
     steps: int | None = None
     loss: float | None = None
-    round: int | None = None  # iterative schedule: 1-based
-    rounds: int | None = None
-    trial: int | None = None  # search: 1-based
-    trials: int | None = None
-    sparsity: float | None = None  # the target sparsity of this schedule step / round / trial
-    tensor: str | None = None  # sensitivity: the tensor being scanned
+    # Only present when set (the phases of schedules, search and sensitivity), so a plain
+    # job's progress JSON is as before.
+    round: int | None = Field(default=None, exclude_if=_unset)  # iterative: 1-based
+    rounds: int | None = Field(default=None, exclude_if=_unset)
+    trial: int | None = Field(default=None, exclude_if=_unset)  # search: 1-based
+    trials: int | None = Field(default=None, exclude_if=_unset)
+    sparsity: float | None = Field(default=None, exclude_if=_unset)  # this step's target
+    tensor: str | None = Field(default=None, exclude_if=_unset)  # sensitivity: the tensor
 
 
 class TensorReport(BaseModel):
