@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.report import Progress
 from core.spec import FinetuneSpec, JobSpec, PruningSpec
 from worker.engine import pruning, training
 from worker.engine.data import Split
+from worker.engine.errors import Cancelled
 from worker.engine.methods import amount_to_count
 from worker.engine.schedules import (
     ScheduleRun,
@@ -154,3 +156,43 @@ def test_scaled_spec_ramps_overrides() -> None:
     spec = PruningSpec(amount=0.8, overrides={"fc1.*": 0.4})
     half = scaled_spec(spec, lambda f: f / 2)
     assert (half.amount, half.overrides) == (0.4, {"fc1.*": 0.2})
+
+
+def _progress_of(schedule: dict[str, object]) -> list[Progress]:
+    seen: list[Progress] = []
+    model = Tiny()
+    spec = JobSpec.model_validate({"pruning": {"amount": 0.6, "schedule": schedule},
+                                   "finetune": {"epochs": 1, "batch_size": 16}})
+    targets = pruning.find_targets(model, spec.pruning)
+    ScheduleRun(model, targets, spec.pruning, spec.finetune, _data(), seed=0,
+                on_progress=seen.append).run()
+    return seen
+
+
+def test_rounds_and_pruning_steps_report_progress() -> None:
+    rounds = [(p.round, p.rounds) for p in _progress_of({"kind": "iterative", "rounds": 3})
+              if p.phase == "round"]
+    assert rounds == [(1, 3), (2, 3), (3, 3)]
+    steps = [p for p in _progress_of({"kind": "agp", "end": 1.0, "every_steps": 2})
+             if p.phase == "pruning_step"]
+    assert [p.step for p in steps] == [1, 3, 5]  # steps 0, 2, 4 of 6 (1-based in progress)
+    assert [p.sparsity for p in steps] == sorted(p.sparsity or 0 for p in steps)
+
+
+def test_cancel_stops_a_gradual_schedule_at_the_next_batch() -> None:
+    calls = 0
+
+    def cancel_after_three_batches() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 4
+
+    model = Tiny()
+    spec = JobSpec.model_validate({"pruning": {"amount": 0.6, "schedule": {"kind": "agp"}},
+                                   "finetune": {"epochs": 5, "batch_size": 16}})
+    targets = pruning.find_targets(model, spec.pruning)
+    run = ScheduleRun(model, targets, spec.pruning, spec.finetune, _data(), seed=0,
+                      should_cancel=cancel_after_three_batches)
+    with pytest.raises(Cancelled):
+        run.run()
+    assert calls == 5  # asked once at the fine-tune's start, then before each batch
