@@ -12,13 +12,21 @@ Fixtures (reuse them; their shape is stable):
   shared one: they call ``start_stack(tmp_path, **setting_overrides)`` (a context manager
   yielding their own ``Stack``).
 - ``trained_mlp`` (session): a ``TrainedMLP`` with ``torchscript`` and ``state_dict`` paths of
-  the 784-256-128-10 MLP trained one epoch on MNIST by a plain PyTorch loop (the model class
-  users write: ``fc1``, ``fc2``, ``fc3``), trained once per session.
+  the reference 784-256-128-10 MLP (``api_tests.models.UserMLP``: ``fc1``, ``fc2``, ``fc3``)
+  trained one epoch on MNIST by a plain PyTorch loop, once per session: the suite's only
+  trained model. Tests using it are marked ``slow`` or ``e2e``.
 - ``mnist_test`` (session): the normalised MNIST test split as tensors ``(images, labels)``.
 
 Helpers (plain functions): ``submit(client, model_path, spec, headers=None)`` -> response;
 ``wait_for(client, job_id, statuses=terminal, timeout)`` -> the job JSON;
-``accuracy(model, mnist_test)``.
+``wait_running(stack, job_id, phase="finetuning")`` -> the job JSON once it runs that phase;
+``assert_problem(response, status, code)`` -> the problem+json body (every test that checks
+an error response uses it). ``api_tests.models.accuracy(model, mnist_test)``;
+``api_tests.core.factories.make_record(...)`` builds every job record a test writes itself.
+
+A test using ``stack`` must be marked ``e2e``, one using ``trained_mlp`` or ``mnist_test``
+``slow`` (or ``e2e``): collection refuses it otherwise, so ``-m "not e2e and not slow"`` is
+the fast inner loop.
 
 Settings for tests: short leases and janitor interval (seconds), PRUNER_MNIST_ROOT from the
 environment or ../shared/datasets, device cpu.
@@ -106,76 +114,79 @@ def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...] = TERM
     raise AssertionError(f"job {job_id} not in {statuses} after {timeout} s: {job}")
 
 
+def wait_running(stack: Stack, job_id: str, phase: str = "finetuning",
+                 timeout: float = 90.0) -> dict[str, Any]:
+    """Poll until the job runs and its progress shows ``phase``; fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = stack.client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        if job["status"] == "running" and (job["progress"] or {}).get("phase") == phase:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {phase}: {stack.logs()}")
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is RFC 9457 problem+json with this status and code; returns the body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["code"] == code, body
+    assert body["type"] == f"urn:pruning-service:problem:{code}"
+    assert body["title"] and body["detail"]
+    return body
+
+
 # --- models and data (torch is imported lazily: only these fixtures need it) -------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainedMLP:
+    """The reference MLP (``api_tests.models.UserMLP``) trained once, saved as users save it."""
+
     torchscript: Path
     state_dict: Path
 
 
-def _mlp_class() -> Any:
-    """The plain PyTorch MLP users write (784-256-128-10, fc1/fc2/fc3)."""
-    import torch
-    from torch import nn
-
-    class MLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1 = nn.Linear(784, 256)
-            self.fc2 = nn.Linear(256, 128)
-            self.fc3 = nn.Linear(128, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = torch.flatten(x, 1)
-            x = torch.relu(self.fc1(x))
-            x = torch.relu(self.fc2(x))
-            return self.fc3(x)
-
-    return MLP
-
-
-def _mnist(train: bool) -> tuple[Any, Any]:
-    from torchvision.datasets import MNIST
-
-    data = MNIST(str(mnist_root()), train=train, download=False)
-    images = data.data.unsqueeze(1).float().div_(255).sub_(0.1307).div_(0.3081)
-    return images, data.targets  # (N, 1, 28, 28), (N,)
-
-
-@pytest.fixture(scope="session")
-def mnist_test() -> tuple[Any, Any]:
-    return _mnist(train=False)
-
-
-def accuracy(model: Any, mnist_test: tuple[Any, Any]) -> float:
-    import torch
-
-    images, labels = mnist_test
-    with torch.no_grad():
-        predicted = torch.cat([model(x).argmax(1) for x in images.split(2000)])
-    return float((predicted == labels).float().mean())
-
-
 @pytest.fixture(scope="session")
 def trained_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedMLP:
-    """The MLP trained for one epoch (Adam, lr 1e-3, batch 64), saved both ways."""
+    """The suite's one trained model (about 20 s of CPU): every test that uploads or prunes a
+    trained MLP uses it, so a session trains it once."""
     import torch
 
-    torch.manual_seed(0)
-    model = _mlp_class()()
-    images, labels = _mnist(train=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    order = torch.randperm(len(labels))
-    for batch in order.split(64):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-        optimizer.step()
+    from api_tests.models import train_user_mlp
+
+    model = train_user_mlp(mnist_root())
     folder = tmp_path_factory.mktemp("models")
-    model.eval()
-    scripted = folder / "mlp.torchscript.pt"
+    scripted, state = folder / "mlp.torchscript.pt", folder / "mlp.state_dict.pt"
     torch.jit.save(torch.jit.script(model), str(scripted))
-    state = folder / "mlp.state_dict.pt"
     torch.save(model.state_dict(), state)
     return TrainedMLP(torchscript=scripted, state_dict=state)
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> Any:
+    """The normalised MNIST test split, ``(images, labels)``: for ``models.accuracy``."""
+    from api_tests.models import load_mnist
+
+    return load_mnist(mnist_root(), train=False)
+
+
+# --- markers: the fast inner loop (-m "not e2e and not slow") must really be fast -------------
+
+NEEDS_MARKER = {"stack": "e2e", "trained_mlp": "slow", "mnist_test": "slow"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that uses a costly fixture without the marker that keeps it out of the
+    inner loop (``e2e`` also counts for the training fixtures: it is never in the loop)."""
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        for fixture, marker in NEEDS_MARKER.items():
+            if fixture in getattr(item, "fixturenames", ()) and not {marker, "e2e"} & marks:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the {fixture!r} fixture: mark it "
+                    f"@pytest.mark.{marker}")

@@ -5,7 +5,7 @@
 For a ~100 MB state_dict (25M float32 elements in 4 tensors), a safetensors file of the same
 tensors, and the scripted small_cnn_bn / mnist_mlp registry models:
 
-- ``door_s``: ``core.upload_checks.check_upload`` (zip central directory + pickle opcodes, or
+- ``door_s``: ``core.uploads.check_upload`` (zip central directory + pickle opcodes, or
   the safetensors header): what the API runs per upload;
 - ``load_s``: the load the worker does anyway (``torch.load(weights_only=True)``,
   ``safetensors.torch.load_file``, ``torch.jit.load``) — the reference;
@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks.api_latency import machine
 from core.settings import Settings
-from core.upload_checks import check_upload
+from core.uploads import check_upload
 from worker.engine import registry
 from worker.engine.audit import audit_torchscript, check_tensors
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel
 
 from core.errors import JobErrorCode
+from core.formats import ModelFormat
+from core.formats import UploadFormat as UploadFormat  # re-exported: records and tests name it
 from core.report import Progress
 from core.spec import JobSpec
 
 # Celery task names: the API sends tasks by name, with the job id only.
 PRUNE_TASK = "worker.tasks.prune_job"
+
+
+def new_job_id() -> str:
+    """A fresh job id (never client-supplied): 32 hex digits."""
+    return uuid.uuid4().hex
 
 
 class JobStatus(StrEnum):
@@ -25,11 +33,6 @@ class JobStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class UploadFormat(StrEnum):
-    ZIP = "zip"  # torch.jit.save archive or torch.save (zip) archive; told apart by the worker
-    SAFETENSORS = "safetensors"
 
 
 class JobError(BaseModel):
@@ -51,7 +54,7 @@ class JobRecord(BaseModel):
     upload_format: UploadFormat
     upload_bytes: int
     upload_sha256: str
-    model_format: str | None = None  # format of the stored result
+    model_format: ModelFormat | None = None  # primary format of the stored result
     model_sha256: str | None = None
     files_expired_at: datetime | None = None
     # Set while running: the worker renews the lease; an expired lease means it died.

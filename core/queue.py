@@ -1,14 +1,13 @@
-"""Celery configuration shared by the API (which only sends tasks by name) and the workers.
+"""The broker contract shared by the API (which only sends tasks by name) and the workers:
+the Celery configuration as plain data, the task message, and the Redis keys beside it.
 
-No torch here, and no task code: the API builds its Celery handle from this module alone.
-(Owner: the worker/ops work; the API only calls ``make_celery``.)
+Neither Celery nor torch is imported here: the API and the worker each build their Celery
+handle from ``celery_config`` (service/deps.py, worker/celery_app.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Celery
+from typing import Any, Protocol
 
 from core.jobs import PRUNE_TASK
 from core.settings import Settings
@@ -39,7 +38,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.job_soft_time_limit_s,
         "task_time_limit": settings.job_hard_time_limit_s,
         # A running job does not need the broker; a Redis restart must not cancel it (its
-        # message is redelivered later and is then a no-op, see worker/tasks.py).
+        # message is redelivered later and is then a no-op, see core/lifecycle.claim).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_max_retries": None,
         # The API answers 503 quickly when Redis is down instead of retrying for long.
@@ -53,12 +52,13 @@ def heartbeat_key(hostname: str) -> str:
     return HEARTBEAT_PREFIX + hostname
 
 
-def enqueue_job(app: Celery, settings: Settings, job_id: str) -> None:
+class TaskSender(Protocol):
+    """What sending a task needs from a Celery app."""
+
+    def send_task(self, name: str, args: Any = None, **options: Any) -> Any: ...
+
+
+def enqueue_job(app: TaskSender, settings: Settings, job_id: str) -> None:
     """Send the prune task for ``job_id`` by name: the id travels, the model bytes never do."""
     app.send_task(PRUNE_TASK, args=[job_id], queue=settings.queue_name)
 
-
-def make_celery(settings: Settings, name: str = "pruning") -> Celery:
-    app = Celery(name)
-    app.conf.update(celery_config(settings))
-    return app

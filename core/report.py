@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from core.formats import ModelFormat
 from core.spec import JobSpec
 
 REPORT_VERSION = 1
@@ -118,7 +119,7 @@ class Search(BaseModel):
 
 
 class FileInfo(BaseModel):
-    format: Literal["torchscript", "state_dict", "safetensors"]
+    format: ModelFormat
     sha256: str
     bytes: int
     compressed_bytes: int | None = Field(

@@ -1,24 +1,31 @@
 """One settings class, read once, shared by the API, the worker and the engine CLI.
 
 Every setting is an environment variable with the ``PRUNER_`` prefix (``PRUNER_DATA_DIR``...).
-No other module reads ``os.environ`` for configuration.
+No other module reads ``os.environ`` for configuration, and the environment of a child
+process (job process, API, worker, test stack) is built in one place: ``Settings.as_env``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 
+ENV_PREFIX = "PRUNER_"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PRUNER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     # --- storage and data -------------------------------------------------------------------
     data_dir: Path = Field(
@@ -127,7 +134,10 @@ class Settings(BaseSettings):
     )
     max_tensors: int = Field(default=10_000, ge=1, description="Tensors in one upload.")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        description="Log level of the API, the workers and the job processes.",
+    )
 
     @field_validator("worker_device")
     @classmethod
@@ -148,6 +158,41 @@ class Settings(BaseSettings):
                 "redelivers jobs that are still running"
             )
         return self
+
+
+    @classmethod
+    def of(cls, **values: Any) -> Settings:
+        """These values, defaults for the rest, whatever this process's environment says (a
+        test stack must not pick up a developer's ``PRUNER_*`` variables)."""
+        return cls(**_FromValuesOnly(**values).model_dump())
+
+    def as_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a child process that must run with exactly these settings:
+        ``base`` (default: this process's environment) without any ``PRUNER_*`` variable,
+        plus every setting as one, paths made absolute (a child may run elsewhere, e.g. a
+        job process in its scratch dir), and unbuffered output (log lines reach the log as
+        they happen)."""
+        env = {k: v for k, v in (os.environ if base is None else base).items()
+               if not k.startswith(ENV_PREFIX)}
+        for name, value in self.model_dump().items():
+            if isinstance(value, Path):
+                value = str(value.resolve())
+            env[ENV_PREFIX + name.upper()] = value if isinstance(value, str) else json.dumps(value)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+
+class _FromValuesOnly(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # not the environment, .env or secrets
 
 
 @lru_cache

@@ -24,13 +24,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     StrictFloat,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from core.formats import SAME_FORMAT, ModelFormat
 
 SPEC_VERSION = 1
 
@@ -280,11 +285,31 @@ class InputSpec(_Model):
     flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
 
 
-class OutputFormat(StrEnum):
-    SAME = "same"
-    TORCHSCRIPT = "torchscript"
-    STATE_DICT = "state_dict"
-    SAFETENSORS = "safetensors"
+_OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
+_EXPECTED_OUTPUT = (  # pydantic's own wording for an enum: 'a', 'b' or 'c'
+    ", ".join(f"'{v}'" for v in _OUTPUT_FORMATS[:-1]) + f" or '{_OUTPUT_FORMATS[-1]}'"
+)
+
+
+def _output_format(value: object) -> Literal["same"] | ModelFormat:
+    """One error naming every choice (a plain union would report one per member)."""
+    if value == SAME_FORMAT:
+        return SAME_FORMAT
+    if isinstance(value, str) and value in _OUTPUT_FORMATS:
+        return ModelFormat(value)
+    raise PydanticCustomError(
+        "enum", "Input should be {expected}", {"expected": _EXPECTED_OUTPUT}
+    )
+
+
+# A model format, or "same": the format the model was uploaded in. One flat string enum in
+# the JSON schema, as clients have always seen it.
+OutputFormat = Annotated[
+    Literal["same"] | ModelFormat,
+    PlainValidator(_output_format),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"title": "OutputFormat", "type": "string", "enum": list(_OUTPUT_FORMATS)}),
+]
 
 
 class JobSpec(_Model):
@@ -306,7 +331,7 @@ class JobSpec(_Model):
         description="auto: the worker's device (CUDA when present).",
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    output_format: OutputFormat = OutputFormat.SAME
+    output_format: OutputFormat = SAME_FORMAT
     analysis: AnalysisSpec | None = Field(
         default=None, description="sensitivity: per-tensor scan on the validation split.")
     search: SearchSpec | None = Field(

@@ -6,7 +6,9 @@ interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the
 without touching routes or tasks. File paths are derived from job ids (which we generate),
 never from client-supplied names.
 
-Implementations: ``core/store_sqlite.py`` (records) and ``core/blobs.py`` (files).
+Implementations: ``core/store_sqlite.py`` (records) and ``core/blobs.py`` (files). Every
+implementation must pass the contract tests, api_tests/core/test_store_contract.py and
+test_blob_contract.py: add the new backend as one more fixture parameter there.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
+
+# A duration histogram: cumulative counts per bucket upper bound, count, sum (the Prometheus
+# histogram shape).
+Histogram = tuple[list[int], int, float]
 
 # File names inside a job's folder.
 UPLOAD = "upload"
 REPORT = "report.json"
 
 
-def model_file(fmt: str) -> str:
-    """File name of the pruned model in a given format: torchscript, state_dict, safetensors."""
-    return {"torchscript": "model.torchscript.pt", "state_dict": "model.state_dict.pt",
-            "safetensors": "model.safetensors"}[fmt]
+def model_file(fmt: ModelFormat | str) -> str:
+    """File name of the pruned model in a given format (``core.formats`` holds the table)."""
+    return ModelFormat(fmt).file_name
 
 
 class IdempotencyConflict(Exception):
@@ -84,12 +90,23 @@ class JobStore(Protocol):
 
     def counts_by_status(self) -> dict[JobStatus, int]: ...
 
+    def duration_histogram(self, buckets: tuple[float, ...]) -> dict[JobStatus, Histogram]:
+        """Run time (started -> finished) of terminal jobs, per status: cumulative counts per
+        bucket upper bound (seconds), total count and sum in seconds. Computed from the
+        records, so every API process reports the same figures whichever process ran the
+        job. Statuses without a job that ran are absent."""
+        ...
+
     def unfinished(self) -> Iterator[JobRecord]:
         """Jobs not in a terminal status (for the reconciler)."""
         ...
 
     def finished_before(self, when: datetime) -> Iterator[JobRecord]:
         """Terminal jobs finished before ``when`` whose files are not yet expired."""
+        ...
+
+    def close(self) -> None:
+        """Release this process's connections (the API calls it at shutdown)."""
         ...
 
 
@@ -117,4 +134,6 @@ class BlobStore(Protocol):
         """Store a local file under ``name`` (atomic)."""
         ...
 
-    def delete_job_files(self, job_id: str, keep: tuple[str, ...] = ()) -> None: ...
+    def delete_job_files(self, job_id: str, keep: tuple[str, ...] = ()) -> None:
+        """Delete the job's files except those named in ``keep`` (no error when none)."""
+        ...

@@ -17,7 +17,6 @@ import json
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStatus
 from core.settings import Settings
-from core.store import IdempotencyConflict, JobStore, QueueLimitReached
+from core.store import Histogram, IdempotencyConflict, JobStore, QueueLimitReached
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -51,13 +50,6 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_us) WHERE files_expir
 _TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.terminal)
 MAX_PAGE = 200
-# Cumulative counts per bucket upper bound, count, sum (Prometheus histogram shape).
-Histogram = tuple[list[int], int, float]
-
-
-def new_job_id() -> str:
-    """A fresh job id (never client-supplied): 32 hex digits."""
-    return uuid.uuid4().hex
 
 
 def _micros(when: datetime) -> int:
@@ -232,9 +224,6 @@ class SqliteJobStore:
     def duration_histogram(
         self, buckets: tuple[float, ...]
     ) -> dict[JobStatus, Histogram]:
-        """Run time (started -> finished) of terminal jobs, per status: cumulative counts per
-        bucket upper bound, total count and sum in seconds. Computed from the records, so
-        every API process reports the same figures whichever process ran the job."""
         cases = ", ".join(f"SUM(d <= {float(b)!r})" for b in buckets)
         sql = (
             f"SELECT status, COUNT(*), COALESCE(SUM(d), 0), {cases} FROM ("

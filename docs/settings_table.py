@@ -23,8 +23,6 @@ def rows() -> list[str]:
         default = field.default
         shown = str(default) if default not in ("", None) else "(empty)"
         meaning = (field.description or "").replace("|", "\\|")
-        if name == "log_level":
-            meaning = meaning or "Log level: DEBUG, INFO, WARNING, ERROR."
         out.append(f"| `{name}` | `PRUNER_{name.upper()}` | `{shown}` | {meaning} |")
     return out
 

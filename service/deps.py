@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core.blobs import LocalBlobStore
-from core.queue import make_celery
+from core.queue import celery_config
 from core.settings import Settings
 from core.store import BlobStore, JobStore
 from core.store_sqlite import SqliteJobStore
@@ -43,7 +43,7 @@ class ApiMetrics:
 
 class ServiceState(TypedDict):
     settings: Settings
-    store: SqliteJobStore
+    store: JobStore
     blobs: BlobStore
     celery: Celery
     redis: aioredis.Redis
@@ -56,7 +56,7 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ServiceState:
         settings=settings,
         store=SqliteJobStore.from_settings(settings),
         blobs=LocalBlobStore.from_settings(settings),
-        celery=make_celery(settings, name="pruning-api"),
+        celery=Celery("pruning-api", config_source=celery_config(settings)),
         redis=aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=REDIS_CONNECTIONS,
@@ -108,11 +108,6 @@ async def get_store(request: Request) -> JobStore:
     return store
 
 
-async def get_sqlite_store(request: Request) -> SqliteJobStore:
-    store: SqliteJobStore = _state(request).store
-    return store
-
-
 async def get_blobs(request: Request) -> BlobStore:
     blobs: BlobStore = _state(request).blobs
     return blobs
@@ -135,7 +130,6 @@ async def get_metrics(request: Request) -> ApiMetrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
-SqliteStoreDep = Annotated[SqliteJobStore, Depends(get_sqlite_store)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]

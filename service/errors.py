@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import ProblemCode
+from core.uploads import RejectKind, UploadRejected
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:pruning-service:problem:"
@@ -121,6 +122,21 @@ class InsufficientStorage(ApiError):
 
 class NotReady(ApiError):
     status, code, title = 503, ProblemCode.NOT_READY, "Not ready"
+
+
+# Why core refused an upload -> what the API answers: the one place the two meet.
+UPLOAD_REJECTIONS: dict[RejectKind, type[ApiError]] = {
+    RejectKind.TOO_LARGE: PayloadTooLarge,
+    RejectKind.NOT_A_MODEL: UnsupportedMediaType,
+    RejectKind.MALFORMED: InvalidUpload,
+    RejectKind.UNSAFE: InvalidUpload,
+    RejectKind.UNSUPPORTED: InvalidUpload,
+}
+
+
+def upload_rejected(exc: UploadRejected) -> ApiError:
+    """The HTTP error for an upload the checks refused."""
+    return UPLOAD_REJECTIONS[exc.kind](exc.message)
 
 
 def problem_response(request: Request, error: ApiError) -> JSONResponse:

@@ -6,6 +6,8 @@ the API starts fast and its image stays small. Jobs run in the Celery workers.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
@@ -26,6 +28,8 @@ Every error is RFC 9457 `application/problem+json` with a stable `code`.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    for name in ("", "uvicorn", "uvicorn.error"):  # ours, and the server's own messages
+        logging.getLogger(name).setLevel(settings.log_level)
     app = FastAPI(
         title="Pruning service",
         version="1.0.0",

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.jobs import JobStatus
 from core.settings import Settings
-from core.store_sqlite import Histogram, SqliteJobStore
+from core.store import Histogram, JobStore
 from service.deps import ApiMetrics
 
 DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -71,13 +71,13 @@ async def _queue_metrics(settings: Settings, redis: Any) -> list[Metric]:
 
 
 def _store_snapshot(
-    store: SqliteJobStore,
+    store: JobStore,
 ) -> tuple[dict[JobStatus, int], dict[JobStatus, Histogram]]:
     return store.counts_by_status(), store.duration_histogram(DURATION_BUCKETS_S)
 
 
 async def render_metrics(
-    settings: Settings, store: SqliteJobStore, redis: Any, api: ApiMetrics
+    settings: Settings, store: JobStore, redis: Any, api: ApiMetrics
 ) -> bytes:
     counts, durations = await run_in_threadpool(_store_snapshot, store)
     scraped = _job_metrics(counts, durations) + await _queue_metrics(settings, redis)

@@ -7,7 +7,8 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from core.architectures import ArchitectureInfo
-from core.jobs import JobError, JobRecord, JobStatus, UploadFormat
+from core.formats import ModelFormat, UploadFormat
+from core.jobs import JobError, JobRecord, JobStatus
 from core.report import Progress
 from core.spec import JobSpec
 
@@ -29,7 +30,9 @@ class UploadInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    format: str = Field(description="Primary format the job produced (the default download).")
+    format: ModelFormat = Field(
+        description="Primary format the job produced (the default download)."
+    )
     sha256: str | None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 from celery import Celery
@@ -20,25 +19,24 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from core.estimate import estimate, too_long
-from core.jobs import JobRecord, JobStatus, UploadFormat
+from core.formats import UploadFormat
+from core.jobs import JobRecord, JobStatus, new_job_id
+from core.lifecycle import utcnow
 from core.queue import enqueue_job
 from core.report import Progress
 from core.settings import Settings
 from core.spec import JobSpec
 from core.store import UPLOAD, BlobStore, IdempotencyConflict, JobStore, QueueLimitReached
-from core.store_sqlite import new_job_id
-from core.upload_checks import UploadRejected, check_upload
+from core.uploads import UploadRejected, check_upload
 from service.errors import (
     BrokerUnavailable,
     FieldError,
     IdempotencyKeyReused,
-    InvalidUpload,
-    PayloadTooLarge,
     QueueFull,
-    UnsupportedMediaType,
     ValidationFailed,
     describe,
     field_errors,
+    upload_rejected,
 )
 from service.uploads import (
     MODEL_FIELD,
@@ -51,8 +49,6 @@ from service.uploads import (
 BROKER_RETRY_AFTER_S = 5
 QUEUE_FULL_RETRY_AFTER_S = 30
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as the IETF draft allows
-_REJECTED = {413: PayloadTooLarge, 415: UnsupportedMediaType, 422: InvalidUpload}
-_REJECTED_BY_CODE = {e.code.value: e for e in _REJECTED.values()}
 
 
 def broker_down(detail: str) -> BrokerUnavailable:
@@ -111,11 +107,12 @@ def check_duration(spec: JobSpec, settings: Settings) -> None:
 
 
 def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFormat:
+    """The container of an upload the checks accept (the record shows zip or safetensors)."""
     try:
-        return check_upload(blobs.local_path(job_id, UPLOAD), settings)
+        fmt = check_upload(blobs.local_path(job_id, UPLOAD), settings)
     except UploadRejected as exc:
-        error_class = _REJECTED_BY_CODE.get(exc.code) or _REJECTED.get(exc.status, InvalidUpload)
-        raise error_class(exc.message) from exc
+        raise upload_rejected(exc) from exc
+    return fmt.container
 
 
 def request_hash(spec: JobSpec, upload_sha256: str) -> str:
@@ -146,7 +143,7 @@ async def submit(
         upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
         assert form.model_sha256 is not None
         record = JobRecord(
-            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=datetime.now(UTC),
+            id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=utcnow(),
             progress=Progress(phase="queued"), upload_format=upload_format,
             upload_bytes=form.model_bytes, upload_sha256=form.model_sha256,
         )

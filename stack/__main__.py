@@ -8,7 +8,6 @@ answering there is used as is). Ctrl-C stops everything.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -31,9 +30,7 @@ def main() -> int:
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
-    env = dict(os.environ)
-    env["PRUNER_DATA_DIR"] = str(data_dir)
-    env["PRUNER_MNIST_ROOT"] = str(settings.mnist_root.resolve())
+    env = settings.as_env()
     started: list[Proc] = []
     stopping = False
 

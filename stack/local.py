@@ -101,14 +101,6 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def env_for(values: dict[str, Any]) -> dict[str, str]:
-    """This process's environment without PRUNER_*, plus ``values`` as PRUNER_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNER_")}
-    env.update({f"PRUNER_{k.upper()}": str(v) for k, v in values.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @contextmanager
 def local_stack(root: Path, values: dict[str, Any], workers: int = 1) -> Iterator[Stack]:
     """Start redis-server, ``workers`` Celery workers and the API under ``root`` with the
@@ -117,8 +109,8 @@ def local_stack(root: Path, values: dict[str, Any], workers: int = 1) -> Iterato
     redis_port, api_port = P.free_port(), P.free_port()
     values = {"data_dir": root / "data", "redis_url": f"redis://127.0.0.1:{redis_port}/0",
               "api_port": api_port, **values}
-    settings = Settings(**values)
-    env = env_for(values)
+    settings = Settings.of(**values)
+    env = settings.as_env()
     log_dir = root / "logs"
     started = [P.start_redis(redis_port, root / "redis", log_dir)]
     try:

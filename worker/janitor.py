@@ -19,15 +19,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import redis
 from celery import Celery
 
 from core.blobs import LocalBlobStore
 from core.jobs import JobRecord, JobStatus
+from core.lifecycle import lease_expired, requeue, utcnow
 from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key
-from core.report import Progress
 from core.settings import Settings
 from core.store import BlobStore, JobStore
 from core.store_sqlite import SqliteJobStore
@@ -35,10 +35,6 @@ from core.store_sqlite import SqliteJobStore
 log = logging.getLogger("worker.janitor")
 
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, unacknowledged messages
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Janitor:
@@ -63,7 +59,7 @@ class Janitor:
                 log.exception("janitor %s failed", step.__name__)
 
     def heartbeat(self) -> None:
-        self.redis.set(heartbeat_key(self.hostname), now().isoformat(),
+        self.redis.set(heartbeat_key(self.hostname), utcnow().isoformat(),
                        ex=self.settings.worker_heartbeat_ttl_s)
 
     # --- reconcile ----------------------------------------------------------------------
@@ -72,10 +68,10 @@ class Janitor:
         """Re-enqueue jobs the broker lost; returns their ids."""
         broker_lost = not self.redis.exists(BROKER_MARKER_KEY)
         unfinished = list(self.store.unfinished())
-        requeued = [r.id for r in unfinished if self._lease_expired(r) and self._requeue(r)]
+        requeued = [r.id for r in unfinished if lease_expired(r) and self._requeue(r)]
         grace = timedelta(seconds=max(2 * self.settings.janitor_interval_s, 5.0))
         waiting = [r for r in unfinished
-                   if r.status is JobStatus.QUEUED and now() - r.created_at > grace]
+                   if r.status is JobStatus.QUEUED and utcnow() - r.created_at > grace]
         if waiting and not broker_lost:
             held = self._broker_messages(waiting)
             waiting = [r for r in waiting if r.id not in held]
@@ -83,29 +79,17 @@ class Janitor:
             if self._still_queued(record.id):
                 enqueue_job(self.app, self.settings, record.id)
                 requeued.append(record.id)
-        self.redis.set(BROKER_MARKER_KEY, now().isoformat())
+        self.redis.set(BROKER_MARKER_KEY, utcnow().isoformat())
         if requeued:
             log.warning("janitor: re-enqueued %d job(s): %s", len(requeued), requeued)
         return requeued
 
-    def _lease_expired(self, record: JobRecord) -> bool:
-        if record.status is not JobStatus.RUNNING:
-            return False
-        expires = record.lease_expires_at or record.started_at or record.created_at
-        return expires < now()
-
     def _requeue(self, record: JobRecord) -> bool:
-        """running -> queued for a job whose worker died (re-read under a fresh look)."""
-        current = self.store.get(record.id)
-        if current is None or not self._lease_expired(current):
-            return False
-        back = self.store.transition(record.id, {JobStatus.RUNNING}, JobStatus.QUEUED,
-                                     lease_expires_at=None, worker=None,
-                                     progress=Progress(phase="queued"))
-        if back is None:
-            return False
-        enqueue_job(self.app, self.settings, record.id)
-        return True
+        """running -> queued for a job whose worker died (its lease expired on a fresh read)."""
+        return requeue(self.store, record.id, self._enqueue, only_if=lease_expired)
+
+    def _enqueue(self, job_id: str) -> None:
+        enqueue_job(self.app, self.settings, job_id)
 
     def _still_queued(self, job_id: str) -> bool:
         current = self.store.get(job_id)
@@ -122,11 +106,11 @@ class Janitor:
 
     def sweep(self) -> list[str]:
         """Delete the files of jobs finished more than retention_s ago; returns their ids."""
-        cutoff = now() - timedelta(seconds=self.settings.retention_s)
+        cutoff = utcnow() - timedelta(seconds=self.settings.retention_s)
         expired = []
         for record in self.store.finished_before(cutoff):
             self.blobs.delete_job_files(record.id)
-            self.store.update(record.id, files_expired_at=now())
+            self.store.update(record.id, files_expired_at=utcnow())
             expired.append(record.id)
         if expired:
             log.info("janitor: files of %d job(s) expired", len(expired))

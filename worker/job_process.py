@@ -1,10 +1,11 @@
 """The job process: ``python -m worker.job_process <job id> <attempt>``, or ``--standby``.
 
-Started fresh for every job by the Celery task (worker/tasks.py), inside the sandbox limits,
-in a scratch directory. A ``--standby`` process is started ahead of the next job: it imports
-torch and the engine (and reads MNIST on a CPU worker) while the worker is idle, then waits
-for one line on stdin, ``<job id> <attempt> <scratch dir>``, and runs that one job; it never
-runs a second. A standby that was never assigned a job exits when stdin closes.
+Started fresh for every job by the worker's supervisor (worker/supervisor.py), inside the
+sandbox limits, in a scratch directory. A ``--standby`` process is started ahead of the next
+job: it imports torch, torchvision and the engine and reads MNIST into CPU memory while the
+worker is idle, then waits for one line on stdin, ``<job id> <attempt> <scratch dir>``, and
+runs that one job; it never runs a second. A standby that was never assigned a job exits when
+stdin closes.
 
 It is the only process that opens the upload and the only one that imports torch, so GPU
 memory and any state a hostile or broken model leaves behind die with it.
@@ -15,32 +16,31 @@ It writes its own outcome into the job record:
 - ``Cancelled``: running -> cancelled, no model offered;
 - anything else: running -> failed ``internal_error`` (or ``resource_limit`` on MemoryError).
 Exit code 0 means "the record holds my terminal status". When the process dies without
-writing one (killed by a signal), the task classifies the exit.
+writing one (killed by a signal), the supervisor settles it (core/lifecycle.py).
 
-Fencing: every write checks that the record is still ``running`` with this process's attempt
-number. A process whose claim was taken away (its job re-queued after a lost lease) writes
-nothing and exits ``EXIT_LOST``.
+Fencing: every write goes through its ``Claim`` (core/lifecycle.py), which checks that the
+record is still ``running`` with this process's attempt number. A process whose claim was
+taken away (its job re-queued after a lost lease) writes nothing and exits ``EXIT_LOST``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
 import threading
 import time
 import traceback
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core.blobs import LocalBlobStore
 from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus
+from core.jobs import JobError, JobStatus
+from core.lifecycle import Claim
 from core.report import Progress
 from core.settings import Settings, get_settings
-from core.store import REPORT, UPLOAD, BlobStore, JobStore, model_file
+from core.store import REPORT, UPLOAD, BlobStore, model_file
 from core.store_sqlite import SqliteJobStore
 from worker.sandbox import is_resource_limit_error
 
@@ -49,48 +49,11 @@ EXIT_FAILED = 2  # the record holds `failed` with the error's code
 EXIT_LOST = 3  # the claim was lost (or the job is gone): nothing written
 EXIT_ORPHANED = 4  # the supervising worker died
 
+STANDBY_READY = "standby: warmed up in"  # logged once the standby is ready (benchmarks wait)
 PROGRESS_INTERVAL_S = 0.5  # throttle of progress writes (phase and epoch changes always go)
 CANCEL_POLL_S = 0.2
 
 log = logging.getLogger("worker.job_process")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class Claim:
-    """This process's hold on a running job: fenced writes by attempt number."""
-
-    def __init__(self, store: JobStore, job_id: str, attempt: int) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.attempt = attempt
-
-    def holds(self, record: JobRecord | None) -> bool:
-        return (
-            record is not None
-            and record.status is JobStatus.RUNNING
-            and record.attempts == self.attempt
-        )
-
-    def finish(self, to: JobStatus, **fields: Any) -> bool:
-        """running -> ``to`` when the claim still holds; False when it was lost."""
-        if not self.holds(self.store.get(self.job_id)):
-            return False
-        done = self.store.transition(
-            self.job_id, {JobStatus.RUNNING}, to, finished_at=now(), lease_expires_at=None,
-            **fields,
-        )
-        return done is not None
 
 
 class ProgressWriter:
@@ -147,13 +110,13 @@ class CancelWatcher(threading.Thread):
 
 def store_outputs(blobs: BlobStore, job_id: str, result: Any) -> tuple[str, str]:
     """Put every output format and the report in the blob store; return the primary format
-    and the sha256 of its file."""
+    and the sha256 of its file (the report's, computed while it was saved)."""
     for fmt, path in result.outputs.items():
         blobs.put_file(job_id, model_file(str(fmt)), Path(path))
     with blobs.writer(job_id, REPORT) as f:
         f.write(result.report.model_dump_json(indent=2).encode())
     primary = str(result.primary)
-    return primary, sha256_file(Path(result.outputs[result.primary]))
+    return primary, str(result.report.output.sha256)
 
 
 def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
@@ -200,11 +163,13 @@ def fail(claim: Claim, code: JobErrorCode, message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s job-process %(message)s")
     settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s job-process %(message)s")
     parent_pid = os.getppid()
     if argv[1:] == ["--standby"]:
+        started = time.monotonic()
         warm_up(settings)
+        log.info("%s %.1f s; waiting for a job", STANDBY_READY, time.monotonic() - started)
         assignment = sys.stdin.readline().split()  # "<job id> <attempt> <scratch dir>"
         if len(assignment) != 3:
             return EXIT_OK  # the worker went away or stopped: no job for this process
@@ -226,20 +191,16 @@ def main(argv: list[str]) -> int:
 
 def warm_up(settings: Settings) -> None:
     """What every job pays before its work starts, paid while the worker waits for a job:
-    Python's start, importing torch and the engine, and (on a CPU worker) reading MNIST into
-    the engine's cache. No upload is opened and CUDA is not initialised here."""
-    import torch
-
+    Python's start, importing torch, torchvision and the engine, and reading MNIST into CPU
+    memory, normalised for the default input spec, whatever the worker's device (a GPU job
+    then only copies the tensors to its device). No upload is opened and CUDA is not
+    initialised here."""
     from core.spec import InputSpec
     from worker.engine import pipeline  # noqa: F401  (the import is the warm-up)
-    from worker.engine.data import load_split
+    from worker.engine.data import preload
 
-    if settings.worker_device != "cpu":
-        return
     try:
-        for train in (True, False):
-            load_split(settings.mnist_root, train, torch.device("cpu"), InputSpec(),
-                       download=False)
+        preload(settings.mnist_root, InputSpec(), download=False)
     except Exception:  # e.g. MNIST missing: the job itself reports it with its code
         log.warning("standby: could not preload MNIST", exc_info=True)
 

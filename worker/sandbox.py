@@ -1,9 +1,9 @@
-"""Limits for the job process that opens an upload. (Owner: the hostile-uploads work, issue 4.)
+"""Limits for the job process that opens an upload.
 
-The Celery task starts ``python -m worker.job_process`` with ``preexec_fn=preexec_limits(...)``
-(composed with its own session/parent-death setup), in ``scratch_dir(...)``, and classifies
-how it ended with ``classify_exit``. This module never imports torch: the worker's main
-process must not.
+The supervisor (worker/supervisor.py) starts ``python -m worker.job_process`` with
+``preexec_fn=preexec_limits(...)`` (composed with its own session/parent-death setup), in
+``scratch_dir(...)``, and classifies how it ended with ``classify_exit``. This module never
+imports torch: the worker's main process must not.
 
 Limits (settings / environment variables):
 

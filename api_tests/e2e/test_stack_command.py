@@ -3,7 +3,6 @@ API, says where the API listens, serves at once, and Ctrl-C stops everything it 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from api_tests.conftest import REPO_ROOT, mnist_root
+from core.settings import Settings
 from stack import processes as P
 
 pytestmark = pytest.mark.e2e
@@ -21,13 +21,11 @@ pytestmark = pytest.mark.e2e
 
 def test_python_m_stack_starts_serves_and_stops(tmp_path: Path) -> None:
     redis_port, api_port = P.free_port(), P.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNER_")}
-    env.update(PRUNER_DATA_DIR=str(tmp_path / "data"), PRUNER_MNIST_ROOT=str(mnist_root()),
-               PRUNER_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-               PRUNER_API_PORT=str(api_port), PRUNER_JANITOR_INTERVAL_S="1",
-               PYTHONUNBUFFERED="1")
+    env = Settings.of(data_dir=tmp_path / "data", mnist_root=mnist_root(),
+                      redis_url=f"redis://127.0.0.1:{redis_port}/0", api_port=api_port,
+                      janitor_interval_s=1).as_env()
     proc = subprocess.Popen([sys.executable, "-m", "stack"], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()

@@ -1,11 +1,14 @@
 """The hostile-file suite end to end: real uvicorn, a real Celery worker and its sandboxed job
 process, a real redis-server (fixtures in api_tests/conftest.py). Each file gets its exact
-HTTP status (refused at the door) or job error code (refused in the worker); the canary stays
-untouched; and the same worker then completes a good job."""
+HTTP status (refused at the door) or job error code (refused in the worker) in a test of its
+own, so one failure hides none of the others; the canary stays untouched; and the same worker
+then completes a good job."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.conftest import Stack, TrainedMLP, start_stack, submit, wait_for
+from api_tests.conftest import (
+    Stack,
+    TrainedMLP,
+    assert_problem,
+    start_stack,
+    submit,
+    wait_for,
+)
 from api_tests.security import hostile as h
 
 pytestmark = pytest.mark.e2e
@@ -22,14 +32,16 @@ pytestmark = pytest.mark.e2e
 MLP_SPEC: dict[str, Any] = {"architecture": "mnist_mlp", "finetune": {"epochs": 0}}
 TS_SPEC: dict[str, Any] = {"finetune": {"epochs": 0}}
 
+Make = Callable[[Path, Path], Path]  # (directory, canary) -> the file to upload
 
-def problem(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["code"] == code
-    detail: str = body["detail"]
-    return detail
+
+@dataclass(frozen=True)
+class Case:
+    make: Make
+    spec: dict[str, Any]
+    code: str  # the problem code (door) or the job error code (worker)
+    says: tuple[str, ...] = ()  # fragments of the detail / error message
+    status: int = 422  # the HTTP status, for a refusal at the door
 
 
 def failed_job(client: httpx.Client, response: httpx.Response, code: str) -> str:
@@ -54,94 +66,140 @@ def mlp_tensors() -> dict[str, torch.Tensor]:
     return dict(registry.build("mnist_mlp").state_dict())
 
 
-def test_refused_at_the_door(stack: Stack, trained_mlp: TrainedMLP, tmp_path: Path) -> None:
-    client = stack.client
-    canary = h.make_canary(tmp_path)
+# --- files the door refuses ---------------------------------------------------------------------
 
-    detail = problem(submit(client, h.shell_pickle_zip(tmp_path, canary), MLP_SPEC),
-                     422, "invalid_upload")
-    assert f"which loading would import and call: {os.name}.system." in detail
-    detail = problem(submit(client, h.exec_pickle_zip(tmp_path, canary), MLP_SPEC),
-                     422, "invalid_upload")
-    assert ": builtins.exec." in detail
-    problem(submit(client, h.raw_shell_pickle(tmp_path, canary), MLP_SPEC),
-            415, "unsupported_media_type")
 
-    whole = tmp_path / "whole.pt"
-    torch.save(nn.Sequential(nn.Linear(784, 10)), str(whole))
-    detail = problem(submit(client, whole, MLP_SPEC), 422, "invalid_upload")
-    assert "whole pickled model" in detail and "torch.nn.modules.linear.Linear" in detail
+def whole_module(directory: Path, canary: Path) -> Path:
+    path = directory / "whole.pt"
+    torch.save(nn.Sequential(nn.Linear(784, 10)), str(path))
+    return path
 
-    hook = h.torchscript_setstate_hook(tmp_path, h.overwrite_canary_code(canary))
-    assert "defines __setstate__" in problem(submit(client, hook, TS_SPEC), 422, "invalid_upload")
 
-    detail = problem(submit(client, h.zip_bomb(tmp_path), MLP_SPEC), 413, "payload_too_large")
-    assert "PRUNER_MAX_COMPRESSION_RATIO" in detail
-    detail = problem(submit(client, h.many_entries(tmp_path, 10_000), MLP_SPEC),
-                     413, "payload_too_large")
-    assert "10001 entries" in detail
-    detail = problem(submit(client, h.zip_with_entry(tmp_path, "archive/../../etc/x"), MLP_SPEC),
-                     422, "invalid_upload")
-    assert "climbs out with '..'" in detail
+def truncated(directory: Path, canary: Path) -> Path:
+    path = directory / "truncated.pt"
+    path.write_bytes(h.state_dict_file(directory, mlp_tensors()).read_bytes()[:5000])
+    return path
 
-    good = h.state_dict_file(tmp_path, mlp_tensors())
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(good.read_bytes()[:5000])
-    problem(submit(client, truncated, MLP_SPEC), 422, "invalid_upload")
-    noise = tmp_path / "noise.bin"
-    noise.write_bytes(bytes(range(1, 256)) * 40)
-    problem(submit(client, noise, MLP_SPEC), 415, "unsupported_media_type")
 
-    lies = h.rewrite_zip(good, tmp_path / "lies.pt", {"/data/0": b"\x00" * 16})
-    assert "holds 16" in problem(submit(client, lies, MLP_SPEC), 422, "invalid_upload")
-    huge = h.state_dict_file(tmp_path, {"fc1.weight": torch.zeros(1).expand(10**5, 10**5)},
+def noise(directory: Path, canary: Path) -> Path:
+    path = directory / "noise.bin"
+    path.write_bytes(bytes(range(1, 256)) * 40)
+    return path
+
+
+def lying_storage(directory: Path, canary: Path) -> Path:
+    good = h.state_dict_file(directory, mlp_tensors())
+    return h.rewrite_zip(good, directory / "lies.pt", {"/data/0": b"\x00" * 16})
+
+
+def huge_tensor(directory: Path, canary: Path) -> Path:
+    return h.state_dict_file(directory, {"fc1.weight": torch.zeros(1).expand(10**5, 10**5)},
                              "huge.pt")
-    assert "10000000000 elements" in problem(submit(client, huge, MLP_SPEC),
-                                            413, "payload_too_large")
-    cplx = h.state_dict_file(tmp_path, mlp_tensors() | {"fc3.bias": torch.zeros(10) * 1j},
+
+
+def complex_tensor(directory: Path, canary: Path) -> Path:
+    return h.state_dict_file(directory, mlp_tensors() | {"fc3.bias": torch.zeros(10) * 1j},
                              "cplx.pt")
-    assert "ComplexFloatStorage" in problem(submit(client, cplx, MLP_SPEC), 422, "invalid_upload")
-    quant = h.state_dict_file(
-        tmp_path,
-        mlp_tensors() | {"fc3.bias": torch.quantize_per_tensor(torch.zeros(10), 0.1, 0,
-                                                                torch.qint8)},
-        "quant.pt",
-    )
-    assert "_rebuild_qtensor" in problem(submit(client, quant, MLP_SPEC), 422, "invalid_upload")
-
-    assert canary.read_text() == h.CANARY_TEXT
-    assert stack.worker.alive() and stack.api.alive()
-    good_job_succeeds(client, trained_mlp)
 
 
-def test_refused_in_the_worker(stack: Stack, trained_mlp: TrainedMLP, tmp_path: Path) -> None:
-    client = stack.client
+def quantized_tensor(directory: Path, canary: Path) -> Path:
+    quantized = torch.quantize_per_tensor(torch.zeros(10), 0.1, 0, torch.qint8)
+    return h.state_dict_file(directory, mlp_tensors() | {"fc3.bias": quantized}, "quant.pt")
+
+
+def setstate_hook(directory: Path, canary: Path) -> Path:
+    return h.torchscript_setstate_hook(directory, h.overwrite_canary_code(canary))
+
+
+DOOR: dict[str, Case] = {
+    "shell_pickle": Case(h.shell_pickle_zip, MLP_SPEC, "invalid_upload", says=(
+        f"which loading would import and call: {os.name}.system.",)),
+    "exec_pickle": Case(h.exec_pickle_zip, MLP_SPEC, "invalid_upload",
+                        says=(": builtins.exec.",)),
+    "raw_shell_pickle": Case(h.raw_shell_pickle, MLP_SPEC, "unsupported_media_type",
+                             status=415),
+    "whole_module": Case(whole_module, MLP_SPEC, "invalid_upload", says=(
+        "whole pickled model", "torch.nn.modules.linear.Linear")),
+    "torchscript_setstate": Case(setstate_hook, TS_SPEC, "invalid_upload",
+                                 says=("defines __setstate__",)),
+    "zip_bomb": Case(lambda d, c: h.zip_bomb(d), MLP_SPEC, "payload_too_large",
+                     says=("PRUNER_MAX_COMPRESSION_RATIO",), status=413),
+    "many_entries": Case(lambda d, c: h.many_entries(d, 10_000), MLP_SPEC, "payload_too_large",
+                         says=("10001 entries",), status=413),
+    "path_climbs_out": Case(lambda d, c: h.zip_with_entry(d, "archive/../../etc/x"), MLP_SPEC,
+                            "invalid_upload", says=("climbs out with '..'",)),
+    "truncated": Case(truncated, MLP_SPEC, "invalid_upload"),
+    "noise": Case(noise, MLP_SPEC, "unsupported_media_type", status=415),
+    "storage_size_lies": Case(lying_storage, MLP_SPEC, "invalid_upload", says=("holds 16",)),
+    "huge_tensor": Case(huge_tensor, MLP_SPEC, "payload_too_large",
+                        says=("10000000000 elements",), status=413),
+    "complex_tensor": Case(complex_tensor, MLP_SPEC, "invalid_upload",
+                           says=("ComplexFloatStorage",)),
+    "quantized_tensor": Case(quantized_tensor, MLP_SPEC, "invalid_upload",
+                             says=("_rebuild_qtensor",)),
+}
+
+
+@pytest.mark.parametrize("case", DOOR.values(), ids=list(DOOR))
+def test_refused_at_the_door(stack: Stack, tmp_path: Path, case: Case) -> None:
     canary = h.make_canary(tmp_path)
+    body = assert_problem(submit(stack.client, case.make(tmp_path, canary), case.spec),
+                          case.status, case.code)
+    assert [part for part in case.says if part not in body["detail"]] == [], body["detail"]
+    assert canary.read_text() == h.CANARY_TEXT
 
-    for factory in (h.torchscript_reads_canary, h.torchscript_writes_canary):
-        message = failed_job(client, submit(client, factory(tmp_path, canary), TS_SPEC),
-                             "unsafe_model")
-        assert "aten::from_file in " in message
-        assert canary.read_text() == h.CANARY_TEXT
 
-    nan = mlp_tensors()
-    nan["fc1.weight"][0, 0] = float("nan")
-    message = failed_job(client, submit(client, h.state_dict_file(tmp_path, nan, "nan.pt"),
-                                        MLP_SPEC), "invalid_weights")
-    assert message == "tensors with NaN or Inf values: fc1.weight (1 of 200704)"
+# --- files only the worker can refuse -----------------------------------------------------------
 
+
+def nan_weight(directory: Path, canary: Path) -> Path:
+    tensors = mlp_tensors()
+    tensors["fc1.weight"][0, 0] = float("nan")
+    return h.state_dict_file(directory, tensors, "nan.pt")
+
+
+def lenet_for_mlp(directory: Path, canary: Path) -> Path:
     from worker.engine import registry
 
-    lenet = h.state_dict_file(tmp_path, dict(registry.build("lenet5").state_dict()), "lenet.pt")
-    message = failed_job(client, submit(client, lenet, MLP_SPEC), "architecture_mismatch")
-    assert "unexpected keys: conv1.weight" in message
+    return h.state_dict_file(directory, dict(registry.build("lenet5").state_dict()), "lenet.pt")
 
-    wrong = h.save_script(h.WrongOutput(), tmp_path / "wrong.pt")
-    message = failed_job(client, submit(client, wrong, TS_SPEC), "incompatible_model")
-    assert "tensor of shape [2, 5]; expected a float tensor of shape [2, 10]" in message
 
+def wrong_output(directory: Path, canary: Path) -> Path:
+    return h.save_script(h.WrongOutput(), directory / "wrong.pt")
+
+
+WORKER: dict[str, Case] = {
+    "torchscript_reads_canary": Case(h.torchscript_reads_canary, TS_SPEC, "unsafe_model",
+                                     says=("aten::from_file in ",)),
+    "torchscript_writes_canary": Case(h.torchscript_writes_canary, TS_SPEC, "unsafe_model",
+                                      says=("aten::from_file in ",)),
+    "nan_weight": Case(nan_weight, MLP_SPEC, "invalid_weights", says=(
+        "tensors with NaN or Inf values: fc1.weight (1 of 200704)",)),
+    "architecture_mismatch": Case(lenet_for_mlp, MLP_SPEC, "architecture_mismatch",
+                                  says=("unexpected keys: conv1.weight",)),
+    "wrong_output_shape": Case(wrong_output, TS_SPEC, "incompatible_model", says=(
+        "tensor of shape [2, 5]; expected a float tensor of shape [2, 10]",)),
+}
+
+
+@pytest.mark.parametrize("case", WORKER.values(), ids=list(WORKER))
+def test_refused_in_the_worker(stack: Stack, tmp_path: Path, case: Case) -> None:
+    canary = h.make_canary(tmp_path)
+    response = submit(stack.client, case.make(tmp_path, canary), case.spec)
+    message = failed_job(stack.client, response, case.code)
+    assert [part for part in case.says if part not in message] == [], message
     assert canary.read_text() == h.CANARY_TEXT
-    good_job_succeeds(client, trained_mlp)
+
+
+def test_after_every_hostile_file_the_stack_still_serves(stack: Stack,
+                                                         trained_mlp: TrainedMLP) -> None:
+    """Runs after the cases above (pytest keeps a module's order): the same API and worker,
+    having refused all of them, complete a good job."""
+    assert stack.worker.alive() and stack.api.alive()
+    good_job_succeeds(stack.client, trained_mlp)
+
+
+# --- limits: a stack of their own with tight ones -----------------------------------------------
 
 
 class Spins(nn.Module):
@@ -158,20 +216,24 @@ class Spins(nn.Module):
         return self.fc(y.flatten(1))
 
 
-def test_limits_end_jobs_and_the_worker_goes_on(
-    tmp_path: Path, trained_mlp: TrainedMLP
-) -> None:
-    """A stack of its own with tight limits: an over-limit upload answers 413, a job that
-    spins past its CPU-time limit fails ``resource_limit`` without retries, and the worker
-    then completes a good job."""
-    with start_stack(tmp_path / "stack", max_upload_bytes=2 * 1024 * 1024,
-                     job_cpu_time_limit_s=25) as limited:
-        client = limited.client
-        big = h.state_dict_file(tmp_path, {"w": torch.zeros(600_000)}, "big.pt")
-        detail = problem(submit(client, big, MLP_SPEC), 413, "payload_too_large")
-        assert "2097152" in detail
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("limited"), max_upload_bytes=2 * 1024 * 1024,
+                     job_cpu_time_limit_s=25) as running:
+        yield running
 
-        spins = h.save_script(Spins(), tmp_path / "spins.pt")
-        message = failed_job(client, submit(client, spins, TS_SPEC), "resource_limit")
-        assert "SIGXCPU" in message
-        good_job_succeeds(client, trained_mlp)
+
+def test_an_upload_over_the_limit_answers_413(limited: Stack, tmp_path: Path) -> None:
+    big = h.state_dict_file(tmp_path, {"w": torch.zeros(600_000)}, "big.pt")
+    body = assert_problem(submit(limited.client, big, MLP_SPEC), 413, "payload_too_large")
+    assert "2097152" in body["detail"]
+
+
+def test_a_job_spinning_past_its_cpu_limit_fails_and_the_worker_goes_on(
+    limited: Stack, trained_mlp: TrainedMLP, tmp_path: Path
+) -> None:
+    spins = h.save_script(Spins(), tmp_path / "spins.pt")
+    message = failed_job(limited.client, submit(limited.client, spins, TS_SPEC),
+                         "resource_limit")
+    assert "SIGXCPU" in message
+    good_job_succeeds(limited.client, trained_mlp)

@@ -121,16 +121,3 @@ def running_api(settings: Settings) -> Iterator[Api]:
 def api(settings: Settings) -> Iterator[Api]:
     with running_api(settings) as running:
         yield running
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    """The response is RFC 9457 problem+json with this status and code; returns the body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["code"] == code
-    assert body["type"] == f"urn:pruning-service:problem:{code}"
-    assert body["title"] and body["detail"]
-    return body
-
-

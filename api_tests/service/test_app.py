@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
-from api_tests.service.conftest import REFERENCE, Api, assert_problem
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import REFERENCE, Api
 from core.architectures import ARCHITECTURES
+from core.settings import Settings
 from core.spec import REFERENCE_RECIPE, JobSpec
+from service.main import create_app
 
 
 def test_api_imports_without_torch() -> None:
@@ -17,6 +22,19 @@ def test_api_imports_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_app_logs_at_the_configured_level(tmp_path: Path) -> None:
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "uvicorn.error")]
+    before = [logger.level for logger in loggers]
+    try:
+        create_app(Settings(data_dir=tmp_path, log_level="ERROR"))
+        assert [logger.level for logger in loggers] == [logging.ERROR] * 3
+        create_app(Settings(data_dir=tmp_path, log_level="DEBUG"))
+        assert logging.getLogger("service").getEffectiveLevel() == logging.DEBUG
+    finally:
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)
 
 
 def test_openapi_documents_routes_errors_and_examples(api: Api) -> None:

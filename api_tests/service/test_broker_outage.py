@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from kombu.exceptions import OperationalError
 
-from api_tests.service.conftest import ModelFiles, assert_problem, make_settings, running_api
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import ModelFiles, make_settings, running_api
 from api_tests.service.factories import MODEL_BYTES, REPORT_BODY, finished_job
 from stack import processes as P
 

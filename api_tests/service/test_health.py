@@ -6,8 +6,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
-from api_tests.service.conftest import Api, ModelFiles, assert_problem, make_settings, running_api
+from api_tests.service.conftest import Api, ModelFiles, make_settings, running_api
 from core.jobs import JobStatus
 from core.queue import heartbeat_key
 from stack.processes import free_port

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles, assert_problem, make_settings
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings
 from api_tests.service.conftest import running_api as running
 from core.blobs import LocalBlobStore
 from core.jobs import JobStatus

@@ -3,23 +3,28 @@ writes more than the limit when it refuses it (a spooling parser would do both).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from benchmarks.api_upload import BOUNDARY, CHUNK, memory_kib, multipart_body, written_bytes
+from api_tests.service.big_upload import (
+    BOUNDARY,
+    CHUNK,
+    memory_kib,
+    multipart_body,
+    written_bytes,
+)
+from core.settings import Settings
 from stack import processes as P
 
 UPLOAD_MIB = 256
 
 
 def start_api(root: Path, redis_url: str, limit_bytes: int) -> P.Proc:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNER_")}
-    env.update({"PRUNER_DATA_DIR": str(root / "data"), "PRUNER_REDIS_URL": redis_url,
-                "PRUNER_MAX_UPLOAD_BYTES": str(limit_bytes)})
+    env = Settings.of(data_dir=root / "data", redis_url=redis_url,
+                      max_upload_bytes=limit_bytes).as_env()
     api = P.start_api(env, "127.0.0.1", P.free_port(), root / "logs")
     P.wait_until_ready(api)
     return api
@@ -40,7 +45,7 @@ def post_chunked(url: str) -> int:
     try:
         with httpx.Client(timeout=300) as client:
             return client.post(url + "/v1/jobs", content=multipart_body(UPLOAD_MIB),
-                               headers=headers).status_code
+                                  headers=headers).status_code
     except httpx.HTTPError:  # the server answered early and closed while we were sending
         return -1
 

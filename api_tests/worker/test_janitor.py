@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
-from core.jobs import JobRecord, JobStatus, UploadFormat
-from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key, make_celery
+from api_tests.core.factories import make_record
+from core.jobs import JobRecord, JobStatus
+from core.queue import BROKER_MARKER_KEY, celery_config, enqueue_job, heartbeat_key
 from core.settings import Settings
-from core.spec import JobSpec
 from core.store import REPORT, UPLOAD
-from core.store_sqlite import new_job_id
 from stack import processes as P
 from worker.janitor import Janitor
 
@@ -34,14 +34,11 @@ def janitor(tmp_path: Path, redis_url: str) -> Janitor:
     client.flushall()
     settings = Settings(data_dir=tmp_path, redis_url=redis_url, janitor_interval_s=1,
                         retention_s=3600, worker_heartbeat_ttl_s=7)
-    return Janitor(settings, make_celery(settings), "w1@test")
+    return Janitor(settings, Celery("test", config_source=celery_config(settings)), "w1@test")
 
 
 def add_job(janitor: Janitor, status: JobStatus, age_s: float = 60, **fields: Any) -> JobRecord:
-    record = JobRecord(id=new_job_id(), status=status, spec=JobSpec(),
-                       created_at=datetime.now(UTC) - timedelta(seconds=age_s),
-                       upload_format=UploadFormat.ZIP, upload_bytes=1,
-                       upload_sha256="0" * 64, **fields)
+    record = make_record(datetime.now(UTC) - timedelta(seconds=age_s), status=status, **fields)
     janitor.store.create(record)
     return record
 

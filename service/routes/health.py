@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.queue import HEARTBEAT_PREFIX
 from core.settings import Settings
-from service.deps import MetricsDep, RedisDep, SettingsDep, SqliteStoreDep
+from service.deps import MetricsDep, RedisDep, SettingsDep, StoreDep
 from service.errors import NotReady, problem_responses
 from service.metrics import render_metrics
 from service.schemas import Health, Readiness
@@ -65,7 +65,7 @@ async def readyz(settings: SettingsDep, redis: RedisDep) -> Readiness:
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(
-    settings: SettingsDep, store: SqliteStoreDep, redis: RedisDep, api_metrics: MetricsDep
+    settings: SettingsDep, store: StoreDep, redis: RedisDep, api_metrics: MetricsDep
 ) -> Response:
     """Prometheus metrics: jobs by status, job durations, queue depth, upload bytes."""
     body = await render_metrics(settings, store, redis, api_metrics)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.digest import stored_sha256
+from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
+from core.lifecycle import CancelResult, cancel
 from core.store import REPORT, BlobStore, JobStore, model_file
 from service.deps import BlobsDep, CeleryDep, MetricsDep, RedisDep, SettingsDep, StoreDep
 from service.errors import (
@@ -32,14 +34,10 @@ from service.errors import (
     problem_responses,
 )
 from service.schemas import JOBS_PATH, SPEC_EXAMPLES, JobPublic, JobsPublic, PageLinks
-from service.sha import file_sha256
 from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
 
-ModelFormat = Literal["torchscript", "state_dict", "safetensors"]
-FORMATS: tuple[ModelFormat, ...] = ("torchscript", "state_dict", "safetensors")
-EXTENSIONS = {"torchscript": "pt", "state_dict": "pth", "safetensors": "safetensors"}
 EVENTS_POLL_S = 0.5
 EVENTS_KEEPALIVE_S = 15.0
 
@@ -185,10 +183,10 @@ def _etag_matches(if_none_match: str | None, sha: str) -> bool:
     return "*" in tags or sha in tags
 
 
-def _model_sha(record: JobRecord, blobs: BlobStore, fmt: str) -> str:
+def _model_sha(record: JobRecord, blobs: BlobStore, fmt: ModelFormat) -> str:
     if fmt == record.model_format and record.model_sha256:
         return record.model_sha256
-    return file_sha256(blobs, record.id, model_file(fmt))
+    return stored_sha256(blobs, record.id, model_file(fmt))
 
 
 @router.get(
@@ -211,10 +209,10 @@ def get_model(
     """Download the pruned model (default: the format the job produced)."""
     record = load_job(store, job_id)
     _finished_files(record)
-    fmt = format or record.model_format or "torchscript"
+    fmt = format or record.model_format or ModelFormat.TORCHSCRIPT
     name = model_file(fmt)
     if not blobs.exists(job_id, name):
-        available = [f for f in FORMATS if blobs.exists(job_id, model_file(f))]
+        available = [f for f in ModelFormat if blobs.exists(job_id, model_file(f))]
         if not available:  # retention is deleting the files right now
             raise Gone(f"the models of job {job_id} are no longer stored")
         raise NotFound(f"job {job_id} has no {fmt} model; available: {', '.join(available)}",
@@ -224,7 +222,7 @@ def get_model(
     if _etag_matches(if_none_match, sha):
         return Response(status_code=304, headers=headers)
     return FileResponse(blobs.local_path(job_id, name), media_type="application/octet-stream",
-                        filename=f"{job_id}-pruned.{EXTENSIONS[fmt]}", headers=headers)
+                        filename=f"{job_id}-pruned.{fmt.extension}", headers=headers)
 
 
 @router.post(
@@ -235,21 +233,14 @@ def get_model(
 )
 def cancel_job(job_id: str, store: StoreDep) -> Response:
     """Cancel a job: a queued one at once (200), a running one at its next batch (202)."""
-    for _ in range(3):  # the status may change under us; each step is a compare-and-set
-        record = load_job(store, job_id)
-        if record.status is JobStatus.QUEUED:
-            done = store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELLED,
-                                    finished_at=datetime.now(UTC))
-            if done is not None:
-                return _json(JobPublic.from_record(done), 200)
-        elif record.status is JobStatus.RUNNING:
-            asked = store.transition(job_id, {JobStatus.RUNNING}, JobStatus.RUNNING,
-                                     cancel_requested=True)
-            if asked is not None:
-                return _json(JobPublic.from_record(asked), 202)
-        else:
-            raise JobFinished(f"job {job_id} already ended {record.status.value}")
-    raise JobFinished(f"job {job_id} changed state while cancelling; read it again")
+    result, record = cancel(store, job_id)
+    if result is CancelResult.NOT_FOUND or record is None:
+        raise NotFound(f"no job {job_id!r}")
+    if result is CancelResult.FINISHED:
+        raise JobFinished(f"job {job_id} already ended {record.status.value}")
+    if result is CancelResult.CONTESTED:
+        raise JobFinished(f"job {job_id} changed state while cancelling; read it again")
+    return _json(JobPublic.from_record(record), 200 if result is CancelResult.CANCELLED else 202)
 
 
 @router.get(

@@ -1,4 +1,4 @@
-"""Audits of a loaded upload, run before any of its code executes. (Owner: issue 4.)
+"""Audits of a loaded upload, run before any of its code executes.
 
 - ``audit_torchscript``: a TorchScript archive is code. Before a scripted model runs we walk
   the graph of every method (and forward hook) of every submodule, with the functions and
@@ -7,9 +7,10 @@
   else (``aten::from_file``, ``aten::save``, ``prim::PythonOp``, ``prim::fork``, ``prim::Print``,
   unknown namespaces...) is refused, each offender named with where it occurs.
   ``torch.jit.load`` itself runs one kind of archive code: ``__setstate__``. Archives that
-  define it are refused before loading, by ``core.upload_checks`` (see SECURITY.md).
-- ``check_tensors``: dtypes, layouts, NaN/Inf, and the size caps, on a state_dict or on a
-  scripted model's parameters and buffers.
+  define it are refused before loading, by ``core.uploads`` (see docs/security.md).
+- ``check_tensors``: dtypes (``core.uploads.allowlists.ACCEPTED_DTYPES``, the list the door
+  checks too), layouts, NaN/Inf, and the size caps, on a state_dict or on a scripted model's
+  parameters and buffers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from core.errors import JobErrorCode
 from core.settings import Settings
+from core.uploads.allowlists import ACCEPTED_DTYPES, FLOAT_DTYPE_NAMES
 from worker.engine.errors import EngineError
 
 # --- the allow-list ----------------------------------------------------------------------------
@@ -184,11 +186,9 @@ def audit_torchscript(module: torch.jit.ScriptModule) -> None:
 
 # --- tensors -----------------------------------------------------------------------------------
 
-FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
-# Integer buffers such as BatchNorm's num_batches_tracked.
-INTEGER_DTYPES = frozenset(
-    {torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
-)
+# The door's list, as torch dtypes. Integer ones are buffers such as num_batches_tracked.
+FLOAT_DTYPES = frozenset(getattr(torch, d.name) for d in ACCEPTED_DTYPES if d.floating)
+INTEGER_DTYPES = frozenset(getattr(torch, d.name) for d in ACCEPTED_DTYPES if not d.floating)
 
 
 def _kind_refused(tensor: torch.Tensor) -> str | None:
@@ -226,7 +226,7 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], settings: Settings) -> No
     if refused:
         raise EngineError(
             JobErrorCode.UNSUPPORTED_MODEL,
-            f"only floating point weights (float16, bfloat16, float32, float64) and integer "
+            f"only floating point weights ({', '.join(FLOAT_DTYPE_NAMES)}) and integer "
             f"buffers are accepted: {_names(refused)}",
         )
     _check_sizes(tensors, settings)

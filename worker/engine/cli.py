@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Progress
 from core.settings import get_settings
-from core.spec import JobSpec, Method, OutputFormat, Scope
+from core.spec import JobSpec, Method, Scope
 
 EXIT_SPEC = 2  # the spec is invalid (pydantic) or impossible (EngineError)
 EXIT_CANCELLED = 130
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flatten", action="store_true", default=None, help="feed (N, 784)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--output-format", choices=[f.value for f in OutputFormat])
+    p.add_argument("--output-format", choices=[SAME_FORMAT, *(f.value for f in ModelFormat)])
     p.add_argument("--mnist-root", type=Path, help="default: PRUNER_MNIST_ROOT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -1,5 +1,9 @@
 """MNIST as tensors on the device: read once per process, normalised, then only indexed.
 
+The raw bytes are read and normalised on the CPU (``preload`` does it in a standby job
+process before its job arrives, never touching CUDA); a job on a GPU moves only the
+normalised tensors to its device.
+
 No DataLoader and no per-sample transforms: an epoch is one ``randperm`` from a seeded
 generator, then one ``index_select`` per batch into a reused buffer.
 """
@@ -52,7 +56,8 @@ class Split:
 
 
 _RAW: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
-_SPLITS: dict[tuple[str, bool, str, float, float, bool], Split] = {}
+_CPU: dict[tuple[str, bool, float, float, bool], Split] = {}
+_ON_DEVICE: dict[tuple[str, bool, str, float, float, bool], Split] = {}
 
 
 def _raw(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,19 +78,37 @@ def _raw(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.T
     return _RAW[key]
 
 
+def _on_cpu(root: Path, train: bool, spec: InputSpec, download: bool) -> Split:
+    """The normalised split in CPU memory, cached per process."""
+    key = (str(root.resolve()), train, spec.mean, spec.std, spec.flatten)
+    if key not in _CPU:
+        images, labels = _raw(root, train, download)  # (N, 28, 28) uint8, (N,) int64
+        # Built outside inference mode so that training can save these for backward.
+        with torch.inference_mode(False):
+            x = images.unsqueeze(1).float().div_(255).sub_(spec.mean).div_(spec.std)
+            x = x.reshape(len(x), -1) if spec.flatten else x
+            _CPU[key] = Split(x.contiguous(), labels)
+    return _CPU[key]
+
+
+def preload(root: Path, spec: InputSpec, *, download: bool = False) -> None:
+    """Read and normalise both splits into CPU memory ahead of a job (no CUDA involved)."""
+    for train in (False, True):
+        _on_cpu(root, train, spec, download)
+
+
 def load_split(
     root: Path, train: bool, device: torch.device, spec: InputSpec, *, download: bool = False
 ) -> Split:
     """The normalised split on ``device``, cached per process."""
+    split = _on_cpu(root, train, spec, download)
+    if device.type == "cpu":
+        return split
     key = (str(root.resolve()), train, str(device), spec.mean, spec.std, spec.flatten)
-    if key not in _SPLITS:
-        images, labels = _raw(root, train, download)  # (N, 28, 28) uint8, (N,) int64
-        # Built outside inference mode so that training can save these for backward.
+    if key not in _ON_DEVICE:
         with torch.inference_mode(False):
-            x = images.to(device).unsqueeze(1).float().div_(255).sub_(spec.mean).div_(spec.std)
-            x = x.reshape(len(x), -1) if spec.flatten else x
-            _SPLITS[key] = Split(x.contiguous(), labels.to(device))
-    return _SPLITS[key]
+            _ON_DEVICE[key] = Split(split.images.to(device), split.labels.to(device))
+    return _ON_DEVICE[key]
 
 
 def hold_out(train: Split, size: int, seed: int) -> tuple[Split, Split]:

@@ -1,8 +1,9 @@
 """Open an uploaded model safely: structural checks first, then the one loader that fits.
 
-- zip with ``code/`` or ``constants.pkl``: TorchScript, ``torch.jit.load`` onto the CPU, then
-  ``audit_torchscript`` before any of its code runs;
-- any other zip: a ``torch.save`` state_dict, ``torch.load(weights_only=True)`` only;
+The format is the one the door's checks (``core.uploads``) name, from the same sniffer:
+- TorchScript: ``torch.jit.load`` onto the CPU, then ``audit_torchscript`` before any of its
+  code runs;
+- state_dict: a ``torch.save`` archive, ``torch.load(weights_only=True)`` only;
 - safetensors: the safetensors library (no pickle at all).
 state_dicts are loaded into a registry architecture named by the spec.
 """
@@ -11,23 +12,20 @@ from __future__ import annotations
 
 import pickle
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import assert_never
 
 import torch
 from torch import nn
 
 from core.errors import JobErrorCode
-from core.jobs import UploadFormat
+from core.formats import ModelFormat
 from core.settings import Settings
-from core.upload_checks import UploadRejected, check_upload
+from core.uploads import UploadRejected, check_upload
 from worker.engine import audit, registry
 from worker.engine.errors import EngineError
-
-ModelFormat = Literal["torchscript", "state_dict", "safetensors"]
 
 
 @dataclass
@@ -40,38 +38,27 @@ class LoadedModel:
 def load_model(path: Path, architecture: str | None, settings: Settings) -> LoadedModel:
     """The model in ``path`` on the CPU, or EngineError with a documented code."""
     fmt = _checked_format(path, settings)
-    if fmt is UploadFormat.ZIP and _is_torchscript(path):
-        return LoadedModel(_load_torchscript(path, settings), "torchscript", None)
-    if fmt is UploadFormat.ZIP:
+    if fmt is ModelFormat.TORCHSCRIPT:
+        return LoadedModel(_load_torchscript(path, settings), fmt, None)
+    if fmt is ModelFormat.STATE_DICT:
         tensors = _load_state_dict(path)
-        kind: ModelFormat = "state_dict"
-    else:
+    elif fmt is ModelFormat.SAFETENSORS:
         tensors = _load_safetensors(path)
-        kind = "safetensors"
+    else:  # a format without a loader: mypy says so when a member is added
+        assert_never(fmt)
     audit.check_tensors(tensors, settings)
-    return LoadedModel(_into_architecture(tensors, architecture), kind, architecture)
+    return LoadedModel(_into_architecture(tensors, architecture), fmt, architecture)
 
 
-def _checked_format(path: Path, settings: Settings) -> UploadFormat:
+def _checked_format(path: Path, settings: Settings) -> ModelFormat:
     try:
         return check_upload(path, settings)
     except UploadRejected as exc:
-        # (security helper) UploadRejected carries the JobErrorCode for what it found:
-        # unsafe_model, unsupported_model, model_too_large or invalid_model.
+        # The reason kind names the job code: unsafe_model, unsupported_model,
+        # model_too_large or invalid_model.
         raise EngineError(exc.job_code, exc.message) from exc
     except OSError as exc:
         raise EngineError(JobErrorCode.INVALID_MODEL, f"cannot read the model file: {exc}") from exc
-
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise EngineError(JobErrorCode.INVALID_MODEL, f"not a readable zip archive: {exc}") from exc
-    return any(
-        "/code/" in f"/{name}" or name.rsplit("/", 1)[-1] == "constants.pkl" for name in names
-    )
 
 
 def _load_torchscript(path: Path, settings: Settings) -> torch.jit.ScriptModule:

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from core.errors import JobErrorCode
+from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Accuracy, Evaluation, Phase, Progress, Report, ValidationAccuracy
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec, SensitivitySpec
 from worker.engine import data, pruning, saving, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
-from worker.engine.loading import LoadedModel, ModelFormat, load_model
+from worker.engine.loading import LoadedModel, load_model
 from worker.engine.schedules import ScheduleRun
 from worker.engine.search import Searcher
 
@@ -32,8 +33,8 @@ CancelFn = Callable[[], bool]
 @dataclass
 class RunResult:
     report: Report
-    outputs: dict[str, Path]  # format -> file written in output_dir, one per format available
-    primary: str  # the format the spec's output_format resolves to ("same" -> the input's)
+    outputs: dict[ModelFormat, Path]  # file written in output_dir, one per format available
+    primary: ModelFormat  # the format the spec's output_format resolves to ("same" -> the input's)
 
 
 def resolve_device(requested: str, settings: Settings) -> torch.device:
@@ -239,10 +240,7 @@ def _targets(model: torch.nn.Module, spec: PruningSpec) -> list[pruning.Target]:
 
 
 def _primary_format(requested: OutputFormat, loaded: LoadedModel) -> ModelFormat:
-    if requested is OutputFormat.SAME:
-        return loaded.format
-    fmt: ModelFormat = requested.value  # type: ignore[assignment]
-    return fmt
+    return loaded.format if requested == SAME_FORMAT else ModelFormat(requested)
 
 
 def _accuracy(

@@ -13,14 +13,12 @@ from torch import nn
 
 from core.errors import JobErrorCode
 from core.settings import Settings
-from core.spec import FinetuneSpec, JobSpec, PruningSpec
+from core.spec import JobSpec
 from worker.engine import registry
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.pipeline import run_job
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-NO_TRAINING = FinetuneSpec(epochs=0)
 
 
 def _spec(**fields: object) -> JobSpec:
@@ -152,9 +150,9 @@ def test_unreadable_files_are_invalid_model(engine_settings: Settings, tmp_path:
 def test_pickled_module_is_refused(engine_settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "whole.pt"
     torch.save(registry.build("mnist_mlp"), path)  # a whole nn.Module, not a state_dict
-    with pytest.raises(EngineError) as info:
-        run_job(path, _spec(architecture="mnist_mlp"), tmp_path / "out", settings=engine_settings)
-    assert info.value.code in (JobErrorCode.UNSAFE_MODEL, JobErrorCode.UNSUPPORTED_MODEL)
+    msg = _fails(path, _spec(architecture="mnist_mlp"), engine_settings, tmp_path,
+                 JobErrorCode.UNSUPPORTED_MODEL)
+    assert "whole pickled model" in msg and "state_dict" in msg  # and what to send instead
 
 
 def test_cancel_is_checked(mlp_sd: Path, engine_settings: Settings, tmp_path: Path) -> None:
@@ -169,4 +167,3 @@ def test_cancel_is_checked(mlp_sd: Path, engine_settings: Settings, tmp_path: Pa
                 tmp_path / "out", settings=engine_settings, should_cancel=should_cancel)
     assert len(calls) == 4
     assert not (tmp_path / "out").exists()
-    assert PruningSpec().amount == 0.3  # the defaults stay the reference recipe's

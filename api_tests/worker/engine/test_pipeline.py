@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
-from torchvision.datasets import MNIST
 
-from api_tests.worker.engine.conftest import RecipeMLP, UserMLP
+from api_tests.conftest import TrainedMLP
+from api_tests.models import Split, UserMLP, accuracy
 from core.report import Progress, Report
 from core.settings import Settings
 from core.spec import JobSpec
@@ -26,18 +25,6 @@ RECIPE = {  # the reference recipe: 30% global L1 over the Linear weights, 2 epo
     "finetune": {"epochs": 2, "optimizer": "adam", "lr": 1e-3, "batch_size": 64},
     "device": "cpu",
 }
-
-
-def _plain_accuracy(model: nn.Module, root: Path) -> float:
-    """Test accuracy computed the way a user would, independently of the engine's data code."""
-    test = MNIST(str(root), train=False, download=False)
-    images = ((test.data.float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(images), 1000):
-            correct += int((model(images[i:i + 1000]).argmax(1) == test.targets[i:i + 1000]).sum())
-    return correct / len(images)
 
 
 def _zeros_by_name(state: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -63,9 +50,9 @@ def _check_recipe_report(report: Report) -> None:
 
 @pytest.mark.slow
 def test_reference_recipe_torchscript(
-    recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path
+    trained_mlp: TrainedMLP, mnist_test: Split, engine_settings: Settings, tmp_path: Path
 ) -> None:
-    result = run_job(recipe_mlp.torchscript, JobSpec.model_validate(RECIPE), tmp_path,
+    result = run_job(trained_mlp.torchscript, JobSpec.model_validate(RECIPE), tmp_path,
                      settings=engine_settings)
     report = result.report
     _check_recipe_report(report)
@@ -77,16 +64,16 @@ def test_reference_recipe_torchscript(
         k: v for k, v in zeros.items() if k.endswith("weight")
     }
     assert not any("mask" in k or "orig" in k for k in zeros)  # masks folded in
-    accuracy = _plain_accuracy(reloaded, engine_settings.mnist_root)
-    assert accuracy == pytest.approx(report.accuracy.after_finetune.accuracy, abs=1e-4)
+    measured = accuracy(reloaded, mnist_test)  # as a user computes it, not the engine's code
+    assert measured == pytest.approx(report.accuracy.after_finetune.accuracy, abs=1e-4)
 
 
 @pytest.mark.slow
 def test_reference_recipe_state_dict(
-    recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path
+    trained_mlp: TrainedMLP, mnist_test: Split, engine_settings: Settings, tmp_path: Path
 ) -> None:
     spec = JobSpec.model_validate({**RECIPE, "architecture": "mnist_mlp"})
-    result = run_job(recipe_mlp.state_dict, spec, tmp_path, settings=engine_settings)
+    result = run_job(trained_mlp.state_dict, spec, tmp_path, settings=engine_settings)
     report = result.report
     _check_recipe_report(report)
     assert result.primary == "state_dict" and set(result.outputs) == {
@@ -98,8 +85,8 @@ def test_reference_recipe_state_dict(
     model.load_state_dict(state)
     expected = {t.name: t.zeros for t in report.tensors}
     assert {k: v for k, v in _zeros_by_name(state).items() if k in expected} == expected
-    accuracy = _plain_accuracy(model, engine_settings.mnist_root)
-    assert accuracy == pytest.approx(report.accuracy.after_finetune.accuracy, abs=1e-4)
+    measured = accuracy(model, mnist_test)
+    assert measured == pytest.approx(report.accuracy.after_finetune.accuracy, abs=1e-4)
     # Every other format holds the same weights.
     safetensors = load_file(result.outputs["safetensors"])
     scripted = torch.jit.load(str(result.outputs["torchscript"])).state_dict()
@@ -109,7 +96,7 @@ def test_reference_recipe_state_dict(
 
 @pytest.mark.slow
 def test_same_input_spec_and_seed_give_same_result(
-    recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path
+    trained_mlp: TrainedMLP, engine_settings: Settings, tmp_path: Path
 ) -> None:
     spec = JobSpec.model_validate({
         "architecture": "mnist_mlp", "device": "cpu", "seed": 11,
@@ -117,9 +104,9 @@ def test_same_input_spec_and_seed_give_same_result(
         "finetune": {"epochs": 1, "optimizer": "sgd", "lr": 0.01, "batch_size": 128},
     })
     progress: list[Progress] = []
-    first = run_job(recipe_mlp.state_dict, spec, tmp_path / "a", settings=engine_settings,
+    first = run_job(trained_mlp.state_dict, spec, tmp_path / "a", settings=engine_settings,
                     on_progress=progress.append)
-    second = run_job(recipe_mlp.state_dict, spec, tmp_path / "b", settings=engine_settings)
+    second = run_job(trained_mlp.state_dict, spec, tmp_path / "b", settings=engine_settings)
     a = torch.load(first.outputs["state_dict"], weights_only=True)
     b = torch.load(second.outputs["state_dict"], weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -182,12 +169,12 @@ def test_torchscript_conv_bn_structured_without_finetuning(
 
 
 @pytest.mark.slow
-def test_cli(recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path,
+def test_cli(trained_mlp: TrainedMLP, engine_settings: Settings, tmp_path: Path,
              capsys: pytest.CaptureFixture[str]) -> None:
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps({"pruning": {"amount": 0.9}, "finetune": {"epochs": 0}}))
     code = cli.main([
-        str(recipe_mlp.state_dict), "--spec", str(spec_file), "--architecture", "mnist_mlp",
+        str(trained_mlp.state_dict), "--spec", str(spec_file), "--architecture", "mnist_mlp",
         "--amount", "0.5", "--scope", "layerwise", "--device", "cpu", "--output-format",
         "torchscript", "-o", str(tmp_path / "out"), "--mnist-root",
         str(engine_settings.mnist_root),
@@ -198,6 +185,6 @@ def test_cli(recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path,
     assert [t.zeros for t in report.tensors] == [100352, 16384, 640]
     assert (tmp_path / "out" / "model.torchscript.pt").exists()
     assert "50.0% of 234752" in capsys.readouterr().out
-    assert cli.main([str(recipe_mlp.state_dict), "-o", str(tmp_path / "x"),
+    assert cli.main([str(trained_mlp.state_dict), "-o", str(tmp_path / "x"),
                      "--mnist-root", str(engine_settings.mnist_root)]) == 2  # no architecture
     assert "architecture_required" in capsys.readouterr().err

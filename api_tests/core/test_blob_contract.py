@@ -1,0 +1,100 @@
+"""The ``BlobStore`` contract (core/store.py), run against every backend: atomic writes,
+safe names, put_file, deletion, and the sha256 kept beside a stored file.
+
+A new backend (S3...) joins by one more entry in ``BACKENDS``: a function that makes an
+empty store under a temporary folder (or bucket prefix)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from core.blobs import LocalBlobStore
+from core.digest import stored_sha256
+from core.store import REPORT, UPLOAD, BlobStore, model_file
+
+BACKENDS: dict[str, Callable[[Path], BlobStore]] = {
+    "local": lambda tmp: LocalBlobStore(tmp / "jobs"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    return BACKENDS[request.param](tmp_path)
+
+
+def test_write_read_size(blobs: BlobStore) -> None:
+    with blobs.writer("abc", UPLOAD) as f:
+        f.write(b"hello ")
+        f.write(b"world")
+    assert blobs.exists("abc", UPLOAD)
+    assert blobs.size("abc", UPLOAD) == 11
+    with blobs.open("abc", UPLOAD) as f:
+        assert f.read() == b"hello world"
+    assert blobs.local_path("abc", UPLOAD).read_bytes() == b"hello world"
+    assert not blobs.exists("abc", REPORT) and not blobs.exists("other", UPLOAD)
+
+
+def test_failed_write_leaves_nothing(blobs: BlobStore) -> None:
+    with pytest.raises(RuntimeError), blobs.writer("abc", REPORT) as f:
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+    assert not blobs.exists("abc", REPORT)
+
+
+def test_rewrite_replaces_whole_file(blobs: BlobStore) -> None:
+    for content in (b"first version, long", b"second"):
+        with blobs.writer("abc", REPORT) as f:
+            f.write(content)
+    with blobs.open("abc", REPORT) as f:
+        assert f.read() == b"second"
+
+
+@pytest.mark.parametrize("job_id", ["../x", "a/b", "", ".", "x" * 65])
+def test_job_ids_cannot_escape(blobs: BlobStore, job_id: str) -> None:
+    with pytest.raises(ValueError):
+        blobs.job_dir(job_id)
+    with pytest.raises(ValueError):
+        blobs.exists(job_id, UPLOAD)
+
+
+@pytest.mark.parametrize("name", ["../upload", "a/b", "..", ".tmp-upload", "", "/etc/passwd"])
+def test_names_cannot_escape(blobs: BlobStore, name: str) -> None:
+    with pytest.raises(ValueError):
+        blobs.exists("abc", name)
+
+
+def test_put_file_copies_atomically(blobs: BlobStore) -> None:
+    source = blobs.job_dir("abc") / "work.bin"
+    source.write_bytes(b"\x00" * 3_000_000)
+    blobs.put_file("abc", model_file("safetensors"), source)
+    assert blobs.size("abc", "model.safetensors") == 3_000_000
+    assert source.exists()
+
+
+def test_delete_job_files_keeps_named(blobs: BlobStore) -> None:
+    for name in (UPLOAD, REPORT, model_file("torchscript")):
+        with blobs.writer("abc", name) as f:
+            f.write(b"x")
+    blobs.delete_job_files("abc", keep=(REPORT,))
+    assert [blobs.exists("abc", n) for n in (UPLOAD, REPORT, model_file("torchscript"))] == [
+        False, True, False]
+    blobs.delete_job_files("abc")
+    assert not blobs.exists("abc", REPORT)
+    blobs.delete_job_files("never-existed")  # no error
+
+
+def test_stored_sha256_is_computed_once_and_kept(blobs: BlobStore) -> None:
+    data = b"model bytes " * 200_000  # over one 1 MiB chunk
+    with blobs.writer("abc", UPLOAD) as f:
+        f.write(data)
+    sha = hashlib.sha256(data).hexdigest()
+    assert stored_sha256(blobs, "abc", UPLOAD) == sha
+    with blobs.open("abc", f"{UPLOAD}.sha256") as f:
+        assert f.read() == sha.encode()
+    with blobs.writer("abc", f"{UPLOAD}.sha256") as f:  # the sidecar is what is read back
+        f.write(b"f" * 64)
+    assert stored_sha256(blobs, "abc", UPLOAD) == "f" * 64

@@ -1,0 +1,57 @@
+"""Model file formats, defined once: what an upload is read as and what a job writes.
+
+``ModelFormat`` names a format; ``FORMAT_FILES`` says, for each, the file it is stored as in a
+job's folder, the extension of its download name and the upload container it arrives in.
+Adding a format is one member and one row here, plus its writer (``worker/engine/saving.py``)
+and, if it can be uploaded, its loader (``worker/engine/loading.py``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final, NamedTuple
+
+
+class UploadFormat(StrEnum):
+    """The container an upload arrives in, as the door sniffs it from its first bytes."""
+
+    ZIP = "zip"  # torch.jit.save or torch.save archive (core.uploads tells them apart)
+    SAFETENSORS = "safetensors"
+
+
+class ModelFormat(StrEnum):
+    TORCHSCRIPT = "torchscript"  # torch.jit.save archive: code and weights
+    STATE_DICT = "state_dict"  # torch.save(model.state_dict()): weights, loaded weights_only
+    SAFETENSORS = "safetensors"  # weights, no pickle at all
+
+    @property
+    def file_name(self) -> str:
+        """File name in the job's folder (never derived from anything a client sends)."""
+        return FORMAT_FILES[self].file_name
+
+    @property
+    def extension(self) -> str:
+        """Extension of the download's file name."""
+        return FORMAT_FILES[self].extension
+
+    @property
+    def container(self) -> UploadFormat:
+        """The container an upload in this format arrives in."""
+        return FORMAT_FILES[self].container
+
+
+class FormatFiles(NamedTuple):
+    file_name: str
+    extension: str
+    container: UploadFormat
+
+
+FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
+    ModelFormat.TORCHSCRIPT: FormatFiles("model.torchscript.pt", "pt", UploadFormat.ZIP),
+    ModelFormat.STATE_DICT: FormatFiles("model.state_dict.pt", "pth", UploadFormat.ZIP),
+    ModelFormat.SAFETENSORS: FormatFiles("model.safetensors", "safetensors",
+                                         UploadFormat.SAFETENSORS),
+}
+
+# The spec's output_format also takes "same": the format the model was uploaded in.
+SAME_FORMAT: Final = "same"
