@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles, assert_problem, make_settings
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings
 from api_tests.service.conftest import running_api as running
 
 BAD = [  # (spec changes, the field the 422 names)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.worker.engine.conftest import RecipeMLP
+from api_tests.conftest import TrainedMLP
 from core.errors import JobErrorCode
 from core.report import Sensitivity, TensorSensitivity
 from core.settings import Settings
@@ -93,9 +93,9 @@ def test_allocate_gives_more_to_the_less_sensitive_tensor() -> None:
 
 @pytest.mark.slow
 def test_sensitivity_is_monotone_on_a_trained_model(
-    recipe_mlp: RecipeMLP, engine_settings: Settings
+    trained_mlp: TrainedMLP, engine_settings: Settings
 ) -> None:
-    model = recipe_mlp.model
+    model = torch.jit.load(str(trained_mlp.torchscript))
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     full = data.load_split(engine_settings.mnist_root, True, torch.device("cpu"),
                            JobSpec().input)
@@ -115,12 +115,12 @@ def test_sensitivity_is_monotone_on_a_trained_model(
 
 @pytest.mark.slow
 def test_search_picks_the_highest_amount_within_budget(
-    recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path
+    trained_mlp: TrainedMLP, engine_settings: Settings, tmp_path: Path
 ) -> None:
     spec = JobSpec.model_validate({
         "pruning": {"amount": 0.97}, "finetune": {"epochs": 0, "validation_size": 2000},
         "search": {"max_accuracy_drop": 0.01, "max_trials": 4}, "device": "cpu"})
-    report = pipeline.run_job(recipe_mlp.torchscript, spec, tmp_path,
+    report = pipeline.run_job(trained_mlp.torchscript, spec, tmp_path,
                               settings=engine_settings).report
     search = report.search
     assert search is not None and search.split == "validation" and len(search.trials) >= 2
@@ -139,12 +139,12 @@ def test_search_picks_the_highest_amount_within_budget(
 
 @pytest.mark.slow
 def test_search_fails_budget_unreachable(
-    recipe_mlp: RecipeMLP, engine_settings: Settings, tmp_path: Path
+    trained_mlp: TrainedMLP, engine_settings: Settings, tmp_path: Path
 ) -> None:
     spec = JobSpec.model_validate({
         "pruning": {"amount": 0.995}, "finetune": {"epochs": 0, "validation_size": 2000},
         "search": {"max_accuracy_drop": 0.0, "max_trials": 2}, "device": "cpu"})
     with pytest.raises(EngineError) as caught:
-        pipeline.run_job(recipe_mlp.torchscript, spec, tmp_path, settings=engine_settings)
+        pipeline.run_job(trained_mlp.torchscript, spec, tmp_path, settings=engine_settings)
     assert caught.value.code is JobErrorCode.BUDGET_UNREACHABLE
     assert "best trial, amount" in str(caught.value)
