@@ -2,8 +2,10 @@
 
 The figure per epoch is ``Settings.finetune_epoch_s``: what one fine-tune epoch takes on this
 deployment's workers (measure it with benchmarks/engine_finetune.py or a job's
-``timings_s.finetune``). A job whose estimate exceeds the job time limit is refused with 422
-before it is queued; one that still overruns fails ``timeout`` as any job does.
+``timings_s.finetune``). A search whose estimate exceeds the job time limit is refused with
+422 before it is queued; one that still overruns fails ``timeout`` as any job does. Other jobs
+are not judged ahead (as before: a long plain job may well be cancelled before its limit, and
+fails ``timeout`` cleanly when it is not).
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ def estimate(spec: JobSpec, epoch_s: float) -> Estimate:
 
 
 def too_long(spec: JobSpec, epoch_s: float, limit_s: float) -> str | None:
-    """Why the job cannot fit in ``limit_s`` seconds, or None when it can."""
+    """Why the search cannot fit in ``limit_s`` seconds, or None when it can (or is no
+    search)."""
+    if spec.search is None:
+        return None
     guess = estimate(spec, epoch_s)
     if guess.seconds <= limit_s:
         return None
-    return (f"the job would run {guess.epochs} fine-tune epochs, about {guess.seconds:.0f} s at "
+    return (f"the search would run {guess.epochs} fine-tune epochs, about {guess.seconds:.0f} s at "
             f"{epoch_s:g} s per epoch on this deployment's workers, over the job time limit of "
             f"{limit_s:.0f} s; ask for fewer")

@@ -64,3 +64,5 @@ def test_search_that_cannot_fit_is_422_with_the_estimate(
         assert "35 fine-tune epochs, about 700 s" in body["detail"]
         assert "limit of 600 s" in body["detail"]
         assert len(api.store.list()[0]) == 1
+        plain = {**REFERENCE, "finetune": {"epochs": 50}}  # not a search: judged by its limit
+        assert api.submit(model_files.state_dict, plain).status_code == 202
