@@ -55,6 +55,8 @@ class TensorReport(BaseModel):
         "(2:4, 2-D, rows a multiple of 32, columns of 64). The kernels are GPU-only: no CPU "
         "speed-up is claimed.")
     semi_structured_note: str | None = None  # why (not) eligible
+    shape_before: list[int] | None = None  # shrink: shape before channels were removed
+    shape_after: list[int] | None = None  # shrink: shape of the returned (smaller) tensor
 
 
 class Totals(BaseModel):
@@ -127,6 +129,38 @@ class FileInfo(BaseModel):
     )
 
 
+class ShrinkGroup(BaseModel):
+    """Channels removed together: the outputs of ``producers`` meet (residual add) or one
+    layer's outputs alone."""
+
+    producers: list[str]  # module paths, e.g. ["stem", "layer1.conv2"]
+    channels_before: int
+    channels_after: int
+    pruned: bool
+    reason: str | None = None  # why a group was kept whole
+    tensors: list[str]  # every tensor sliced by this group's channels
+
+
+class ShapeChange(BaseModel):
+    name: str
+    shape_before: list[int]
+    shape_after: list[int]
+
+
+class ShrinkReport(BaseModel):
+    """pruning.shrink: what was physically removed. ``widths`` rebuild a registry
+    architecture (see /v1/architectures/{name}); for TorchScript, every Conv/Linear's new
+    output width."""
+
+    architecture: str | None
+    widths: dict[str, int]
+    scoring: str  # the group scoring rule applied
+    groups: list[ShrinkGroup]
+    tensors: list[ShapeChange]  # every tensor whose shape changed
+    parameters_before: int
+    parameters_after: int
+
+
 class Report(BaseModel):
     report_version: int = REPORT_VERSION
     spec: JobSpec  # as applied
@@ -140,5 +174,6 @@ class Report(BaseModel):
     seed: int
     input: FileInfo
     output: FileInfo
+    shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed
     sensitivity: Sensitivity | None = None
     search: Search | None = None

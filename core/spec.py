@@ -164,6 +164,22 @@ class PruningSpec(_Model):
         "matching pattern wins.",
     )
     schedule: Schedule = Field(default_factory=OneShot)
+    shrink: bool = Field(
+        default=False,
+        description="Remove the pruned filters/neurons and everything that depends on them "
+        "(BatchNorm, the next layer's inputs, residual partners) and return a smaller dense "
+        "model. Needs ln_structured or random_structured with dim 0.",
+    )
+
+    @model_validator(mode="after")
+    def _shrink_needs_output_channels(self) -> PruningSpec:
+        if self.shrink and not (self.method.structured and self.dim == 0):
+            raise ValueError(
+                "shrink removes whole output channels: use method ln_structured or "
+                f"random_structured with dim 0 (got {self.method.value}, dim {self.dim})"
+            )
+        return self
+
     nm: tuple[StrictInt, StrictInt] = Field(
         default=(2, 4),
         description="semi_structured: keep N of every M consecutive weights along the input "
@@ -180,6 +196,9 @@ class PruningSpec(_Model):
 
     @model_validator(mode="after")
     def _combinations(self) -> PruningSpec:
+        if self.shrink and self.schedule.kind != "one_shot":
+            raise field_error(("shrink",), "shrink removes channels once: use the one_shot "
+                              "schedule")
         if self.method is Method.SEMI_STRUCTURED:
             if self.scope is Scope.GLOBAL:
                 raise field_error(("scope",), 'semi_structured is per tensor: set "scope": '
@@ -354,6 +373,9 @@ class JobSpec(_Model):
             if not isinstance(self.pruning.amount, float) or self.pruning.amount <= 0:
                 raise field_error(("pruning", "amount"), "search: the upper bound must be a "
                                   "fraction in (0, 1)")
+            if self.pruning.shrink:
+                raise field_error(("pruning", "shrink"), "search trials are masked prunings; "
+                                  "shrink a chosen amount in a job of its own")
             if self.search.per_layer and self.pruning.overrides:
                 raise field_error(("pruning", "overrides"), "search.per_layer sets the "
                                   "per-tensor amounts itself")

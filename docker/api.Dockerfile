@@ -10,6 +10,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY service ./service
+COPY report_html ./report_html
 # The base install only: fastapi, uvicorn, celery[redis], pydantic... never torch.
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app pruner \

@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY core ./core
 COPY worker ./worker
 COPY service ./service
+COPY report_html ./report_html
 COPY stack ./stack
 RUN pip install '.[worker]' \
     && useradd --system --uid 10001 --home-dir /app pruner \

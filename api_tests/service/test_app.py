@@ -70,3 +70,10 @@ def test_architectures(api: Api) -> None:
     assert mlp["tensors"][0] == {"name": "fc1.weight", "shape": [256, 784], "prunable": True}
     assert len(mlp["tensors"]) == 6
     assert_problem(api.client.get("/v1/architectures/resnet"), 404, "not_found")
+
+
+def test_architecture_documents_its_widths(api: Api) -> None:
+    lenet = api.client.get("/v1/architectures/lenet5").json()
+    assert lenet["widths"] == {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
+    assert "LeNet5(conv1=3, conv2=8, fc1=60)" in lenet["widths_help"]
+    assert "report.shrink.widths" in lenet["widths_help"]

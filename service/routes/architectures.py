@@ -19,7 +19,7 @@ def list_architectures() -> ArchitecturesPublic:
 
 @router.get("/{name}", response_model=ArchitectureInfo, responses=problem_responses(NotFound))
 def get_architecture(name: str) -> ArchitectureInfo:
-    """One architecture: its state_dict keys and shapes."""
+    """One architecture: its state_dict keys and shapes, and the widths it is built with."""
     if name not in ARCHITECTURES:
         raise NotFound(f"no architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.formats import SAME_FORMAT, ModelFormat
-from core.report import Progress
+from core.report import Progress, Report
 from core.settings import get_settings
 from core.spec import JobSpec, Method, Scope
 
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="spec JSON file (flags override its fields)")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("pruned"))
     p.add_argument("--report", type=Path, help="report path (default: OUTPUT_DIR/report.json)")
+    p.add_argument("--html", type=Path, nargs="?", const=True, metavar="PATH",
+                   help="also write the report as a self-contained HTML page "
+                   "(default PATH: OUTPUT_DIR/report.html)")
     p.add_argument("--architecture", help="registry architecture of a state_dict upload")
     p.add_argument("--method", choices=[m.value for m in Method])
     p.add_argument("--scope", choices=[s.value for s in Scope])
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, help="structured: dimension whose slices are pruned")
     p.add_argument("--include", action="append", help="fnmatch pattern to target (repeatable)")
     p.add_argument("--exclude", action="append", help="fnmatch pattern to skip (repeatable)")
+    p.add_argument("--shrink", action="store_true", default=None,
+                   help="remove the pruned channels (structured, dim 0): a smaller model")
     p.add_argument("--epochs", type=int)
     p.add_argument("--optimizer", choices=["adam", "sgd"])
     p.add_argument("--lr", type=float)
@@ -65,7 +70,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     sections = {
         "pruning": {"method": args.method, "scope": args.scope, "amount": args.amount,
                     "n": None if args.n is None else (int(args.n) if args.n.isdigit() else args.n),
-                    "dim": args.dim, "include": args.include, "exclude": args.exclude},
+                    "dim": args.dim, "include": args.include, "exclude": args.exclude,
+                    "shrink": args.shrink},
         "finetune": {"epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr,
                      "batch_size": args.batch_size, "weight_decay": args.weight_decay},
         "input": {"flatten": args.flatten},
@@ -134,14 +140,30 @@ def main(argv: list[str] | None = None) -> int:
     report_path = args.report or args.output_dir / "report.json"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(result.report.model_dump_json(indent=2))
+    html_path = _write_html(args, result.report) if args.html is not None else None
     r = result.report
     print(
         f"{r.targeted.sparsity:.1%} of {r.targeted.elements} targeted weights zeroed; "
         f"accuracy {r.accuracy.before.accuracy:.2%} -> {r.accuracy.after_pruning.accuracy:.2%} "
         f"(pruned) -> {r.accuracy.after_finetune.accuracy:.2%} (fine-tuned); "
         f"model: {result.outputs[result.primary]}; report: {report_path}"
+        + (f"; page: {html_path}" if html_path else "")
     )
+    if r.shrink is not None:
+        print(f"shrunk: {r.shrink.parameters_before} -> {r.shrink.parameters_after} "
+              f"parameters; widths {json.dumps(r.shrink.widths)}")
     return 0
+
+
+def _write_html(args: argparse.Namespace, report: Report) -> Path:
+    from report_html import render_report
+
+    # --html alone gives True (a str const would go through type=Path and become ".")
+    path: Path = args.output_dir / "report.html" if args.html is True else args.html
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = render_report(report.model_dump(mode="json"), subtitle=f"Model: {args.model.name}")
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":

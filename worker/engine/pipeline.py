@@ -19,7 +19,7 @@ from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Accuracy, Evaluation, Phase, Progress, Report, ValidationAccuracy
 from core.settings import Settings, get_settings
 from core.spec import JobSpec, OutputFormat, PruningSpec, SensitivitySpec
-from worker.engine import data, pruning, saving, sensitivity, training
+from worker.engine import data, pruning, saving, sensitivity, shrink, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, load_model
@@ -110,6 +110,9 @@ def run_job(
     with clock.phase("load"):
         loaded = load_model(model_path, spec.architecture, settings)
         model = loaded.module.to(device)
+        applied_pruning = pruning.effective_spec(spec.pruning)
+        shrinking = (shrink.prepare(model, applied_pruning, spec.architecture, spec.seed)
+                     if applied_pruning.shrink else None)  # refuses before any work
     with clock.phase("data", device):
         test, train, validation = _mnist(spec, settings, device)
         training.check_io_contract(model, test, spec.input)
@@ -119,7 +122,6 @@ def run_job(
         before = training.evaluate(model, test, should_cancel)
         val_before = _evaluate_validation(model, validation, should_cancel)
 
-    applied_pruning = pruning.effective_spec(spec.pruning)
     targets = _targets(model, applied_pruning)
     scan = None
     if validation is not None and (spec.analysis and spec.analysis.sensitivity or (
@@ -131,6 +133,11 @@ def run_job(
                 seed=spec.seed, on_progress=on_progress, should_cancel=should_cancel)
 
     phase("pruning")
+    shrunk = None
+    if shrinking is not None:  # channels removed: a smaller dense model, nothing to hold
+        with clock.phase("prune", device):
+            shrunk = shrinking.apply()
+        model, targets = shrunk.model, []
     evaluations: list[Evaluation] = []
 
     def after_first_prune() -> None:
@@ -161,7 +168,8 @@ def run_job(
             else after_pruning
         val_after = _evaluate_validation(model, validation, should_cancel)
 
-    tensor_rows = pruning.tensor_reports(targets, applied_pruning)
+    tensor_rows = (shrunk.rows if shrunk is not None
+                   else pruning.tensor_reports(targets, applied_pruning))
     all_totals = pruning.parameter_totals(model)
     phase("saving")
     primary = _primary_format(spec.output_format, loaded)
@@ -185,6 +193,7 @@ def run_job(
         output=output_info,
         sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
         search=searched.report if searched is not None else None,
+        shrink=shrunk.report if shrunk is not None else None,
     )
     if on_progress is not None:
         on_progress(Progress(phase="done"))

@@ -177,7 +177,7 @@ def test_cli(trained_mlp: TrainedMLP, engine_settings: Settings, tmp_path: Path,
         str(trained_mlp.state_dict), "--spec", str(spec_file), "--architecture", "mnist_mlp",
         "--amount", "0.5", "--scope", "layerwise", "--device", "cpu", "--output-format",
         "torchscript", "-o", str(tmp_path / "out"), "--mnist-root",
-        str(engine_settings.mnist_root),
+        str(engine_settings.mnist_root), "--html",
     ])
     assert code == 0
     report = Report.model_validate_json((tmp_path / "out" / "report.json").read_text())
@@ -185,6 +185,10 @@ def test_cli(trained_mlp: TrainedMLP, engine_settings: Settings, tmp_path: Path,
     assert [t.zeros for t in report.tensors] == [100352, 16384, 640]
     assert (tmp_path / "out" / "model.torchscript.pt").exists()
     assert "50.0% of 234752" in capsys.readouterr().out
+    page = (tmp_path / "out" / "report.html").read_text()  # --html without a path
+    assert page.count('<g class="bar"') == 3 + 3 + len(report.timings_s) - 1
+    assert all(f'data-label="{t.name}" data-value="{t.sparsity}"' in page
+               for t in report.tensors)
     assert cli.main([str(trained_mlp.state_dict), "-o", str(tmp_path / "x"),
                      "--mnist-root", str(engine_settings.mnist_root)]) == 2  # no architecture
     assert "architecture_required" in capsys.readouterr().err

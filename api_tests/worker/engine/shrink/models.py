@@ -1,0 +1,118 @@
+"""Small models with the patterns shrink follows (and some it refuses), built in the tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    """conv-BN-ReLU-conv-BN, added to the input: the add couples its channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(x + self.bn2(self.conv2(y)))
+
+
+class ResidualNet(nn.Module):
+    """Stem conv+BN, two residual blocks, linear head; (N, 1, 28, 28) -> (N, 10)."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.block1 = Block(channels)
+        self.block2 = Block(channels)
+        self.fc = nn.Linear(channels * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn(self.stem(x))), 2)  # (N, C, 14, 14)
+        x = self.block2(self.block1(x))
+        x = F.avg_pool2d(x, 2)  # (N, C, 7, 7)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so slicing mistakes show."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model.eval()
+
+
+class FixedView(nn.Module):
+    """A hard-coded reshape size: `x.view(-1, 400)` cannot follow removed channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 5, stride=5)
+        self.fc = nn.Linear(400, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x[:, :, :25, :25]))  # (N, 16, 5, 5)
+        return self.fc(x.view(-1, 400))
+
+
+class Concat(nn.Module):
+    """A concatenation of two convs' channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(8 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+class Sigmoid(nn.Module):
+    """sigmoid(0) = 0.5: a removed channel would still feed the next layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.sigmoid(self.fc1(torch.flatten(x, 1))))
+
+
+class SharedLayer(nn.Module):
+    """One conv applied twice: its input and output channels couple both uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.shared = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 28 * 28, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.shared(F.relu(self.shared(F.relu(self.stem(x)))))))
+
+
+class NoAffine(nn.Module):
+    """BatchNorm without weight and bias maps a removed channel's 0 to -mean/std."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4 * 26 * 26, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.bn(self.conv(x)), 1))

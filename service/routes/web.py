@@ -1,0 +1,191 @@
+"""HTML for people: the job list, a live job page, a submission form, the offline report,
+and the interactive API docs with their assets served from here (no CDN).
+
+The pages use the same store, submission path and errors as the JSON API; they add no
+state of their own. They are left out of the OpenAPI document, except the offline report
+(``GET /v1/jobs/{id}/report.html``), which is part of the API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from swagger_ui_bundle import swagger_ui_path
+
+from core.jobs import JobStatus
+from core.store import BlobStore, JobStore
+from report_html import render_report, report_context
+from service.deps import (
+    BlobsDep,
+    CeleryDep,
+    MetricsDep,
+    RedisDep,
+    SettingsDep,
+    StoreDep,
+)
+from service.errors import (
+    ApiError,
+    Gone,
+    JobNotFinished,
+    NoModel,
+    NotFound,
+    Problem,
+    problem_responses,
+)
+from service.routes.jobs import _finished_files, load_job
+from service.schemas import JOBS_PATH, JobPublic
+from service.submit import submit
+from service.web.pages import (
+    HTML_HEADERS,
+    REPORT_CSP,
+    TEMPLATES,
+    example_spec,
+    load_report,
+    progress_fraction,
+    progress_text,
+    report_summary,
+)
+
+PAGE_SIZE = 50
+SWAGGER_ASSETS = "/static/swagger-ui"
+WEB_ASSETS = "/static/web"
+
+pages = APIRouter(include_in_schema=False)
+api = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
+
+
+def _page(template: str, status_code: int = 200, headers: dict[str, str] | None = None,
+          **context: Any) -> HTMLResponse:
+    body = TEMPLATES.get_template(template).render(**context)
+    return HTMLResponse(body, status_code=status_code, headers={**HTML_HEADERS, **(headers or {})})
+
+
+def _error_page(error: ApiError) -> HTMLResponse:
+    return _page("error.html.j2", error.status, error.headers, title=error.title,
+                 detail=error.detail)
+
+
+def _index_page(store: JobStore, blobs: BlobStore, status: JobStatus | None, cursor: str | None,
+                problem: Problem | None = None, spec_text: str | None = None,
+                status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    try:
+        records, next_cursor = store.list(status=status, limit=PAGE_SIZE, cursor=cursor)
+    except ValueError:
+        return _error_page(NotFound("that page of jobs does not exist (stale cursor)"))
+    rows = [{"job": r, "progress": progress_text(r.progress),
+             "fraction": progress_fraction(r.status, r.progress),
+             "summary": report_summary(blobs, r)} for r in records]
+    next_url = None
+    if next_cursor:
+        next_url = f"/?cursor={next_cursor}" + (f"&status={status.value}" if status else "")
+    return _page("index.html.j2", status_code, headers, rows=rows, next_url=next_url,
+                 status=status.value if status else None, statuses=[s.value for s in JobStatus],
+                 problem=problem, spec_text=spec_text or example_spec(),
+                 form_key=uuid.uuid4().hex)
+
+
+@pages.get("/", response_class=HTMLResponse)
+def index(store: StoreDep, blobs: BlobsDep, status: JobStatus | None = None,
+          cursor: str | None = None) -> HTMLResponse:
+    """The job list, newest first, and the submission form."""
+    return _index_page(store, blobs, status, cursor)
+
+
+@pages.post("/jobs", response_class=HTMLResponse)
+async def submit_form(
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    blobs: BlobsDep,
+    celery: CeleryDep,
+    redis: RedisDep,
+    metrics: MetricsDep,
+    key: str | None = None,
+) -> Response:
+    """The form's submission: the API's own path, then to the job's page (303).
+
+    ``key`` is the Idempotency-Key the form was rendered with, so a form sent twice (a
+    double click, a reload) makes one job."""
+    try:
+        record, is_new = await submit(request, settings=settings, store=store, blobs=blobs,
+                                      celery=celery, redis=redis, idempotency_key=key)
+    except ApiError as exc:
+        problem = Problem(type="", title=exc.title, status=exc.status, detail=exc.detail,
+                          code=exc.code, errors=exc.errors)
+        return await run_in_threadpool(_index_page, store, blobs, None, None, problem,
+                                       None, exc.status, exc.headers)
+    if is_new:
+        metrics.upload_bytes.inc(record.upload_bytes)
+    return RedirectResponse(f"/jobs/{record.id}", status_code=303)
+
+
+@pages.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: str, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
+    """One job, live while it runs (server-sent events), with its report once it succeeded."""
+    try:
+        record = load_job(store, job_id)
+    except ApiError as exc:
+        return _error_page(exc)
+    report = None
+    if record.status is JobStatus.SUCCEEDED and record.files_expired_at is None:
+        report = load_report(blobs, job_id)
+    charts = report_context(report) if report is not None else {}
+    return _page("job.html.j2", job=JobPublic.from_record(record),
+                 progress=progress_text(record.progress),
+                 fraction=progress_fraction(record.status, record.progress),
+                 spec_json=record.spec.model_dump_json(indent=2), **{**charts, "report": report})
+
+
+@api.get(
+    "/{job_id}/report.html",
+    response_class=HTMLResponse,
+    summary="The report as a self-contained HTML page, for reading and sharing offline.",
+    responses={200: {"content": {"text/html": {}},
+                     "description": "The report as one self-contained HTML page: inline CSS and "
+                     "SVG charts, no script, nothing fetched from anywhere."},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone)},
+)
+def get_report_html(job_id: str, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
+    """The report as a self-contained HTML page, for reading and sharing offline."""
+    record = load_job(store, job_id)
+    _finished_files(record)
+    view = load_report(blobs, job_id)
+    if view is None:
+        raise Gone(f"the report of job {job_id} is no longer stored")
+    finished = record.finished_at.strftime("%Y-%m-%d %H:%M UTC") if record.finished_at else ""
+    html = render_report(view, title=f"Pruning report: job {job_id}",
+                         subtitle=f"Finished {finished}" if finished else None)
+    return HTMLResponse(html, headers={
+        "Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'inline; filename="{job_id}-report.html"',
+    })
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages, the report route, the self-hosted API docs and their static files.
+
+    The app must be created with ``docs_url=None, redoc_url=None``: FastAPI's own /docs
+    loads Swagger UI from a CDN, and ReDoc has no packaged copy here, so it is not served."""
+    app.include_router(pages)
+    app.include_router(api)
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+    app.mount(WEB_ASSETS, StaticFiles(packages=[("service.web", "static")]), name="web")
+
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} · API docs",
+            swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png",
+            # The validator badge would send the OpenAPI URL to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    app.add_api_route("/docs", swagger_ui, methods=["GET"], include_in_schema=False)
