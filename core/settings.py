@@ -34,11 +34,13 @@ class Settings(BaseSettings):
         "API and the workers.",
     )
     mnist_root: Path = Field(
-        default=Path("../shared/datasets"),
+        default=Path("var/datasets"),
         description="torchvision MNIST root (holds MNIST/raw/*-ubyte).",
     )
     mnist_download: bool = Field(
-        default=False, description="Let torchvision download MNIST when it is missing."
+        default=True,
+        description="Let torchvision download MNIST into mnist_root on first use when it is "
+        "missing; false on machines without internet access.",
     )
     retention_s: int = Field(
         default=7 * 24 * 3600,

@@ -304,6 +304,24 @@ class InputSpec(_Model):
     flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
 
 
+class LimitsSpec(_Model):
+    """Bounds a pipeline sets on its own job; the server's settings cap them."""
+
+    timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Wall-clock seconds the job may run before it fails `timeout`; the "
+        "server's job_soft_time_limit_s caps it. null: the server's limit.",
+    )
+
+    def wall_clock_s(self, server_limit_s: int) -> int:
+        """The job's wall-clock limit: this spec's, capped by the server's."""
+        if self.timeout_s is None:
+            return server_limit_s
+        return min(self.timeout_s, server_limit_s)
+
+
 _OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
 _EXPECTED_OUTPUT = (  # pydantic's own wording for an enum: 'a', 'b' or 'c'
     ", ".join(f"'{v}'" for v in _OUTPUT_FORMATS[:-1]) + f" or '{_OUTPUT_FORMATS[-1]}'"
@@ -351,6 +369,7 @@ class JobSpec(_Model):
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     output_format: OutputFormat = SAME_FORMAT
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
     analysis: AnalysisSpec | None = Field(
         default=None, description="sensitivity: per-tensor scan on the validation split.")
     search: SearchSpec | None = Field(

@@ -99,7 +99,8 @@ def parse_spec(form: ReceivedForm) -> JobSpec:
 
 def check_duration(spec: JobSpec, settings: Settings) -> None:
     """422 when the job's estimated fine-tuning cannot fit in the job time limit."""
-    reason = too_long(spec, settings.finetune_epoch_s, settings.job_soft_time_limit_s)
+    limit_s = spec.limits.wall_clock_s(settings.job_soft_time_limit_s)
+    reason = too_long(spec, settings.finetune_epoch_s, limit_s)
     if reason is not None:
         field = estimate(spec, settings.finetune_epoch_s).field
         error = FieldError(loc=["body", SPEC_FIELD, *field], msg=reason, type="value_error")

@@ -66,3 +66,7 @@ def test_search_that_cannot_fit_is_422_with_the_estimate(
         assert len(api.store.list()[0]) == 1
         plain = {**REFERENCE, "finetune": {"epochs": 50}}  # not a search: judged by its limit
         assert api.submit(model_files.state_dict, plain).status_code == 202
+        spec["search"] = {"max_trials": 2}  # 200 s: fits the server, not the spec's own limit
+        spec["limits"] = {"timeout_s": 100}
+        body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+        assert "limit of 100 s" in body["detail"]

@@ -71,11 +71,17 @@ def _raw(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.T
             raise EngineError(
                 JobErrorCode.DATASET_UNAVAILABLE,
                 f"MNIST ({'train' if train else 'test'} split) is not available under "
-                f"{root} (expected {root}/MNIST/raw/*-ubyte): {exc}. Point PRUNER_MNIST_ROOT "
-                "at a torchvision MNIST root, or set PRUNER_MNIST_DOWNLOAD=true.",
+                f"{root} (expected {root}/MNIST/raw/*-ubyte): {exc}. {_dataset_fix(download)}",
             ) from exc
         _RAW[key] = (dataset.data, dataset.targets)
     return _RAW[key]
+
+
+def _dataset_fix(download: bool) -> str:
+    if download:  # the download itself failed: typically a machine without internet access
+        return ("Point PRUNER_MNIST_ROOT at a torchvision MNIST root copied from a machine that "
+                "has internet access (the download failed).")
+    return "Point PRUNER_MNIST_ROOT at a torchvision MNIST root, or set PRUNER_MNIST_DOWNLOAD=true."
 
 
 def _on_cpu(root: Path, train: bool, spec: InputSpec, download: bool) -> Split:
