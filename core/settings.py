@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Redis visibility timeout; must exceed the hard time limit.",
     )
+    finetune_epoch_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one fine-tune epoch takes on this deployment's workers (measure "
+        "it: a job's timings_s.finetune / epochs). A search whose epochs (times iterative "
+        "rounds and trials) would exceed job_soft_time_limit_s is refused with 422.",
+    )
     job_memory_limit_bytes: int = Field(
         default=16 * GiB, ge=64 * MiB, description="Address-space limit of a job process."
     )
