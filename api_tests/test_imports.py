@@ -10,7 +10,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "service", "worker", "stack")
+PACKAGES = ("core", "service", "worker", "stack", "client")
 
 
 def _module_name(path: Path) -> str:
@@ -50,5 +50,14 @@ def test_core_imports_no_torch_celery_or_fastapi() -> None:
         "bad = [m for m in ('torch', 'celery', 'fastapi') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_client_imports_no_torch_celery_or_fastapi() -> None:
+    """``pruner`` runs from the base install on a laptop or a CI runner: httpx and pydantic."""
+    code = ("import sys, client.cli; "
+            "bad = [m for m in ('torch', 'celery', 'fastapi', 'starlette') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

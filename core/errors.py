@@ -22,9 +22,10 @@ class JobErrorCode(StrEnum):
     incompatible_model: fails the MNIST I/O contract ((N, 1, 28, 28) in, (N, 10) out).
     invalid_spec, no_prunable_tensors: the spec cannot apply to this model.
     dataset_unavailable, device_unavailable: the worker lacks MNIST or the asked device.
-    resource_limit: the job process hit its memory, CPU-time or file-size limit. timeout: past
-    the wall-clock limit. crashed: the job process died on every allowed attempt.
-    internal_error: a bug on our side.
+    budget_unreachable: a search found no tried amount within its accuracy budget (the message
+    names the best trial). resource_limit: the job process hit its memory, CPU-time or
+    file-size limit. timeout: past the wall-clock limit. crashed: the job process died on
+    every allowed attempt. internal_error: a bug on our side.
     """
 
     INVALID_MODEL = "invalid_model"  # not a readable TorchScript/state_dict/safetensors file
@@ -41,6 +42,7 @@ class JobErrorCode(StrEnum):
     DATASET_UNAVAILABLE = "dataset_unavailable"  # MNIST missing at the configured root
     DEVICE_UNAVAILABLE = "device_unavailable"  # spec asks for CUDA on a CPU-only worker
     RESOURCE_LIMIT = "resource_limit"  # job process hit its memory/CPU limit
+    BUDGET_UNREACHABLE = "budget_unreachable"  # search: no tried amount within the budget
     TIMEOUT = "timeout"  # job exceeded its wall-clock limit
     CRASHED = "crashed"  # job process died (signal) on every allowed attempt
     INTERNAL_ERROR = "internal_error"  # a bug on our side; the message says what

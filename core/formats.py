@@ -23,6 +23,8 @@ class ModelFormat(StrEnum):
     TORCHSCRIPT = "torchscript"  # torch.jit.save archive: code and weights
     STATE_DICT = "state_dict"  # torch.save(model.state_dict()): weights, loaded weights_only
     SAFETENSORS = "safetensors"  # weights, no pickle at all
+    # Compact: non-zero values + a bitmask in safetensors (core/uploads/compact.py)
+    SPARSE_SAFETENSORS = "sparse_safetensors"
 
     @property
     def file_name(self) -> str:
@@ -51,6 +53,8 @@ FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
     ModelFormat.STATE_DICT: FormatFiles("model.state_dict.pt", "pth", UploadFormat.ZIP),
     ModelFormat.SAFETENSORS: FormatFiles("model.safetensors", "safetensors",
                                          UploadFormat.SAFETENSORS),
+    ModelFormat.SPARSE_SAFETENSORS: FormatFiles("model.sparse.safetensors", "sparse.safetensors",
+                                                UploadFormat.SAFETENSORS),
 }
 
 # The spec's output_format also takes "same": the format the model was uploaded in.

@@ -5,6 +5,7 @@
     queued --claim--> running --finish--> succeeded | failed | cancelled
        ^                 |
        +----requeue------+   (its process crashed, or its worker died: lease expired)
+       +---hand_back-----+   (its worker is stopping: the attempt is given back)
     queued --cancel--> cancelled;  running --cancel--> running with cancel_requested
 
 Who calls what: the API cancels (service/routes/jobs.py); the worker's task claims, renews
@@ -54,6 +55,7 @@ class Outcome(StrEnum):
     GONE = "gone"  # the record disappeared
     LOST = "lost"  # the claim was taken away (re-queued, maybe claimed again elsewhere)
     REQUEUED = "requeued"  # the job process crashed; back in the queue for another attempt
+    HANDED_BACK = "handed_back"  # the worker is stopping; back in the queue, attempt returned
     SUCCEEDED = "succeeded"  # the job process recorded its terminal status itself
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -69,6 +71,7 @@ class Stop(StrEnum):
     TIMED_OUT = "timed_out"  # past the wall-clock limit
     LOST = "lost"  # the lease could not be renewed: the job is no longer ours
     CANCELLED = "cancelled"  # a cancel request went unanswered for the grace period
+    SHUTDOWN = "shutdown"  # the worker is stopping (SIGTERM/SIGINT): the job goes back
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,8 @@ def cancel(store: JobStore, job_id: str) -> tuple[CancelResult, JobRecord | None
 
 
 def requeue(store: JobStore, job_id: str, enqueue: Enqueue,
-            only_if: Callable[[JobRecord], bool] = lambda record: True) -> bool:
+            only_if: Callable[[JobRecord], bool] = lambda record: True,
+            **fields: Any) -> bool:
     """running -> queued (lease, worker and progress reset), then ``enqueue(job_id)``.
 
     False when the job is not running or ``only_if`` refuses the freshly read record. The
@@ -203,7 +207,8 @@ def requeue(store: JobStore, job_id: str, enqueue: Enqueue,
     if current is None or current.status is not JobStatus.RUNNING or not only_if(current):
         return False
     back = store.transition(job_id, {JobStatus.RUNNING}, JobStatus.QUEUED,
-                            lease_expires_at=None, worker=None, progress=Progress(phase="queued"))
+                            lease_expires_at=None, worker=None, progress=Progress(phase="queued"),
+                            **fields)
     if back is None:
         return False
     enqueue(job_id)
@@ -236,10 +241,12 @@ def settle(held: Claim, end: ProcessEnd, code: JobErrorCode, settings: Settings,
     if end.stop is Stop.CANCELLED:
         held.finish(JobStatus.CANCELLED)
         return Outcome.CANCELLED
+    if end.stop is Stop.SHUTDOWN:
+        return hand_back(held, enqueue)
     if code is JobErrorCode.CRASHED and held.attempt < settings.max_attempts:
         return _requeue_crashed(held, describe_exit(end.returncode), enqueue)
     if code is JobErrorCode.TIMEOUT:
-        message = f"the job ran past its wall-clock limit of {settings.job_soft_time_limit_s} s"
+        message = timeout_message(current, settings)
     elif code is JobErrorCode.CRASHED:
         message = (f"the job process {describe_exit(end.returncode)} on all "
                    f"{held.attempt} attempts; not retrying")
@@ -247,6 +254,31 @@ def settle(held: Claim, end: ProcessEnd, code: JobErrorCode, settings: Settings,
         message = f"the job process hit its resource limits ({describe_exit(end.returncode)})"
     held.finish(JobStatus.FAILED, error=JobError(code=code, message=message))
     return Outcome(code.value)
+
+
+def wall_clock_limit_s(record: JobRecord, settings: Settings) -> int:
+    """The job's wall-clock limit: the spec's ``limits.timeout_s``, capped by the server's."""
+    return record.spec.limits.wall_clock_s(settings.job_soft_time_limit_s)
+
+
+def timeout_message(record: JobRecord, settings: Settings) -> str:
+    limit = wall_clock_limit_s(record, settings)
+    source = ("the spec's limits.timeout_s" if limit < settings.job_soft_time_limit_s
+              else "the server's job_soft_time_limit_s")
+    return f"the job ran past its wall-clock limit of {limit} s ({source})"
+
+
+def hand_back(held: Claim, enqueue: Enqueue) -> Outcome:
+    """The worker is stopping (SIGTERM, Ctrl-C, docker stop): running -> queued with the
+    attempt this claim took given back, since a clean shutdown is not the job's fault, then
+    re-enqueued so that the next worker runs it from the start."""
+    log.warning("job %s attempt %d: the worker is stopping; handing the job back", held.job_id,
+                held.attempt)
+    try:
+        requeue(held.store, held.job_id, enqueue, only_if=held.holds, attempts=held.attempt - 1)
+    except Exception:  # Redis down: the janitor re-enqueues queued jobs the broker lacks
+        log.exception("could not re-enqueue job %s", held.job_id)
+    return Outcome.HANDED_BACK
 
 
 def _requeue_crashed(held: Claim, why: str, enqueue: Enqueue) -> Outcome:

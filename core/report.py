@@ -6,12 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from core.cost import CostReport
 from core.formats import ModelFormat
 from core.spec import JobSpec
 
 REPORT_VERSION = 1
 
-Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done"]
+Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done",
+                "pruning_step", "round", "trial", "sensitivity"]
+Split = Literal["validation", "test"]
+
+
+def _unset(value: object) -> bool:
+    return value is None
 
 
 class Progress(BaseModel):
@@ -21,6 +28,14 @@ class Progress(BaseModel):
     step: int | None = None  # 1-based, within the epoch
     steps: int | None = None
     loss: float | None = None
+    # Only present when set (the phases of schedules, search and sensitivity), so a plain
+    # job's progress JSON is as before.
+    round: int | None = Field(default=None, exclude_if=_unset)  # iterative: 1-based
+    rounds: int | None = Field(default=None, exclude_if=_unset)
+    trial: int | None = Field(default=None, exclude_if=_unset)  # search: 1-based
+    trials: int | None = Field(default=None, exclude_if=_unset)
+    sparsity: float | None = Field(default=None, exclude_if=_unset)  # this step's target
+    tensor: str | None = Field(default=None, exclude_if=_unset)  # sensitivity: the tensor
 
 
 class TensorReport(BaseModel):
@@ -33,6 +48,14 @@ class TensorReport(BaseModel):
     dim: int | None = None  # structured: the dimension pruned along
     slices: int | None = None  # structured: slices along dim
     slices_zeroed: int | None = None  # structured: slices that are entirely zero
+    nm: list[int] | None = None  # semi_structured: [N, M]
+    nm_exact: bool | None = None  # semi_structured: every full group of M keeps at most N
+    semi_structured_eligible: bool | None = Field(
+        default=None, description="semi_structured: whether torch.sparse."
+        "to_sparse_semi_structured accepts this weight once it is on CUDA in float16/bfloat16 "
+        "(2:4, 2-D, rows a multiple of 32, columns of 64). The kernels are GPU-only: no CPU "
+        "speed-up is claimed.")
+    semi_structured_note: str | None = None  # why (not) eligible
     shape_before: list[int] | None = None  # shrink: shape before channels were removed
     shape_after: list[int] | None = None  # shrink: shape of the returned (smaller) tensor
 
@@ -44,8 +67,9 @@ class Totals(BaseModel):
 
 
 class Evaluation(BaseModel):
-    accuracy: float  # fraction in [0, 1] over the MNIST test split
+    accuracy: float  # fraction in [0, 1] over ``split``
     loss: float  # mean cross-entropy (NLL of log-softmax of the outputs)
+    split: Split = "test"  # MNIST test split, or the validation images held out of train
 
 
 class Accuracy(BaseModel):
@@ -54,6 +78,47 @@ class Accuracy(BaseModel):
     after_finetune: Evaluation
     delta_pruning: float  # after_pruning.accuracy - before.accuracy
     delta_total: float  # after_finetune.accuracy - before.accuracy
+    validation: ValidationAccuracy | None = None  # the same figures on the validation split
+
+
+class ValidationAccuracy(BaseModel):
+    """Accuracy on the ``size`` images held out of MNIST train (``finetune.validation_size``)."""
+
+    size: int
+    before: Evaluation
+    after_finetune: Evaluation
+
+
+class TensorSensitivity(BaseModel):
+    name: str
+    accuracy: list[float]  # validation accuracy with only this tensor pruned, one per amount
+
+
+class Sensitivity(BaseModel):
+    """Each targeted tensor pruned alone to each amount, no fine-tuning (validation split)."""
+
+    split: Split = "validation"
+    dense_accuracy: float
+    amounts: list[float]
+    tensors: list[TensorSensitivity]
+
+
+class Trial(BaseModel):
+    amount: float  # the global sparsity tried (per_layer: the overall targeted sparsity)
+    val_accuracy: float  # decides (validation split)
+    test_accuracy: float  # reported only, never looked at by the search
+    seconds: float
+    within_budget: bool
+    amounts: dict[str, float] | None = None  # per_layer: the amount given to each tensor
+
+
+class Search(BaseModel):
+    split: Split = "validation"
+    max_accuracy_drop: float
+    per_layer: bool
+    dense_accuracy: float  # validation
+    chosen_amount: float
+    trials: list[Trial]
 
 
 class FileInfo(BaseModel):
@@ -110,4 +175,7 @@ class Report(BaseModel):
     seed: int
     input: FileInfo
     output: FileInfo
+    cost: CostReport | None = None  # measured by the worker (core/cost.py)
     shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed
+    sensitivity: Sensitivity | None = None
+    search: Search | None = None

@@ -34,11 +34,13 @@ class Settings(BaseSettings):
         "API and the workers.",
     )
     mnist_root: Path = Field(
-        default=Path("../shared/datasets"),
+        default=Path("var/datasets"),
         description="torchvision MNIST root (holds MNIST/raw/*-ubyte).",
     )
     mnist_download: bool = Field(
-        default=False, description="Let torchvision download MNIST when it is missing."
+        default=True,
+        description="Let torchvision download MNIST into mnist_root on first use when it is "
+        "missing; false on machines without internet access.",
     )
     retention_s: int = Field(
         default=7 * 24 * 3600,
@@ -104,6 +106,13 @@ class Settings(BaseSettings):
         default=7200,
         ge=1,
         description="Redis visibility timeout; must exceed the hard time limit.",
+    )
+    finetune_epoch_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one fine-tune epoch takes on this deployment's workers (measure "
+        "it: a job's timings_s.finetune / epochs). A search whose epochs (times iterative "
+        "rounds and trials) would exceed job_soft_time_limit_s is refused with 422.",
     )
     job_memory_limit_bytes: int = Field(
         default=16 * GiB, ge=64 * MiB, description="Address-space limit of a job process."

@@ -8,10 +8,10 @@ The reference recipe, as a spec::
 
 Unknown fields are refused (``extra="forbid"``), so a typo never silently falls back to a
 default, and a field added by a later spec version is refused by an older service instead of
-being ignored. Room is left for what comes next: ``schedule`` is a tagged union that today
-only holds ``one_shot``; N:M sparsity, channel removal, sensitivity analysis and an accuracy
-budget search will arrive as new members/fields under ``version`` 1 when they stay
-backwards compatible, or as ``version`` 2 when they don't.
+being ignored. New features arrive as new members/fields under ``version`` 1 when they stay
+backwards compatible (``schedule`` kinds ``agp`` and ``iterative``, the ``semi_structured``
+method, ``analysis`` and ``search``), or as ``version`` 2 when they don't. Combinations that
+cannot work are refused here, located at the field to change (see ``field_error``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from pydantic import (
     PlainValidator,
     StrictFloat,
     StrictInt,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.formats import SAME_FORMAT, ModelFormat
 
@@ -48,6 +49,7 @@ class Method(StrEnum):
     RANDOM_UNSTRUCTURED = "random_unstructured"
     LN_STRUCTURED = "ln_structured"
     RANDOM_STRUCTURED = "random_structured"
+    SEMI_STRUCTURED = "semi_structured"  # N of every M consecutive weights along the input dim
 
     @property
     def structured(self) -> bool:
@@ -85,7 +87,44 @@ class OneShot(_Model):
     kind: Literal["one_shot"] = "one_shot"
 
 
-Schedule = Annotated[OneShot, Field(discriminator="kind")]
+class Agp(_Model):
+    """Zhu & Gupta's gradual schedule over the fine-tune's steps:
+    s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))**3, s_f = ``pruning.amount``."""
+
+    kind: Literal["agp"]
+    initial_sparsity: float = Field(default=0.0, ge=0, lt=1, description="s_i at `start`.")
+    start: float = Field(default=0.0, ge=0, lt=1, description="Fraction of the fine-tune's "
+                         "steps at which pruning starts (t0).")
+    end: float = Field(default=0.75, gt=0, le=1, description="Fraction of the fine-tune's "
+                       "steps at which the final sparsity is reached and then held.")
+    every_steps: int = Field(default=100, ge=1, le=1_000_000,
+                             description="Steps between two mask updates (dt).")
+
+    @model_validator(mode="after")
+    def _window(self) -> Agp:
+        if self.end <= self.start:
+            raise field_error(("end",), f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class Iterative(_Model):
+    """Han et al.: ``rounds`` prune-and-retrain rounds, each removing the same fraction of the
+    remaining weights (sparsity after round k: 1 - (1 - amount) ** (k / rounds)), each followed
+    by ``finetune.epochs`` epochs."""
+
+    kind: Literal["iterative"]
+    rounds: int = Field(default=5, ge=1, le=50)
+
+
+Schedule = Annotated[OneShot | Agp | Iterative, Field(discriminator="kind")]
+
+
+def field_error(loc: tuple[str | int, ...], message: str) -> ValidationError:
+    """A validation error located at ``loc`` (so a 422 names the field, not the whole spec)."""
+    return ValidationError.from_exception_data("JobSpec", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}),
+        loc=loc, input=None,
+    )])
 
 
 class PruningSpec(_Model):
@@ -141,6 +180,42 @@ class PruningSpec(_Model):
             )
         return self
 
+    nm: tuple[StrictInt, StrictInt] = Field(
+        default=(2, 4),
+        description="semi_structured: keep N of every M consecutive weights along the input "
+        "dimension (2:4 is what GPU semi-structured kernels run).",
+    )
+
+    @field_validator("nm")
+    @classmethod
+    def _nm(cls, value: tuple[int, int]) -> tuple[int, int]:
+        n, m = value
+        if not 1 <= n < m <= 64:
+            raise ValueError(f"nm must be [N, M] with 1 <= N < M <= 64, got [{n}, {m}]")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> PruningSpec:
+        if self.shrink and self.schedule.kind != "one_shot":
+            raise field_error(("shrink",), "shrink removes channels once: use the one_shot "
+                              "schedule")
+        if self.method is Method.SEMI_STRUCTURED:
+            if self.scope is Scope.GLOBAL:
+                raise field_error(("scope",), 'semi_structured is per tensor: set "scope": '
+                                  '"layerwise"')
+            if self.overrides:
+                raise field_error(("overrides",), "semi_structured takes no per-tensor "
+                                  "amounts: the N:M pattern fixes the sparsity")
+            if self.schedule.kind != "one_shot":
+                raise field_error(("schedule", "kind"), "semi_structured is applied one_shot")
+        if self.schedule.kind != "one_shot":
+            for loc, amount in [(("amount",), self.amount),
+                                *((("overrides", k), v) for k, v in self.overrides.items())]:
+                if not isinstance(amount, float):
+                    raise field_error(loc, f"the {self.schedule.kind} schedule needs a fraction "
+                                      f"in [0, 1), got the count {amount}")
+        return self
+
     @field_validator("amount")
     @classmethod
     def _amount(cls, value: int | float) -> int | float:
@@ -180,6 +255,45 @@ class FinetuneSpec(_Model):
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD only.")
     batch_size: int = Field(default=64, ge=1, le=65536)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="cosine: from lr down to 0 over the fine-tune's steps "
+        "(over each round's steps for the iterative schedule).")
+    warmup_steps: int = Field(default=0, ge=0, le=1_000_000,
+                              description="Steps of linear warm-up from 0 to lr.")
+    validation_size: int = Field(
+        default=5000, ge=0, le=30_000,
+        description="MNIST train images held out (seeded by `seed`) for validation: sensitivity "
+        "and search decide on them, and they are not trained on. 0: train on all 60000 "
+        "(no validation figures; sensitivity and search need a validation split).")
+
+
+class SensitivitySpec(_Model):
+    amounts: list[float] = Field(
+        default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.98], min_length=1, max_length=50,
+        description="Amounts each targeted tensor is pruned to, alone and without fine-tuning.")
+
+    @field_validator("amounts")
+    @classmethod
+    def _amounts(cls, value: list[float]) -> list[float]:
+        for a in value:
+            if not 0.0 <= a < 1.0:
+                raise ValueError(f"each amount must be in [0, 1), got {a}")
+        return sorted(set(value))
+
+
+class AnalysisSpec(_Model):
+    sensitivity: SensitivitySpec | None = None
+
+
+class SearchSpec(_Model):
+    """Find the highest sparsity whose fine-tuned validation accuracy stays within
+    ``max_accuracy_drop`` of the dense model's; ``pruning.amount`` is the upper bound."""
+
+    max_accuracy_drop: float = Field(default=0.005, ge=0, lt=1)
+    max_trials: int = Field(default=6, ge=1, le=50)
+    per_layer: bool = Field(
+        default=False, description="Allocate the sparsity per tensor from a sensitivity scan "
+        "(equal standalone accuracy drop per tensor) instead of one global threshold.")
 
 
 class InputSpec(_Model):
@@ -188,6 +302,24 @@ class InputSpec(_Model):
     mean: float = Field(default=0.1307, ge=-10, le=10)
     std: float = Field(default=0.3081, gt=0, le=10)
     flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
+
+
+class LimitsSpec(_Model):
+    """Bounds a pipeline sets on its own job; the server's settings cap them."""
+
+    timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Wall-clock seconds the job may run before it fails `timeout`; the "
+        "server's job_soft_time_limit_s caps it. null: the server's limit.",
+    )
+
+    def wall_clock_s(self, server_limit_s: int) -> int:
+        """The job's wall-clock limit: this spec's, capped by the server's."""
+        if self.timeout_s is None:
+            return server_limit_s
+        return min(self.timeout_s, server_limit_s)
 
 
 _OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
@@ -237,6 +369,36 @@ class JobSpec(_Model):
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     output_format: OutputFormat = SAME_FORMAT
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    analysis: AnalysisSpec | None = Field(
+        default=None, description="sensitivity: per-tensor scan on the validation split.")
+    search: SearchSpec | None = Field(
+        default=None, description="Accuracy-budget search over pruning.amount.")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> JobSpec:
+        wants_validation = self.search is not None or (
+            self.analysis is not None and self.analysis.sensitivity is not None)
+        if wants_validation and self.finetune.validation_size == 0:
+            raise field_error(("finetune", "validation_size"), "sensitivity and search decide "
+                              "on a validation split: validation_size must be > 0")
+        if self.pruning.schedule.kind == "agp" and self.finetune.epochs == 0:
+            raise field_error(("finetune", "epochs"), "the agp schedule prunes during "
+                              "fine-tuning: epochs must be > 0")
+        if self.search is not None:
+            if self.pruning.method is Method.SEMI_STRUCTURED:
+                raise field_error(("search",), "semi_structured has a fixed sparsity; there "
+                                  "is nothing to search")
+            if not isinstance(self.pruning.amount, float) or self.pruning.amount <= 0:
+                raise field_error(("pruning", "amount"), "search: the upper bound must be a "
+                                  "fraction in (0, 1)")
+            if self.pruning.shrink:
+                raise field_error(("pruning", "shrink"), "search trials are masked prunings; "
+                                  "shrink a chosen amount in a job of its own")
+            if self.search.per_layer and self.pruning.overrides:
+                raise field_error(("pruning", "overrides"), "search.per_layer sets the "
+                                  "per-tensor amounts itself")
+        return self
 
 
 REFERENCE_RECIPE = JobSpec(

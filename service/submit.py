@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from core.estimate import estimate, too_long
 from core.formats import UploadFormat
 from core.jobs import JobRecord, JobStatus, new_job_id
 from core.lifecycle import utcnow
@@ -96,6 +97,16 @@ def parse_spec(form: ReceivedForm) -> JobSpec:
         raise ValidationFailed(describe(errors), errors=errors) from exc
 
 
+def check_duration(spec: JobSpec, settings: Settings) -> None:
+    """422 when the job's estimated fine-tuning cannot fit in the job time limit."""
+    limit_s = spec.limits.wall_clock_s(settings.job_soft_time_limit_s)
+    reason = too_long(spec, settings.finetune_epoch_s, limit_s)
+    if reason is not None:
+        field = estimate(spec, settings.finetune_epoch_s).field
+        error = FieldError(loc=["body", SPEC_FIELD, *field], msg=reason, type="value_error")
+        raise ValidationFailed(describe([error]), errors=[error])
+
+
 def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFormat:
     """The container of an upload the checks accept (the record shows zip or safetensors)."""
     try:
@@ -129,6 +140,7 @@ async def submit(
     try:
         form = await receive_form(request, blobs, job_id, settings.max_upload_bytes)
         spec = parse_spec(form)
+        check_duration(spec, settings)
         upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
         assert form.model_sha256 is not None
         record = JobRecord(

@@ -111,8 +111,9 @@ def running_redis(root: Path) -> Iterator[Proc]:
 
 
 def start_api(env: Mapping[str, str], host: str, port: int, log_dir: Path) -> Proc:
+    # A stop closes open event streams after 2 s instead of waiting for their clients.
     args = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", host,
-            "--port", str(port), "--no-access-log"]
+            "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "2"]
     proc = _spawn("api", args, log_dir / "api.log", env)
     proc.meta["url"] = f"http://{host}:{port}"
     return proc
@@ -199,6 +200,19 @@ def stop(proc: Proc, timeout: float = 15.0) -> int | None:
             proc.signal(signal.SIGKILL)
             proc.popen.wait()
     return proc.popen.returncode
+
+
+def stop_all(procs: list[Proc], timeout: float) -> None:
+    """SIGTERM every process at once, wait for all of them up to ``timeout`` seconds in
+    total, then SIGKILL those still running."""
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            kill(proc)
 
 
 def kill(proc: Proc) -> None:

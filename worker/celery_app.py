@@ -17,7 +17,12 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import after_setup_logger, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from core.queue import celery_config
 from core.settings import get_settings
@@ -44,8 +49,17 @@ def _start_janitor(sender: Any = None, **_: Any) -> None:
     supervisor.prepare_standby()  # the first job's process warms up before it arrives
 
 
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _hand_back_the_running_job(**_: Any) -> None:
+    """SIGTERM or SIGINT (docker stop, Ctrl-C, ``python -m stack`` stopping): Celery's warm
+    shutdown would wait for the running job to end; the supervisor hands it back to the queue
+    instead, at once, without using up an attempt. Runs in the signal handler: sets a flag."""
+    supervisor.request_stop()
+
+
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _stop_janitor(**_: Any) -> None:
     from worker.janitor import stop_janitor
 
     stop_janitor()
+    supervisor.close()  # the standby (it would die with this process anyway)

@@ -195,9 +195,10 @@ def warm_up(settings: Settings) -> None:
     then only copies the tensors to its device). No upload is opened and CUDA is not
     initialised here."""
     from core.spec import InputSpec
-    from worker.engine import pipeline  # noqa: F401  (the import is the warm-up)
+    from worker.engine import cost, pipeline  # noqa: F401  (the import is the warm-up)
     from worker.engine.data import preload
 
+    cost.warm_up()  # the FLOP counter's first dispatch mode imports torch._dynamo
     try:
         preload(settings.mnist_root, InputSpec(), download=False)
     except Exception:  # e.g. MNIST missing: the job itself reports it with its code

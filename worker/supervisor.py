@@ -3,8 +3,8 @@ fresh ``python -m worker.job_process`` and keeps the next one warming up as a st
 
 A delivery goes: claim the job (core/lifecycle.py), start its job process (the waiting
 standby, or a fresh one), watch it (renew the lease every third of it; kill it past the
-wall-clock limit, when the lease is lost, or when it ignores a cancel request), then settle
-how it ended (core/lifecycle.py) and start the next standby.
+job's wall-clock limit, when the lease is lost, when it ignores a cancel request, or when the
+worker is stopping), then settle how it ended (core/lifecycle.py) and start the next standby.
 
 The job process runs inside the sandbox limits (worker/sandbox.py), in a session of its own,
 and dies with its worker (PR_SET_PDEATHSIG), so a re-queued job never has a live twin. Only
@@ -27,7 +27,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.lifecycle import Claim, Enqueue, Outcome, ProcessEnd, Stop, claim, settle
+from core.lifecycle import (
+    Claim,
+    Enqueue,
+    Outcome,
+    ProcessEnd,
+    Stop,
+    claim,
+    settle,
+    wall_clock_limit_s,
+)
 from core.settings import Settings
 from core.store import JobStore
 from worker import sandbox
@@ -72,6 +81,13 @@ class Supervisor:
         self.settings = settings
         self.time_up = time_up  # exceptions that mean "the wall-clock limit is reached"
         self._standby: Popen | None = None  # the next job's process, warming up
+        self.stopping = False  # set by request_stop(): hand the running job back
+
+    def request_stop(self) -> None:
+        """The worker is shutting down: the running job's process is killed within
+        ``POLL_S`` and the job handed back to the queue. Only sets a flag, so that a signal
+        handler may call it."""
+        self.stopping = True
 
     # --- one delivery ---------------------------------------------------------------------
 
@@ -99,15 +115,20 @@ class Supervisor:
         finally:
             kill(proc)
             shutil.rmtree(scratch, ignore_errors=True)
-            self.prepare_standby()  # the next job's process warms up while this one is filed
+            if not self.stopping:  # the next job's process warms up while this one is filed
+                self.prepare_standby()
         ooms_after = sandbox.oom_kills()
         oom_killed = None not in (ooms_before, ooms_after) and ooms_after != ooms_before
         return ProcessEnd(returncode, stop, oom_killed)
 
     def watch(self, proc: Popen, held: Claim) -> tuple[int, Stop]:
-        """Wait for the job process, renewing the lease; kill it past the wall-clock limit,
-        when the lease is lost, or when it ignores a cancel request."""
+        """Wait for the job process, renewing the lease; kill it past the job's wall-clock
+        limit, when the lease is lost, when it ignores a cancel request, or when the worker
+        is stopping."""
         settings = self.settings
+        record = held.store.get(held.job_id)
+        limit_s = (wall_clock_limit_s(record, settings) if record is not None
+                   else settings.job_soft_time_limit_s)
         start = time.monotonic()
         renew_every = settings.job_lease_s / 3
         next_renew = start + renew_every
@@ -117,8 +138,11 @@ class Supervisor:
                 return proc.wait(timeout=POLL_S), Stop.EXITED
             except subprocess.TimeoutExpired:
                 pass
+            if self.stopping:
+                kill(proc)
+                return proc.returncode, Stop.SHUTDOWN
             clock = time.monotonic()
-            if clock - start >= settings.job_soft_time_limit_s:
+            if clock - start >= limit_s:
                 kill(proc)
                 return proc.returncode, Stop.TIMED_OUT
             if clock >= next_renew:

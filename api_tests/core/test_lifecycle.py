@@ -225,3 +225,50 @@ def test_a_failed_record_keeps_its_code(store: SqliteJobStore, settings: Setting
     assert settle(held, ProcessEnd(2), JobErrorCode.CRASHED, settings, [].append) is Outcome.FAILED
     after = store.get(held.job_id)
     assert after is not None and after.error == error
+
+
+@pytest.mark.parametrize("attempts_before", [0, 2])  # the first attempt, and the last one
+def test_a_stopping_worker_hands_the_job_back_without_using_an_attempt(
+    store: SqliteJobStore, settings: Settings, sent: list[str], attempts_before: int
+) -> None:
+    held = _running(store, settings, attempts=attempts_before)
+    end = ProcessEnd(-signal.SIGKILL, Stop.SHUTDOWN)
+    assert _settle(held, end, settings, sent) is Outcome.HANDED_BACK
+    after = store.get(held.job_id)
+    assert after is not None and after.status is JobStatus.QUEUED and after.error is None
+    assert after.attempts == attempts_before and after.worker is None
+    assert sent == [held.job_id]
+    again = claim(store, held.job_id, settings, "w2")  # the next worker runs it
+    assert again is not None and again.attempt == attempts_before + 1
+
+
+def test_a_lost_claim_is_not_handed_back(store: SqliteJobStore, settings: Settings,
+                                         sent: list[str]) -> None:
+    held = _running(store, settings)
+    store.transition(held.job_id, {JobStatus.RUNNING}, JobStatus.QUEUED)
+    again = claim(store, held.job_id, settings, "w2")
+    assert again is not None
+    end = ProcessEnd(-signal.SIGKILL, Stop.SHUTDOWN)
+    assert _settle(held, end, settings, sent) is Outcome.LOST
+    after = store.get(held.job_id)
+    assert after is not None and after.status is JobStatus.RUNNING and after.attempts == 2
+    assert sent == []
+
+
+@pytest.mark.parametrize(("timeout_s", "message"), [
+    (5, "wall-clock limit of 5 s (the spec's limits.timeout_s)"),
+    (10**6, "wall-clock limit of 3600 s (the server's job_soft_time_limit_s)"),  # capped
+    (None, "wall-clock limit of 3600 s (the server's job_soft_time_limit_s)"),
+])
+def test_timeout_message_names_the_limit_that_applied(
+    store: SqliteJobStore, settings: Settings, sent: list[str], timeout_s: int | None,
+    message: str
+) -> None:
+    spec = {"architecture": "mnist_mlp", "limits": {"timeout_s": timeout_s}}
+    held = claim(store, queued(store, spec=spec).id, settings, "w1")
+    assert held is not None
+    end = ProcessEnd(-signal.SIGKILL, Stop.TIMED_OUT)
+    assert _settle(held, end, settings, sent, JobErrorCode.TIMEOUT) is Outcome.TIMEOUT
+    after = store.get(held.job_id)
+    assert after is not None and after.error is not None
+    assert after.error.message == f"the job ran past its {message}"

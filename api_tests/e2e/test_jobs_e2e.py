@@ -90,8 +90,31 @@ def test_upload_prune_download_matches_report(stack: Stack, trained_mlp: Trained
     assert job["status"] == "succeeded", (job, stack.logs())
     assert job["attempts"] == 1
     assert job["model"]["format"] == kind
-    model = _load(_download(stack, job), kind)
+    body = _download(stack, job)
+    model = _load(body, kind)
     _check_against_report(stack, job, model, mnist_test)
+    _check_cost_and_compact_download(stack, job, model, len(body))
+
+
+def _check_cost_and_compact_download(stack: Stack, job: dict[str, Any], model: Any,
+                                     size: int) -> None:
+    """report.cost agrees with the files served, and the compact download decodes (with the
+    README's lines) to the very tensors of the primary download."""
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    after = report["cost"]["after"]
+    assert after["bytes"][job["model"]["format"]] == size
+    assert after["parameters"] == report["all_parameters"]["elements"]
+    assert after["nonzero_parameters"] == after["parameters"] - report["all_parameters"]["zeros"]
+    assert report["cost"]["speedup"] is None and after["flops"] == 2 * TARGETED_ELEMENTS
+    response = stack.client.get(f"/v1/jobs/{job['id']}/model?format=sparse_safetensors")
+    assert response.status_code == 200 and len(response.content) == after["bytes"][
+        "sparse_safetensors"]
+    f = load_safetensors(response.content)
+    sd = {k: torch.zeros(8 * len(f[k + "@mask"]), dtype=v.dtype).masked_scatter_(((f[k + "@mask"][:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).bool().flatten(), v)[: f[k + "@shape"].prod()].view(f[k + "@shape"].tolist()) if k + "@mask" in f else v for k, v in f.items() if "@" not in k}  # noqa: E501
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
 
 
 def test_progress_moves_while_a_job_runs(stack: Stack, trained_mlp: TrainedMLP) -> None:

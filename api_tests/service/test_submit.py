@@ -81,6 +81,18 @@ def test_hostile_zip_is_422_invalid_upload(api: Api, model_files: ModelFiles) ->
     assert _job_dirs(api) == [] and api.queued_job_ids() == []
 
 
+def test_spec_limits_timeout_must_be_a_positive_number_of_seconds(
+    api: Api, model_files: ModelFiles
+) -> None:
+    bad = {**REFERENCE, "limits": {"timeout_s": 0}}
+    body = assert_problem(api.submit(model_files.state_dict, bad), 422, "validation_error")
+    assert [e["loc"] for e in body["errors"]] == [["body", "spec", "limits", "timeout_s"]]
+    good = {**REFERENCE, "limits": {"timeout_s": 600}}
+    response = api.submit(model_files.state_dict, good)
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["limits"] == {"timeout_s": 600}
+
+
 def test_not_multipart_is_415(api: Api) -> None:
     response = api.client.post("/v1/jobs", json=REFERENCE)
     assert_problem(response, 415, "unsupported_media_type")

@@ -3,12 +3,18 @@ before any process starts, and the child's environment carries the worker's sett
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from api_tests.core.factories import make_record
 from core.jobs import JobStatus
-from core.lifecycle import Outcome
+from core.lifecycle import Outcome, Stop, claim
 from core.settings import Settings
 from core.store_sqlite import SqliteJobStore
 from worker.supervisor import Supervisor
@@ -25,3 +31,35 @@ def test_a_delivery_with_nothing_to_run_starts_no_process(tmp_path: Path) -> Non
     assert supervisor.supervise(store, "0" * 32, "w1", sent.append) is Outcome.SKIPPED
     assert supervisor._standby is None and sent == []
     assert not (tmp_path / "scratch").exists()
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sleep", "60"])
+
+
+@pytest.mark.parametrize("timeout_s", [1, None])
+def test_watch_kills_at_the_spec_limit_or_when_the_worker_stops(
+    tmp_path: Path, timeout_s: int | None
+) -> None:
+    """A job process that runs on: killed at the spec's limits.timeout_s when it has one;
+    without one, killed (and marked SHUTDOWN) once the worker is asked to stop."""
+    settings = Settings(data_dir=tmp_path, job_soft_time_limit_s=60, job_hard_time_limit_s=70,
+                        broker_visibility_timeout_s=80)
+    store = SqliteJobStore.from_settings(settings)
+    spec = {"architecture": "mnist_mlp", "limits": {"timeout_s": timeout_s}}
+    record = make_record(created_at=datetime.now(UTC), spec=spec)
+    store.create(record)
+    held = claim(store, record.id, settings, "w1")
+    assert held is not None
+    supervisor = Supervisor(settings)
+    proc = _sleeper()
+    if timeout_s is None:
+        threading.Timer(0.5, supervisor.request_stop).start()
+    start = time.monotonic()
+    returncode, stop = supervisor.watch(proc, held)
+    elapsed = time.monotonic() - start
+    assert returncode == -signal.SIGKILL and proc.poll() is not None
+    if timeout_s is None:
+        assert stop is Stop.SHUTDOWN and 0.5 <= elapsed < 2
+    else:
+        assert stop is Stop.TIMED_OUT and 1 <= elapsed < 3

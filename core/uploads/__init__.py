@@ -11,7 +11,8 @@ pickle *opcodes* (listed, never executed):
 - ``allowlists``: the accepted dtypes (one list) and the globals a state_dict may name;
 - ``storages``: each storage's declared size against its entry, each tensor's view against
   its storage, tensor and element caps;
-- ``safetensors_header``: header length, JSON, dtypes, shapes vs offsets, overlaps, caps.
+- ``safetensors_header``: header length, JSON, dtypes, shapes vs offsets, overlaps, caps;
+- ``compact``: the compact layout (``sparse_safetensors``, bitmask + values) holds together.
 
 A refusal is an ``UploadRejected`` with a ``RejectKind``: the API maps kinds to HTTP statuses
 (``service/errors.py``), the worker to ``JobErrorCode`` (``RejectKind.job_code``).

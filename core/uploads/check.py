@@ -40,5 +40,4 @@ def check_upload(path: Path, settings: Settings) -> ModelFormat:
         )
     if container is UploadFormat.ZIP:
         return check_zip(path, settings)
-    check_safetensors(path, settings)
-    return ModelFormat.SAFETENSORS
+    return check_safetensors(path, settings)  # SAFETENSORS or SPARSE_SAFETENSORS

@@ -9,8 +9,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from core.formats import ModelFormat
 from core.settings import Settings
 from core.uploads.allowlists import FLOAT_SAFETENSORS_CODES, SAFETENSORS_ITEMSIZE
+from core.uploads.compact import check_compact_safetensors
 from core.uploads.pickle_scan import int_tuple
 from core.uploads.rejection import malformed, too_large, unsupported
 
@@ -20,8 +22,9 @@ _SAFETENSORS_UNSUPPORTED = {"F8_E5M2", "F8_E4M3", "F8_E8M0", "F4", "F6_E2M3", "F
 _FLOAT_CODES = ", ".join(FLOAT_SAFETENSORS_CODES)
 
 
-def check_safetensors(path: Path, settings: Settings) -> None:
-    """Header of a safetensors file: length, JSON, dtypes, shapes vs offsets, caps."""
+def check_safetensors(path: Path, settings: Settings) -> ModelFormat:
+    """Header of a safetensors file: length, JSON, dtypes, shapes vs offsets, caps; then, for
+    the compact layout, how its pieces fit (``core/uploads/compact.py``)."""
     file_size = path.stat().st_size
     with path.open("rb") as f:
         prefix = f.read(8)
@@ -41,6 +44,9 @@ def check_safetensors(path: Path, settings: Settings) -> None:
         raw = f.read(header_len)
     header = _parse_header(raw)
     _check_entries(header, file_size - 8 - header_len, settings)
+    if check_compact_safetensors(path, raw, settings):
+        return ModelFormat.SPARSE_SAFETENSORS
+    return ModelFormat.SAFETENSORS
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.cost import Cost, CostReport
 from core.formats import SAME_FORMAT, ModelFormat
 from core.report import Progress, Report
 from core.settings import get_settings
@@ -152,7 +153,32 @@ def main(argv: list[str] | None = None) -> int:
     if r.shrink is not None:
         print(f"shrunk: {r.shrink.parameters_before} -> {r.shrink.parameters_after} "
               f"parameters; widths {json.dumps(r.shrink.widths)}")
+    if r.cost is not None:
+        print(cost_summary(r.cost))
     return 0
+
+
+def cost_summary(cost: CostReport) -> str:
+    """One line: parameters, FLOPs, smallest file and latency, before -> after."""
+    b, a = cost.before, cost.after
+
+    def smallest(c: Cost) -> str:
+        fmt = min(c.bytes, key=lambda f: c.bytes[f])
+        return f"{c.bytes[fmt] / 1e3:.0f} kB ({fmt})"
+
+    def latency(c: Cost) -> str:
+        return "/".join(f"{c.latency_ms[k].p50:.2f}" for k in ("batch_1", "batch_256"))
+
+    speedup = "" if cost.speedup is None else ", speedup " + ", ".join(
+        f"{v:.2f}x at {k.replace('_', ' ')}" for k, v in cost.speedup.items()
+    )
+    return (
+        f"cost: {b.nonzero_parameters}/{b.parameters} -> {a.nonzero_parameters}/{a.parameters} "
+        f"non-zero parameters; {b.flops / 1e6:.2f} -> {a.flops / 1e6:.2f} MFLOPs per image "
+        f"({a.effective_flops / 1e6:.2f} effective); smallest file {smallest(b)} -> "
+        f"{smallest(a)}; p50 latency {latency(b)} -> {latency(a)} ms at batch 1/256 on "
+        f"{a.device}{speedup}"
+    )
 
 
 def _write_html(args: argparse.Namespace, report: Report) -> Path:

@@ -71,11 +71,17 @@ def _raw(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.T
             raise EngineError(
                 JobErrorCode.DATASET_UNAVAILABLE,
                 f"MNIST ({'train' if train else 'test'} split) is not available under "
-                f"{root} (expected {root}/MNIST/raw/*-ubyte): {exc}. Point PRUNER_MNIST_ROOT "
-                "at a torchvision MNIST root, or set PRUNER_MNIST_DOWNLOAD=true.",
+                f"{root} (expected {root}/MNIST/raw/*-ubyte): {exc}. {_dataset_fix(download)}",
             ) from exc
         _RAW[key] = (dataset.data, dataset.targets)
     return _RAW[key]
+
+
+def _dataset_fix(download: bool) -> str:
+    if download:  # the download itself failed: typically a machine without internet access
+        return ("Point PRUNER_MNIST_ROOT at a torchvision MNIST root copied from a machine that "
+                "has internet access (the download failed).")
+    return "Point PRUNER_MNIST_ROOT at a torchvision MNIST root, or set PRUNER_MNIST_DOWNLOAD=true."
 
 
 def _on_cpu(root: Path, train: bool, spec: InputSpec, download: bool) -> Split:
@@ -109,3 +115,19 @@ def load_split(
         with torch.inference_mode(False):
             _ON_DEVICE[key] = Split(split.images.to(device), split.labels.to(device))
     return _ON_DEVICE[key]
+
+
+def hold_out(train: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """(the rest, ``size`` validation images): a seeded random partition of ``train``, so the
+    two never share an image and the same seed always holds out the same images."""
+    if not 0 < size < len(train):
+        raise EngineError(
+            JobErrorCode.INVALID_SPEC,
+            f"finetune.validation_size {size} must be between 1 and {len(train) - 1}",
+        )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    order = order.to(train.labels.device)
+    with torch.inference_mode(False):
+        val, rest = order[:size].sort().values, order[size:].sort().values
+        return (Split(train.images[rest], train.labels[rest]),
+                Split(train.images[val], train.labels[val]))

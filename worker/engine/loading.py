@@ -24,7 +24,7 @@ from core.errors import JobErrorCode
 from core.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import UploadRejected, check_upload
-from worker.engine import audit, registry
+from worker.engine import audit, compact, registry
 from worker.engine.errors import EngineError
 
 
@@ -44,6 +44,8 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
         tensors = _load_state_dict(path)
     elif fmt is ModelFormat.SAFETENSORS:
         tensors = _load_safetensors(path)
+    elif fmt is ModelFormat.SPARSE_SAFETENSORS:  # bitmask + values, checked at the door
+        tensors = _decode_compact(_load_safetensors(path))
     else:  # a format without a loader: mypy says so when a member is added
         assert_never(fmt)
     audit.check_tensors(tensors, settings)
@@ -121,6 +123,13 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise EngineError(
             JobErrorCode.INVALID_MODEL, f"not a readable safetensors file: {exc}"
         ) from exc
+
+
+def _decode_compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    try:
+        return compact.decode(tensors)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise EngineError(JobErrorCode.INVALID_MODEL, f"not a valid compact file: {exc}") from exc
 
 
 def _into_architecture(tensors: dict[str, torch.Tensor], architecture: str | None) -> nn.Module:

@@ -84,11 +84,31 @@ class PruningMethod(ABC):
 
     def compute_mask(
         self, tensor: torch.Tensor, amount: int | float, *, name: str = "tensor",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Keep-mask that prunes ``amount`` of ``tensor``'s units."""
+        """Keep-mask that prunes ``amount`` of ``tensor``'s units (those already pruned by the
+        keep-mask ``previous`` first: see ``sticky_scores``)."""
         k = amount_to_count(amount, self.units(tensor), name)
-        return self.expand(smallest_k(self.scores(tensor, generator), k), tensor)
+        return self.expand(smallest_k(self.sticky_scores(tensor, generator, previous), k),
+                           tensor)
+
+    def sticky_scores(
+        self, tensor: torch.Tensor, generator: torch.Generator | None,
+        previous: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Scores where units pruned by ``previous`` come first (-inf): a gradual schedule
+        asking for at least as many units never revives a pruned one, whatever the method
+        (random scores are redrawn, and a kept weight may be exactly 0 too)."""
+        scores = self.scores(tensor, generator)
+        if previous is None:
+            return scores
+        return scores.masked_fill(self.pruned_units(previous), -math.inf)
+
+    def pruned_units(self, mask: torch.Tensor) -> torch.Tensor:
+        """Boolean per unit: whether the keep-mask removes it (a whole slice, if structured)."""
+        if not self.structured:
+            return mask.flatten() == 0
+        return (self._slices(mask) == 0).all(dim=1)
 
     def _dim(self, tensor: torch.Tensor) -> int:
         if not -tensor.dim() <= self.dim < max(tensor.dim(), 1):
@@ -159,14 +179,18 @@ def make_method(method: str, *, n: Norm = 2, dim: int = 0) -> PruningMethod:
 def global_masks(
     method: PruningMethod, tensors: Sequence[torch.Tensor], amount: int | float, *,
     generator: torch.Generator | None = None,
+    previous: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """One threshold across all ``tensors`` (as prune.global_unstructured): exactly ``k`` of
-    their units pruned in total, ties broken by position in the concatenation."""
+    their units pruned in total, ties broken by position in the concatenation; units pruned by
+    the ``previous`` keep-masks first."""
     if not tensors:
         return []
     if method.structured:
         raise PruningError("structured methods are layerwise; global scope is unstructured only")
-    scores = torch.cat([method.scores(t, generator).to(tensors[0].device) for t in tensors])
+    before = previous if previous is not None else [None] * len(tensors)
+    scores = torch.cat([method.sticky_scores(t, generator, p).to(tensors[0].device)
+                        for t, p in zip(tensors, before, strict=True)])
     k = amount_to_count(amount, scores.numel(), "the targeted tensors together")
     pruned = smallest_k(scores, k)
     sizes = [t.numel() for t in tensors]

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import torch
 
+from core.cost import Cost
 from core.errors import JobErrorCode
 from core.formats import SAME_FORMAT, ModelFormat
-from core.report import Accuracy, Evaluation, Phase, Progress, Report
+from core.report import Accuracy, Evaluation, Phase, Progress, Report, ValidationAccuracy
 from core.settings import Settings, get_settings
-from core.spec import JobSpec, OutputFormat, PruningSpec
-from worker.engine import data, pruning, saving, shrink, training
+from core.spec import JobSpec, OutputFormat, PruningSpec, SensitivitySpec
+from worker.engine import cost, data, pruning, saving, sensitivity, shrink, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, load_model
-from worker.engine.methods import PruningError
+from worker.engine.schedules import ScheduleRun
+from worker.engine.search import Searcher
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
@@ -74,6 +76,10 @@ class _Clock:
             torch.cuda.synchronize(device)  # asynchronous kernels belong to this phase
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
+    def add(self, timings: dict[str, float]) -> None:
+        for name, seconds in timings.items():
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+
     def done(self) -> dict[str, float]:
         return {**self.timings, "total": time.perf_counter() - self.start}
 
@@ -109,44 +115,68 @@ def run_job(
         shrinking = (shrink.prepare(model, applied_pruning, spec.architecture, spec.seed)
                      if applied_pruning.shrink else None)  # refuses before any work
     with clock.phase("data", device):
-        test, train = _mnist(spec, settings, device)
+        test, train, validation = _mnist(spec, settings, device)
         training.check_io_contract(model, test, spec.input)
+    with clock.phase("cost", device):
+        cost_before = _cost(model, spec, device, _primary_format(spec.output_format, loaded),
+                            saved=None, scratch=output_dir)
 
     phase("evaluating")
     with clock.phase("evaluate", device):
         before = training.evaluate(model, test, should_cancel)
+        val_before = _evaluate_validation(model, validation, should_cancel)
+
+    targets = _targets(model, applied_pruning)
+    scan = None
+    if validation is not None and (spec.analysis and spec.analysis.sensitivity or (
+            spec.search and spec.search.per_layer)):
+        phase("sensitivity")
+        with clock.phase("sensitivity", device):
+            scan = sensitivity.scan(
+                targets, applied_pruning, _scan_amounts(spec), model, validation,
+                seed=spec.seed, on_progress=on_progress, should_cancel=should_cancel)
 
     phase("pruning")
-    with clock.phase("prune", device):
-        shrunk = shrinking.apply() if shrinking is not None else None
-        targets: list[pruning.Target] = []
-        masks: dict[str, torch.Tensor] = {}
-        if shrunk is not None:  # channels removed: a smaller dense model, nothing to hold
-            model = shrunk.model
-        else:
-            targets, masks = _prune(model, applied_pruning, spec.seed)
+    shrunk = None
+    if shrinking is not None:  # channels removed: a smaller dense model, nothing to hold
+        with clock.phase("prune", device):
+            shrunk = shrinking.apply()
+        model, targets = shrunk.model, []
+    evaluations: list[Evaluation] = []
+
+    def after_first_prune() -> None:
+        phase("evaluating")
+        with clock.phase("evaluate", device):
+            evaluations.append(training.evaluate(model, test, should_cancel))
+
+    searched = None
+    if spec.search is not None and validation is not None and val_before is not None:
+        with clock.phase("search", device):
+            searched = Searcher(
+                model, targets, applied_pruning, spec.finetune, spec.search, train,
+                validation, test, spec.seed, val_before, scan, on_progress, should_cancel,
+            ).run()
+        # per_layer: the per-tensor amounts are in report.search (the trial), not the spec
+        applied_pruning = searched.spec.model_copy(update={"overrides": spec.pruning.overrides})
+        after_pruning = searched.after_pruning
+    else:
+        run = ScheduleRun(model, targets, applied_pruning, spec.finetune, train, spec.seed,
+                          on_progress, should_cancel, after_first_prune)
+        run.run()
+        clock.add(run.timings)
+        after_pruning = evaluations[0]
 
     phase("evaluating")
     with clock.phase("evaluate", device):
-        after_pruning = training.evaluate(model, test, should_cancel)
-
-    if train is not None:
-        phase("finetuning")
-        with clock.phase("finetune", device):
-            hold = training.MaskHold(
-                [t.param for t in targets], [masks[t.name] for t in targets]
-            )
-            training.finetune(model, train, spec.finetune, hold, seed=spec.seed,
-                              on_progress=on_progress, should_cancel=should_cancel)
-        phase("evaluating")
-        with clock.phase("evaluate", device):
-            after_finetune = training.evaluate(model, test, should_cancel)
-    else:
-        after_finetune = after_pruning
+        after_finetune = training.evaluate(model, test, should_cancel) if train is not None \
+            else after_pruning
+        val_after = _evaluate_validation(model, validation, should_cancel)
 
     tensor_rows = (shrunk.rows if shrunk is not None
                    else pruning.tensor_reports(targets, applied_pruning))
     all_totals = pruning.parameter_totals(model)
+    with clock.phase("cost", device):
+        cost_after = _cost(model, spec, device, ModelFormat.STATE_DICT, saved={})  # bytes: saved
     phase("saving")
     primary = _primary_format(spec.output_format, loaded)
     with clock.phase("save"):
@@ -159,13 +189,18 @@ def run_job(
         tensors=tensor_rows,
         targeted=pruning.totals([(r.elements, r.zeros) for r in tensor_rows]),
         all_parameters=all_totals,
-        accuracy=_accuracy(before, after_pruning, after_finetune),
+        accuracy=_accuracy(before, after_pruning, after_finetune, val_before, val_after,
+                           validation),
         timings_s=clock.done(),
         device=device_name(device),
         torch_version=torch.__version__,
         seed=spec.seed,
         input=input_info,
         output=output_info,
+        cost=cost.report(cost_before, cost_after.model_copy(
+            update={"bytes": cost.file_bytes(outputs)})),
+        sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
+        search=searched.report if searched is not None else None,
         shrink=shrunk.report if shrunk is not None else None,
     )
     if on_progress is not None:
@@ -173,18 +208,42 @@ def run_job(
     return RunResult(report=report, outputs=dict(outputs), primary=primary)
 
 
-def _mnist(spec: JobSpec, settings: Settings, device: torch.device) -> tuple[Split, Split | None]:
-    """The test split, and the train split when there is fine-tuning to do."""
+def _mnist(
+    spec: JobSpec, settings: Settings, device: torch.device
+) -> tuple[Split, Split | None, Split | None]:
+    """The test split; the train split when there is fine-tuning to do (less the validation
+    images when ``finetune.validation_size`` > 0); the validation split, or None."""
     def split(train: bool) -> Split:
         return data.load_split(settings.mnist_root, train, device, spec.input,
                                download=settings.mnist_download)
 
-    return split(False), split(True) if spec.finetune.epochs > 0 else None
+    test = split(False)
+    needs_validation = spec.analysis is not None or spec.search is not None
+    if spec.finetune.epochs == 0 and not needs_validation:
+        return test, None, None
+    train = split(True)
+    validation = None
+    if spec.finetune.validation_size > 0:
+        train, validation = data.hold_out(train, spec.finetune.validation_size, spec.seed)
+    return test, train if spec.finetune.epochs > 0 else None, validation
 
 
-def _prune(
-    model: torch.nn.Module, spec: PruningSpec, seed: int
-) -> tuple[list[pruning.Target], dict[str, torch.Tensor]]:
+def _evaluate_validation(
+    model: torch.nn.Module, validation: Split | None, should_cancel: CancelFn | None
+) -> Evaluation | None:
+    if validation is None:
+        return None
+    return training.evaluate(model, validation, should_cancel).model_copy(
+        update={"split": "validation"})
+
+
+def _scan_amounts(spec: JobSpec) -> list[float]:
+    if spec.analysis is not None and spec.analysis.sensitivity is not None:
+        return spec.analysis.sensitivity.amounts
+    return SensitivitySpec().amounts
+
+
+def _targets(model: torch.nn.Module, spec: PruningSpec) -> list[pruning.Target]:
     targets = pruning.find_targets(model, spec)
     if not targets:
         names = [n for n, _ in model.named_parameters()]
@@ -194,24 +253,39 @@ def _prune(
             "narrowed by include/exclude. The model's parameters: "
             + (", ".join(names[:50]) + (" ..." if len(names) > 50 else "") or "none"),
         )
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        masks = pruning.compute_masks(targets, spec, generator)
-    except PruningError as exc:
-        raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
-    pruning.apply_masks(targets, masks)
-    return targets, masks
+    return targets
+
+
+def _cost(
+    model: torch.nn.Module, spec: JobSpec, device: torch.device, primary: ModelFormat,
+    saved: dict[str, int] | None, scratch: Path | None = None,
+) -> Cost:
+    """The model's cost now; ``saved=None``: measure its bytes by writing it under
+    ``scratch`` (the job's output folder: a killed job leaves nothing elsewhere)."""
+    if saved is None:
+        saved = cost.bytes_as_saved(
+            model, lambda m, folder: saving.save_all(m, primary, folder), device, scratch
+        )
+    return cost.measure(model, spec.input, device, device_name(device), saved)
 
 
 def _primary_format(requested: OutputFormat, loaded: LoadedModel) -> ModelFormat:
     return loaded.format if requested == SAME_FORMAT else ModelFormat(requested)
 
 
-def _accuracy(before: Evaluation, pruned: Evaluation, tuned: Evaluation) -> Accuracy:
+def _accuracy(
+    before: Evaluation, pruned: Evaluation, tuned: Evaluation, val_before: Evaluation | None,
+    val_after: Evaluation | None, validation: Split | None,
+) -> Accuracy:
+    checked = None
+    if val_before is not None and val_after is not None and validation is not None:
+        checked = ValidationAccuracy(size=len(validation), before=val_before,
+                                     after_finetune=val_after)
     return Accuracy(
         before=before,
         after_pruning=pruned,
         after_finetune=tuned,
         delta_pruning=pruned.accuracy - before.accuracy,
         delta_total=tuned.accuracy - before.accuracy,
+        validation=checked,
     )

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from core.report import TensorReport, Totals
-from core.spec import PruningSpec, Scope
+from core.spec import Method, PruningSpec, Scope
 from worker.engine.methods import PruningMethod, global_masks, make_method
+from worker.engine.nm import kernel_eligibility, nm_mask, pattern_holds
 
 # Default targets: the weights of these layers (TorchScript submodules by ``original_name``).
 PRUNABLE_KINDS = frozenset(
@@ -58,23 +59,30 @@ def effective_spec(spec: PruningSpec) -> PruningSpec:
 
 
 def compute_masks(
-    targets: list[Target], spec: PruningSpec, generator: torch.Generator | None = None
+    targets: list[Target], spec: PruningSpec, generator: torch.Generator | None = None,
+    previous: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks by parameter name. Overridden tensors are pruned on their own; the rest
-    together (global) or one by one (layerwise). Raises PruningError for impossible specs."""
+    together (global) or one by one (layerwise). Units the ``previous`` masks pruned are
+    pruned first (no revival). Raises PruningError for impossible specs."""
+    if spec.method is Method.SEMI_STRUCTURED:
+        n, m = spec.nm
+        return {t.name: nm_mask(t.param, n, m) for t in targets}
     method = make_method(spec.method.value, n=spec.n, dim=spec.dim)
+    prior = previous or {}
     masks: dict[str, torch.Tensor] = {}
     pooled: list[Target] = []
     for target in targets:
         override = spec.override_for(target.name)
         if override is not None:
-            masks[target.name] = _layer_mask(method, target, override, generator)
+            masks[target.name] = _layer_mask(method, target, override, generator, prior)
         elif spec.scope is Scope.GLOBAL and not method.structured:
             pooled.append(target)
         else:
-            masks[target.name] = _layer_mask(method, target, spec.amount, generator)
+            masks[target.name] = _layer_mask(method, target, spec.amount, generator, prior)
     pooled_masks = global_masks(
-        method, [t.param.detach() for t in pooled], spec.amount, generator=generator
+        method, [t.param.detach() for t in pooled], spec.amount, generator=generator,
+        previous=[prior.get(t.name) for t in pooled],
     )
     masks.update({t.name: m for t, m in zip(pooled, pooled_masks, strict=True)})
     return {t.name: masks[t.name] for t in targets}  # parameter order
@@ -82,10 +90,11 @@ def compute_masks(
 
 def _layer_mask(
     method: PruningMethod, target: Target, amount: int | float,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, prior: dict[str, torch.Tensor],
 ) -> torch.Tensor:
     return method.compute_mask(
-        target.param.detach(), amount, name=target.name, generator=generator
+        target.param.detach(), amount, name=target.name, generator=generator,
+        previous=prior.get(target.name),
     )
 
 
@@ -116,8 +125,19 @@ def tensor_reports(targets: list[Target], spec: PruningSpec) -> list[TensorRepor
             row.dim = dim
             row.slices = weight.size(dim)
             row.slices_zeroed = int((slices == 0).all(dim=1).sum())
+        if spec.method is Method.SEMI_STRUCTURED:
+            _nm_fields(row, weight, spec)
         reports.append(row)
     return reports
+
+
+def _nm_fields(row: TensorReport, weight: torch.Tensor, spec: PruningSpec) -> None:
+    n, m = spec.nm
+    eligibility = kernel_eligibility(weight, n, m)
+    row.nm = [n, m]
+    row.nm_exact = pattern_holds(weight, n, m)
+    row.semi_structured_eligible = eligibility.eligible
+    row.semi_structured_note = eligibility.note
 
 
 def totals(elements_and_zeros: list[tuple[int, int]]) -> Totals:

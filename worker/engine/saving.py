@@ -17,6 +17,7 @@ from torch import nn
 from core.digest import sha256_file
 from core.formats import ModelFormat
 from core.report import FileInfo
+from worker.engine import compact
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,6 +55,8 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
         from safetensors.torch import save_file
 
         save_file(cpu_state_dict(module), str(path), metadata={"format": "pt"})
+    elif fmt is ModelFormat.SPARSE_SAFETENSORS:
+        compact.save(cpu_state_dict(module), path)
     else:  # a format without a writer: mypy says so when a member is added
         assert_never(fmt)
     return path

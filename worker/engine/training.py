@@ -142,6 +142,21 @@ def _optimizer(
     )
 
 
+def lr_factor(step: int, total: int, spec: FinetuneSpec) -> float:
+    """Multiplier of ``spec.lr`` at 0-based optimizer step ``step`` of ``total``: a linear
+    warm-up over ``warmup_steps`` (step 0 at lr/warmup), then constant or cosine to 0."""
+    if step < spec.warmup_steps:
+        return (step + 1) / spec.warmup_steps
+    if spec.lr_schedule == "constant":
+        return 1.0
+    span = max(total - spec.warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - spec.warmup_steps, span) / span))
+
+
+def steps_per_epoch(train: Split, spec: FinetuneSpec) -> int:
+    return math.ceil(len(train) / spec.batch_size)
+
+
 def finetune(
     model: nn.Module,
     train: Split,
@@ -151,12 +166,19 @@ def finetune(
     seed: int,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Train ``spec.epochs`` epochs with the masks held; returns the mean loss per epoch."""
+    """Train ``spec.epochs`` epochs with the masks held; returns the mean loss per epoch.
+
+    ``on_step(t)`` runs before the t-th (0-based) optimizer step: a gradual schedule updates
+    ``hold``'s masks there."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, spec)
     generator = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(train) / spec.batch_size)
+    steps = steps_per_epoch(train, spec)
+    total = steps * spec.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: lr_factor(t, total, spec))
     epoch_losses = []
     model.train()
     for epoch in range(1, spec.epochs + 1):
@@ -164,12 +186,15 @@ def finetune(
         batches = train.shuffled_batches(spec.batch_size, generator)
         for step, (images, labels) in enumerate(batches, start=1):
             _check_cancel(should_cancel)
+            if on_step is not None:
+                on_step((epoch - 1) * steps + step - 1)
             loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             hold.before_step()
             optimizer.step()
             hold.after_step()
+            scheduler.step()
             loss_sum += loss.detach()  # stays on the device: no sync per step
             if on_progress is not None and step % PROGRESS_EVERY == 0 and step < steps:
                 on_progress(Progress(phase="finetuning", epoch=epoch, epochs=spec.epochs,

@@ -121,10 +121,26 @@ def test_no_prunable_tensors(mlp_sd: Path, engine_settings: Settings, tmp_path: 
 
 
 def test_dataset_unavailable(mlp_sd: Path, engine_settings: Settings, tmp_path: Path) -> None:
-    settings = engine_settings.model_copy(update={"mnist_root": tmp_path / "nowhere"})
+    settings = engine_settings.model_copy(update={"mnist_root": tmp_path / "nowhere",
+                                                  "mnist_download": False})
     msg = _fails(mlp_sd, _spec(architecture="mnist_mlp"), settings, tmp_path,
                  JobErrorCode.DATASET_UNAVAILABLE)
-    assert "nowhere" in msg and "PRUNER_MNIST_ROOT" in msg
+    assert "nowhere" in msg and "PRUNER_MNIST_DOWNLOAD=true" in msg
+
+
+def test_dataset_download_fails_without_internet(
+    mlp_sd: Path, engine_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default (download on first use) on a machine without internet access: the job
+    fails dataset_unavailable, and the message says to point PRUNER_MNIST_ROOT at a copy."""
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there
+    settings = engine_settings.model_copy(update={"mnist_root": tmp_path / "nowhere",
+                                                  "mnist_download": True})
+    msg = _fails(mlp_sd, _spec(architecture="mnist_mlp"), settings, tmp_path,
+                 JobErrorCode.DATASET_UNAVAILABLE)
+    assert "nowhere" in msg and "the download failed" in msg and "PRUNER_MNIST_ROOT" in msg
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

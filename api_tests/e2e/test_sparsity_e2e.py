@@ -1,0 +1,60 @@
+"""End to end over real HTTP: a gradual (AGP) job and a budget search, checked as a user would:
+the downloaded model holds exactly the zeros the report states and scores its test accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from api_tests.conftest import Stack, TrainedMLP, submit, wait_for
+from api_tests.e2e.test_jobs_e2e import TARGETED_ELEMENTS, TARGETS, _download, _load
+from api_tests.models import accuracy
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(stack: Stack, trained_mlp: TrainedMLP, spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    response = submit(stack.client, trained_mlp.torchscript, spec)
+    assert response.status_code == 202, response.text
+    job = wait_for(stack.client, response.json()["id"])
+    assert job["status"] == "succeeded", (job, stack.logs())
+    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    return _load(_download(stack, job), "torchscript"), report
+
+
+def _check(model: Any, report: dict[str, Any], amount: float,
+           mnist_test: tuple[Any, Any]) -> None:
+    params = dict(model.named_parameters())
+    counted = {name: int((params[name] == 0).sum()) for name in TARGETS}
+    assert counted == {t["name"]: t["zeros"] for t in report["tensors"]}
+    assert sum(counted.values()) == round(amount * TARGETED_ELEMENTS)
+    stated = report["accuracy"]["after_finetune"]
+    assert stated["split"] == "test"
+    assert abs(accuracy(model, mnist_test) - stated["accuracy"]) <= 0.0005
+    validation = report["accuracy"]["validation"]
+    assert validation["size"] == 5000 and validation["after_finetune"]["split"] == "validation"
+
+
+def test_agp_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any, Any]) -> None:
+    spec = {"pruning": {"amount": 0.8, "schedule": {"kind": "agp", "end": 0.6,
+                                                     "every_steps": 40}},
+            "finetune": {"epochs": 1, "batch_size": 128, "lr_schedule": "cosine"}}
+    model, report = _run(stack, trained_mlp, spec)
+    _check(model, report, 0.8, mnist_test)
+    assert report["spec"]["pruning"]["schedule"]["kind"] == "agp"
+    assert report["accuracy"]["after_finetune"]["accuracy"] > 0.9
+
+
+def test_search_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any, Any]) -> None:
+    spec = {"pruning": {"amount": 0.97},
+            "finetune": {"epochs": 1, "batch_size": 256},
+            "search": {"max_accuracy_drop": 0.02, "max_trials": 2}}
+    model, report = _run(stack, trained_mlp, spec)
+    search = report["search"]
+    assert search["split"] == "validation" and len(search["trials"]) >= 1
+    chosen = search["chosen_amount"]
+    best = max((t for t in search["trials"] if t["within_budget"]), key=lambda t: t["amount"])
+    assert best["amount"] == chosen and search["dense_accuracy"] - best["val_accuracy"] <= 0.02
+    _check(model, report, chosen, mnist_test)
+    assert report["accuracy"]["after_finetune"]["accuracy"] == best["test_accuracy"]

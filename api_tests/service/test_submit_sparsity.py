@@ -1,0 +1,72 @@
+"""POST /v1/jobs with the sparsity features: bad combinations and over-long jobs are 422s that
+name the field to change, before anything is queued."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api_tests.conftest import assert_problem
+from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings
+from api_tests.service.conftest import running_api as running
+
+BAD = [  # (spec changes, the field the 422 names)
+    ({"pruning": {"method": "semi_structured", "scope": "global"}}, ["pruning", "scope"]),
+    ({"pruning": {"method": "semi_structured", "scope": "layerwise", "nm": [4, 4]}},
+     ["pruning", "nm"]),
+    ({"search": {"max_trials": 0}}, ["search", "max_trials"]),
+    ({"analysis": {"sensitivity": {"amounts": [0.5, 1.0]}}},
+     ["analysis", "sensitivity", "amounts"]),
+    ({"analysis": {"sensitivity": {"amounts": [-0.1]}}}, ["analysis", "sensitivity", "amounts"]),
+    ({"search": {}, "finetune": {"validation_size": 0}}, ["finetune", "validation_size"]),
+    ({"pruning": {"amount": 0.9, "schedule": {"kind": "agp"}}, "finetune": {"epochs": 0}},
+     ["finetune", "epochs"]),
+    ({"pruning": {"amount": 0.9, "schedule": {"kind": "agp", "start": 0.6, "end": 0.5}}},
+     ["pruning", "schedule", "agp", "end"]),
+    ({"pruning": {"amount": 300, "schedule": {"kind": "iterative"}}}, ["pruning", "amount"]),
+    ({"finetune": {"lr_schedule": "linear"}}, ["finetune", "lr_schedule"]),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), BAD, ids=[".".join(f) for _, f in BAD])
+def test_bad_combinations_name_the_field(
+    api: Api, model_files: ModelFiles, changes: dict[str, Any], field: list[str]
+) -> None:
+    spec = {**REFERENCE, **changes}
+    body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+    assert [e["loc"] for e in body["errors"]] == [["body", "spec", *field]], body
+    assert api.store.list()[0] == []
+
+
+def test_sparsity_spec_is_accepted(api: Api, model_files: ModelFiles) -> None:
+    spec = {**REFERENCE, "pruning": {"amount": 0.9, "schedule": {"kind": "agp"}},
+            "finetune": {"epochs": 2, "lr_schedule": "cosine", "warmup_steps": 10},
+            "analysis": {"sensitivity": {}}, "search": {"max_accuracy_drop": 0.01}}
+    response = api.submit(model_files.state_dict, spec)
+    assert response.status_code == 202, response.text
+
+
+def test_search_that_cannot_fit_is_422_with_the_estimate(
+    tmp_path: Path, redis_url: str, model_files: ModelFiles
+) -> None:
+    settings = make_settings(tmp_path, redis_url, finetune_epoch_s=20.0,
+                             job_soft_time_limit_s=600, job_hard_time_limit_s=660)
+    spec = {**REFERENCE, "pruning": {"amount": 0.9}, "finetune": {"epochs": 5},
+            "search": {"max_trials": 6}}
+    with running(settings) as api:
+        accepted = api.submit(model_files.state_dict, spec)  # 6 x 5 epochs x 20 s = 600 s fits
+        assert accepted.status_code == 202, accepted.text
+        spec["search"] = {"max_trials": 7}  # 700 s does not
+        body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+        assert [e["loc"] for e in body["errors"]] == [["body", "spec", "search", "max_trials"]]
+        assert "35 fine-tune epochs, about 700 s" in body["detail"]
+        assert "limit of 600 s" in body["detail"]
+        assert len(api.store.list()[0]) == 1
+        plain = {**REFERENCE, "finetune": {"epochs": 50}}  # not a search: judged by its limit
+        assert api.submit(model_files.state_dict, plain).status_code == 202
+        spec["search"] = {"max_trials": 2}  # 200 s: fits the server, not the spec's own limit
+        spec["limits"] = {"timeout_s": 100}
+        body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+        assert "limit of 100 s" in body["detail"]
