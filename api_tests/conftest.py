@@ -16,6 +16,8 @@ Fixtures (reuse them; their shape is stable):
   trained one epoch on MNIST by a plain PyTorch loop, once per session: the suite's only
   trained model. Tests using it are marked ``slow`` or ``e2e``.
 - ``mnist_test`` (session): the normalised MNIST test split as tensors ``(images, labels)``.
+- ``postgres_server`` / ``s3_server`` (session): a real PostgreSQL / SeaweedFS S3 server in a
+  temp dir (``api_tests.real_services``); skipped with the reason where not installed.
 
 Helpers (plain functions): ``submit(client, model_path, spec, headers=None)`` -> response;
 ``wait_for(client, job_id, statuses=terminal, timeout)`` -> the job JSON;
@@ -190,3 +192,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 raise pytest.UsageError(
                     f"{item.nodeid} uses the {fixture!r} fixture: mark it "
                     f"@pytest.mark.{marker}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    from api_tests.real_services import PostgresServer
+
+    try:
+        server = PostgresServer()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    from api_tests.real_services import SeaweedServer
+
+    try:
+        server = SeaweedServer()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"S3 server unavailable: {exc}")
+    yield server
+    server.stop()

@@ -15,6 +15,7 @@ from stack import processes as P
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ("worker", "worker-cpu")
+DISTRIBUTED = ("postgres", "s3", "api-dist", "worker-gpus")  # profile distributed
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +62,23 @@ def stack_command(start: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_services_and_persistence(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "worker-cpu"}
+    assert set(services) == {"redis", "api", "worker", "worker-cpu", *DISTRIBUTED}
     redis = services["redis"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "everysec"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert "redis-data:/data" in redis["volumes"]
-    assert set(compose["volumes"]) == {"job-data", "redis-data"}
+    assert set(compose["volumes"]) == {"job-data", "redis-data", "pg-data", "s3-data"}
 
 
 def test_every_service_has_a_healthcheck_and_waits_for_redis(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         assert service["healthcheck"]["test"][0] == "CMD", name
-        if name != "redis":
-            assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
+        if name not in ("redis", "postgres", "s3"):
+            healthy = {"condition": "service_healthy"}
+            waits = ("redis", "postgres", "s3") if name in DISTRIBUTED else ("redis",)
+            assert service["depends_on"] == dict.fromkeys(waits, healthy), name
             assert service["environment"]["PRUNER_REDIS_URL"] == "redis://redis:6379/0"
 
 
@@ -106,7 +109,7 @@ def test_gpu_worker_and_cpu_variant(compose: dict[str, Any]) -> None:
 def test_networks_keep_workers_and_redis_internal(compose: dict[str, Any]) -> None:
     assert compose["networks"]["backend"] == {"internal": True}
     services = compose["services"]
-    for name in ("redis", *WORKERS):
+    for name in ("redis", *WORKERS, "postgres", "s3", "worker-gpus"):
         assert services[name]["networks"] == ["backend"], name
         assert "ports" not in services[name], name
     assert services["api"]["networks"] == ["backend", "public"]
@@ -116,11 +119,11 @@ def test_networks_keep_workers_and_redis_internal(compose: dict[str, Any]) -> No
 def test_images_install_the_right_extras() -> None:
     api, worker = dockerfile("api.Dockerfile"), dockerfile("worker.Dockerfile")
     api_runs = " ".join(instructions(api, "RUN"))
-    assert "pip install . " in api_runs + " " and "[" not in api_runs
+    assert "pip install '.[distributed]'" in api_runs  # the drivers, not the worker extra
     code = [line for line in api.lower().splitlines() if not line.lstrip().startswith("#")]
     assert not any("torch" in line for line in code)
     assert not any("worker" in c for c in instructions(api, "COPY"))  # no engine code in the API
-    assert "pip install '.[worker]'" in " ".join(instructions(worker, "RUN"))
+    assert "pip install '.[worker,distributed]'" in " ".join(instructions(worker, "RUN"))
     for text in (api, worker):
         assert instructions(text, "FROM") == ["python:3.11-slim"]
         assert instructions(text, "USER") == ["pruner"]  # not root
@@ -150,3 +153,35 @@ def test_commands_are_the_ones_python_m_stack_runs(
 def test_docker_context_leaves_out_local_state() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "var"} <= set(ignored)
+
+
+def test_distributed_profile_shares_no_volume_and_pins_one_worker_per_gpu(
+    compose: dict[str, Any]
+) -> None:
+    from core.settings import Settings
+    from stack.gpu_workers import worker_envs
+
+    services = compose["services"]
+    for name in DISTRIBUTED:
+        assert services[name]["profiles"] == ["distributed"], name
+    api, gpus = services["api-dist"], services["worker-gpus"]
+    assert "volumes" not in api  # nothing shared with the workers...
+    assert [v for v in gpus["volumes"] if not v.endswith(":/datasets:ro")] == []  # ...but MNIST
+    for service in (api, gpus):
+        env = service["environment"]
+        assert env["PRUNER_DATABASE_URL"].startswith("postgresql://pruner:")
+        assert env["PRUNER_DATABASE_URL"].endswith("@postgres:5432/pruner")
+        assert env["PRUNER_BLOB_URL"] == "s3://pruner/jobs"
+        assert env["PRUNER_S3_ENDPOINT_URL"] == "http://s3:8333"
+        values = {k.removeprefix("PRUNER_").lower(): v for k, v in env.items()}
+        Settings.of(**values)  # every value is a valid setting
+        assert set(service["depends_on"]) == {"redis", "postgres", "s3"}
+    # One container per GPU host (--scale worker-gpus=N); in it, one worker per GPU, pinned.
+    assert gpus["command"] == ["python", "-m", "stack.gpu_workers", "--gpus", "${WORKER_GPUS:-1}"]
+    (devices,) = gpus["deploy"]["resources"]["reservations"]["devices"]
+    assert devices["count"] == "${WORKER_GPUS:-1}" and devices["capabilities"] == ["gpu"]
+    pinned = worker_envs(Settings.of(data_dir=Path("/tmp/pruner")), 3)
+    assert [env["PRUNER_WORKER_DEVICE"] for _, env in pinned] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert [name.split("@")[0] for name, _ in pinned] == ["gpu0", "gpu1", "gpu2"]
+    assert len({env["PRUNER_DATA_DIR"] for _, env in pinned}) == 3  # a scratch dir each
+    assert "'gpu0@'" in shlex.join(gpus["healthcheck"]["test"])  # the first worker's heartbeat

@@ -172,10 +172,14 @@ def tiny_model(folder: Path) -> Path:
     return path
 
 
-def main(seconds: float = 15.0) -> dict[str, Any]:
+def main(seconds: float = 15.0, extra: dict[str, Any] | None = None,
+         server: str = "1 uvicorn process, SQLite job store") -> dict[str, Any]:
+    """``extra``: more settings (benchmarks/distributed.py: PostgreSQL + S3, and then each
+    process has its own data dir, as on separate hosts)."""
     mnist = Path(os.environ.get("PRUNER_MNIST_ROOT", "../shared/datasets")).resolve()
     with tempfile.TemporaryDirectory() as tmp, local_stack(
-        Path(tmp), {"mnist_root": mnist, "worker_device": "cpu"}
+        Path(tmp), {"mnist_root": mnist, "worker_device": "cpu", **(extra or {})},
+        own_data_dirs=bool(extra),
     ) as stack:
         job_id = finished_job(stack.client, tiny_model(Path(tmp)))
         path = f"/v1/jobs/{job_id}"
@@ -185,7 +189,7 @@ def main(seconds: float = 15.0) -> dict[str, Any]:
         "benchmark": "api_latency",
         "machine": machine(),
         "endpoint": "GET /v1/jobs/{id} (a finished job)",
-        "server": "1 uvicorn process, SQLite job store",
+        "server": server,
         "paced": {**paced, "interval_s": POLL_INTERVAL_S},
         "saturated": saturated,
         "target_p99_ms": TARGET_P99_MS,

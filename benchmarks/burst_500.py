@@ -86,11 +86,16 @@ def drain(client: httpx.Client, ids: list[str], deadline_s: float) -> dict[str, 
             "drain_s": round(time.monotonic() - start, 1)}
 
 
-def main(jobs: int, workers: int, max_queue_depth: int, deadline_s: float) -> dict[str, Any]:
+def main(jobs: int, workers: int, max_queue_depth: int, deadline_s: float,
+         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``extra``: more settings (benchmarks/distributed.py: PostgreSQL + S3, and then each
+    process has its own data dir, as on separate hosts)."""
     mnist = Path(os.environ.get("PRUNER_MNIST_ROOT", "../shared/datasets")).resolve()
-    settings = {"mnist_root": mnist, "worker_device": "cpu", "max_queue_depth": max_queue_depth}
-    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), settings,
-                                                           workers=workers) as stack:
+    settings = {"mnist_root": mnist, "worker_device": "cpu", "max_queue_depth": max_queue_depth,
+                **(extra or {})}
+    with tempfile.TemporaryDirectory() as tmp, local_stack(
+        Path(tmp), settings, workers=workers, own_data_dirs=bool(extra)
+    ) as stack:
         body = small_model(Path(tmp))
         began = time.perf_counter()
         results = asyncio.run(submit_all(stack.base_url, body, jobs))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from core.settings import Settings
-from core.store import BlobStore
+from core.store import BlobStore, StoreUnavailable
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -113,6 +113,17 @@ class LocalBlobStore:
                 folder.rmdir()
             except OSError:
                 pass  # a file appeared meanwhile (a late writer); the next sweep takes it
+
+    def download_url(self, job_id: str, name: str, filename: str) -> str | None:
+        return None  # only the API can serve a local file
+
+    def ping(self) -> None:
+        probe = self.root / f"{_TMP_PREFIX}ping-{os.getpid()}"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreUnavailable(f"{self.root} is not writable: {exc.strerror or exc}") from exc
 
 
 if TYPE_CHECKING:

@@ -63,6 +63,7 @@ class ProblemCode(StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"  # 422: same key, different body
     QUEUE_FULL = "queue_full"  # 429
     BROKER_UNAVAILABLE = "broker_unavailable"  # 503 with Retry-After
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # 503 + Retry-After: database/object store down
     INTERNAL_ERROR = "internal_error"  # 500
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     NOT_READY = "not_ready"  # 503 from /readyz: a dependency check failed (see `checks`)

@@ -48,6 +48,33 @@ class Settings(BaseSettings):
         description="Seconds a finished job's files are kept; afterwards they answer 410.",
     )
 
+    # --- several hosts: PostgreSQL and S3 (empty: SQLite and files under data_dir) ---------
+    database_url: str = Field(
+        default="",
+        description="postgresql://user:pass@host:5432/db puts job records in PostgreSQL (API "
+        "and workers on several hosts); empty: SQLite in data_dir.",
+    )
+    blob_url: str = Field(
+        default="",
+        description="s3://bucket/prefix puts job files in S3-compatible object storage; "
+        "empty: files in data_dir/jobs. With it, data_dir is each host's own scratch.",
+    )
+    s3_endpoint_url: str = Field(
+        default="", description="S3 endpoint (MinIO, SeaweedFS...); empty: AWS."
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region.")
+    s3_access_key_id: str = Field(
+        default="", description="S3 access key; empty: boto3's usual chain (AWS_*, roles)."
+    )
+    s3_secret_access_key: str = Field(default="", description="S3 secret key.")
+    s3_presign_s: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Model and report downloads answer a presigned redirect valid this many "
+        "seconds; 0: the API streams them.",
+    )
+
     # --- queue -----------------------------------------------------------------------------
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker.")
     queue_name: str = Field(default="prune", description="Celery queue the jobs go to.")
@@ -149,6 +176,20 @@ class Settings(BaseSettings):
         ):
             return value
         raise ValueError(f"worker_device must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"database_url must be postgresql://..., got {value!r}")
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_url(cls, value: str) -> str:
+        if value and (not value.startswith("s3://") or len(value) <= len("s3://")):
+            raise ValueError(f"blob_url must be s3://bucket[/prefix], got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _limits_consistent(self) -> Settings:

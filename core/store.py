@@ -1,14 +1,17 @@
 """Storage interfaces: job records and job files.
 
-Job records and files live in ``Settings.data_dir``, shared by the API and the workers (a
-volume in docker-compose), so they survive restarts of the API, the workers and Redis. The
+By default job records and files live in ``Settings.data_dir``, shared by the API and the
+workers (a volume in docker-compose), so they survive restarts of the API, the workers and
+Redis; with PostgreSQL and S3 they live off the hosts (docs/operations.md, "Several hosts"). The
 interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the local one
 without touching routes or tasks. File paths are derived from job ids (which we generate),
 never from client-supplied names.
 
-Implementations: ``core/store_sqlite.py`` (records) and ``core/blobs.py`` (files). Every
-implementation must pass the contract tests, api_tests/core/test_store_contract.py and
-test_blob_contract.py: add the new backend as one more fixture parameter there.
+Implementations: ``core/store_sqlite.py`` and ``core/store_postgres.py`` (records),
+``core/blobs.py`` and ``core/blobs_s3.py`` (files); ``core/backends.py`` picks them from the
+settings. Every implementation must pass the contract tests,
+api_tests/core/test_store_contract.py and test_blob_contract.py: add a backend as one more
+fixture parameter there.
 """
 
 from __future__ import annotations
@@ -40,6 +43,20 @@ class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request body."""
 
 
+class StoreUnavailable(Exception):
+    """The job store (or the object store) cannot be reached now: the API answers 503 with
+    Retry-After; nothing was recorded by the call that raised it."""
+
+
+def merge_fields(current: JobRecord, fields: dict[str, Any]) -> JobRecord:
+    """``current`` with ``fields`` set, re-validated so a wrong value fails at the write, not
+    on the next read; the id and unknown fields are refused (``ValueError``)."""
+    refused = (set(fields) - set(JobRecord.model_fields)) | ({"id"} & set(fields))
+    if refused:
+        raise ValueError(f"cannot set job record fields: {sorted(refused)}")
+    return JobRecord.model_validate({**dict(current), **fields})
+
+
 class QueueLimitReached(Exception):
     """``create`` refused a job: ``max_queued`` jobs are already queued."""
 
@@ -49,6 +66,10 @@ class QueueLimitReached(Exception):
 
 
 class JobStore(Protocol):
+    # True when a read is a local file read of microseconds (SQLite): the API then reads on
+    # its event loop; a networked store (PostgreSQL) is read from the thread pool instead.
+    reads_are_local: bool
+
     def create(
         self,
         record: JobRecord,
@@ -109,6 +130,10 @@ class JobStore(Protocol):
         """Release this process's connections (the API calls it at shutdown)."""
         ...
 
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot be reached (readiness)."""
+        ...
+
 
 class BlobStore(Protocol):
     def writer(self, job_id: str, name: str) -> AbstractContextManager[BinaryIO]:
@@ -136,4 +161,13 @@ class BlobStore(Protocol):
 
     def delete_job_files(self, job_id: str, keep: tuple[str, ...] = ()) -> None:
         """Delete the job's files except those named in ``keep`` (no error when none)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot be written (readiness)."""
+        ...
+
+    def download_url(self, job_id: str, name: str, filename: str) -> str | None:
+        """A short-lived URL a client may fetch ``name`` from directly (saved as
+        ``filename``), or None when the API must stream it itself."""
         ...

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from core.jobs import JobRecord, JobStatus
 from core.settings import Settings
-from core.store import Histogram, IdempotencyConflict, JobStore, QueueLimitReached
+from core.store import (
+    Histogram,
+    IdempotencyConflict,
+    JobStore,
+    QueueLimitReached,
+    StoreUnavailable,
+    merge_fields,
+)
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -79,6 +86,8 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 class SqliteJobStore:
     """``JobStore`` backed by one SQLite file; safe across threads and processes."""
+
+    reads_are_local = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -137,6 +146,12 @@ class SqliteJobStore:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
         self._local.conn = None
+
+    def ping(self) -> None:
+        try:
+            self._conn().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
 
     # --- JobStore -----------------------------------------------------------------------
 
@@ -274,11 +289,7 @@ class SqliteJobStore:
     def _save(
         self, conn: sqlite3.Connection, current: JobRecord, fields: dict[str, Any]
     ) -> JobRecord:
-        refused = (set(fields) - set(JobRecord.model_fields)) | ({"id"} & set(fields))
-        if refused:
-            raise ValueError(f"cannot set job record fields: {sorted(refused)}")
-        # Re-validate the merged record so a wrong value fails here, not on the next read.
-        merged = JobRecord.model_validate({**dict(current), **fields})
+        merged = merge_fields(current, fields)
         conn.execute(
             "UPDATE jobs SET status = ?, started_us = ?, finished_us = ?, files_expired = ?,"
             " record = ? WHERE id = ?",

@@ -11,8 +11,9 @@ COPY pyproject.toml README.md ./
 COPY core ./core
 COPY service ./service
 COPY report_html ./report_html
-# The base install only: fastapi, uvicorn, celery[redis], pydantic... never torch.
-RUN pip install . \
+# The base install (fastapi, uvicorn, celery[redis], pydantic...) and the PostgreSQL/S3
+# drivers of the distributed profile; never torch.
+RUN pip install '.[distributed]' \
     && useradd --system --uid 10001 --home-dir /app pruner \
     && mkdir -p /data && chown pruner /data
 USER pruner

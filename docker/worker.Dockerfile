@@ -14,7 +14,7 @@ COPY worker ./worker
 COPY service ./service
 COPY report_html ./report_html
 COPY stack ./stack
-RUN pip install '.[worker]' \
+RUN pip install '.[worker,distributed]' \
     && useradd --system --uid 10001 --home-dir /app pruner \
     && mkdir -p /data && chown pruner /data
 USER pruner

@@ -21,11 +21,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core.blobs import LocalBlobStore
+from core.backends import open_blob_store, open_job_store
 from core.queue import celery_config
 from core.settings import Settings
 from core.store import BlobStore, JobStore
-from core.store_sqlite import SqliteJobStore
 
 # A Redis that is down must answer 503 fast (connection refused, or no connection within
 # 1 s); a busy one must not: under a burst, requests queue for one of a few connections
@@ -54,8 +53,8 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> ServiceState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return ServiceState(
         settings=settings,
-        store=SqliteJobStore.from_settings(settings),
-        blobs=LocalBlobStore.from_settings(settings),
+        store=open_job_store(settings),
+        blobs=open_blob_store(settings),
         celery=Celery("pruning-api", config_source=celery_config(settings)),
         redis=aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import ProblemCode
+from core.store import StoreUnavailable
 from core.uploads import RejectKind, UploadRejected
 
 PROBLEM_JSON = "application/problem+json"
@@ -116,6 +117,13 @@ class BrokerUnavailable(ApiError):
     status, code, title = 503, ProblemCode.BROKER_UNAVAILABLE, "Queue unavailable"
 
 
+class StorageUnavailable(ApiError):
+    status, code, title = 503, ProblemCode.STORAGE_UNAVAILABLE, "Storage unavailable"
+
+
+STORAGE_RETRY_AFTER_S = 5
+
+
 class InsufficientStorage(ApiError):
     status, code, title = 507, ProblemCode.INSUFFICIENT_STORAGE, "Insufficient storage"
 
@@ -203,6 +211,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                           headers=headers)
 
 
+async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
+    """The database or object store is unreachable: the client may retry (nothing of this
+    request was recorded: a store call that raises commits nothing)."""
+    log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(request, StorageUnavailable(
+        "job storage is unreachable; retry shortly",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)}))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(request, ApiError("an unexpected error occurred; it was logged"))
@@ -212,6 +229,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreUnavailable, _storage_down)
     app.add_exception_handler(Exception, _unexpected)
 
 

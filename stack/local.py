@@ -101,11 +101,21 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def host_env(settings: Settings, root: Path, host: str, own_dirs: bool) -> dict[str, str]:
+    """A process's environment; with ``own_dirs`` its data_dir is its own ("another host":
+    with PostgreSQL and S3 nothing else is shared)."""
+    if not own_dirs:
+        return settings.as_env()
+    return settings.model_copy(update={"data_dir": root / "hosts" / host}).as_env()
+
+
 @contextmanager
-def local_stack(root: Path, values: dict[str, Any], workers: int = 1) -> Iterator[Stack]:
+def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
+                own_data_dirs: bool = False) -> Iterator[Stack]:
     """Start redis-server, ``workers`` Celery workers and the API under ``root`` with the
     given settings (Settings field names; data_dir, redis_url and api_port are filled in);
-    stop them all on exit."""
+    stop them all on exit. ``own_data_dirs``: each process gets a data_dir of its own, as on
+    separate hosts (for the PostgreSQL + S3 backends)."""
     redis_port, api_port = P.free_port(), P.free_port()
     values = {"data_dir": root / "data", "redis_url": f"redis://127.0.0.1:{redis_port}/0",
               "api_port": api_port, **values}
@@ -116,8 +126,10 @@ def local_stack(root: Path, values: dict[str, Any], workers: int = 1) -> Iterato
     try:
         P.wait_until_ready(started[0])
         for n in range(1, workers + 1):
-            started.append(P.start_worker(env, f"w{n}", settings.queue_name, log_dir))
-        started.append(P.start_api(env, "127.0.0.1", api_port, log_dir))
+            started.append(P.start_worker(host_env(settings, root, f"w{n}", own_data_dirs),
+                                          f"w{n}", settings.queue_name, log_dir))
+        started.append(P.start_api(host_env(settings, root, "api", own_data_dirs),
+                                   "127.0.0.1", api_port, log_dir))
         for proc in started[1:]:
             P.wait_until_ready(proc, timeout=120)
     except BaseException:

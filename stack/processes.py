@@ -119,14 +119,20 @@ def start_api(env: Mapping[str, str], host: str, port: int, log_dir: Path) -> Pr
     return proc
 
 
-def start_worker(env: Mapping[str, str], name: str, queue: str, log_dir: Path) -> Proc:
-    """One Celery worker: solo pool (one job at a time, in its main process, which never
-    imports torch), prefetch 1. Start one per GPU, each with its PRUNER_WORKER_DEVICE."""
-    hostname = f"{name}@{socket.gethostname()}"
-    args = [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+def worker_args(hostname: str, queue: str) -> list[str]:
+    """The argv of one Celery worker: solo pool (one job at a time, in its main process,
+    which never imports torch), prefetch 1."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker",
             "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
             "-Q", queue, "-n", hostname, "--without-gossip", "--without-mingle",
             "--loglevel", "INFO"]
+
+
+def start_worker(env: Mapping[str, str], name: str, queue: str, log_dir: Path) -> Proc:
+    """One Celery worker (``worker_args``). Start one per GPU, each with its
+    PRUNER_WORKER_DEVICE (``python -m stack.gpu_workers`` does)."""
+    hostname = f"{name}@{socket.gethostname()}"
+    args = worker_args(hostname, queue)
     proc = _spawn(f"worker {name}", args, log_dir / f"worker-{name}.log", env)
     proc.meta["hostname"] = hostname
     proc.meta["redis_url"] = env.get("PRUNER_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -24,13 +24,12 @@ from datetime import timedelta
 import redis
 from celery import Celery
 
-from core.blobs import LocalBlobStore
+from core.backends import open_blob_store, open_job_store
 from core.jobs import JobRecord, JobStatus
 from core.lifecycle import lease_expired, requeue, utcnow
 from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key
 from core.settings import Settings
 from core.store import BlobStore, JobStore
-from core.store_sqlite import SqliteJobStore
 
 log = logging.getLogger("worker.janitor")
 
@@ -43,8 +42,8 @@ class Janitor:
         self.settings = settings
         self.app = app
         self.hostname = hostname
-        self.store = store or SqliteJobStore.from_settings(settings)
-        self.blobs = blobs or LocalBlobStore.from_settings(settings)
+        self.store = store or open_job_store(settings)
+        self.blobs = blobs or open_blob_store(settings)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
                                           socket_connect_timeout=2)
 

@@ -34,14 +34,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from core.blobs import LocalBlobStore
+from core.backends import open_blob_store, open_job_store
 from core.errors import JobErrorCode
 from core.jobs import JobError, JobStatus
 from core.lifecycle import Claim
 from core.report import Progress
 from core.settings import Settings, get_settings
 from core.store import REPORT, UPLOAD, BlobStore, model_file
-from core.store_sqlite import SqliteJobStore
 from worker.sandbox import is_resource_limit_error
 
 EXIT_OK = 0
@@ -120,8 +119,8 @@ def store_outputs(blobs: BlobStore, job_id: str, result: Any) -> tuple[str, str]
 
 
 def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
-    store = SqliteJobStore.from_settings(settings)
-    blobs = LocalBlobStore.from_settings(settings)
+    store = open_job_store(settings)
+    blobs = open_blob_store(settings)
     claim = Claim(store, job_id, attempt)
     record = store.get(job_id)
     if record is None or not claim.holds(record):
@@ -185,7 +184,7 @@ def main(argv: list[str]) -> int:
         return run(job_id, int(attempt), settings, parent_pid)
     except Exception as exc:  # a bug on our side: say what, keep the trace in the log
         traceback.print_exc()
-        claim = Claim(SqliteJobStore.from_settings(settings), job_id, int(attempt))
+        claim = Claim(open_job_store(settings), job_id, int(attempt))
         return fail(claim, *classify_exception(exc, settings))
 
 

@@ -13,17 +13,17 @@ import os
 from functools import lru_cache, partial
 from typing import Any
 
+from core.backends import open_job_store
 from core.jobs import PRUNE_TASK
 from core.queue import enqueue_job
 from core.settings import get_settings
 from core.store import JobStore
-from core.store_sqlite import SqliteJobStore
 from worker.celery_app import app, supervisor
 
 
 @lru_cache
 def job_store() -> JobStore:
-    return SqliteJobStore.from_settings(get_settings())
+    return open_job_store(get_settings())
 
 
 @app.task(name=PRUNE_TASK, bind=True)  # type: ignore[untyped-decorator]

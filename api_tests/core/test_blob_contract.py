@@ -13,17 +13,28 @@ from pathlib import Path
 import pytest
 
 from core.blobs import LocalBlobStore
+from core.blobs_s3 import S3BlobStore
 from core.digest import stored_sha256
+from core.settings import Settings
 from core.store import REPORT, UPLOAD, BlobStore, model_file
 
-BACKENDS: dict[str, Callable[[Path], BlobStore]] = {
-    "local": lambda tmp: LocalBlobStore(tmp / "jobs"),
+
+def _s3(request: pytest.FixtureRequest, tmp: Path) -> BlobStore:
+    values = request.getfixturevalue("s3_server").settings()
+    return S3BlobStore.from_settings(Settings.of(data_dir=tmp / "scratch", **values))
+
+
+# Each factory gets the test's request (for session fixtures such as ``s3_server``) and its
+# tmp_path.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], BlobStore]] = {
+    "local": lambda _, tmp: LocalBlobStore(tmp / "jobs"),
+    "s3": _s3,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
 
 
 def test_write_read_size(blobs: BlobStore) -> None:

@@ -20,9 +20,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from core.blobs import LocalBlobStore
+from core.backends import open_blob_store, open_job_store
 from core.settings import Settings
-from core.store_sqlite import SqliteJobStore
+from core.store import BlobStore, JobStore
 from service.main import create_app
 from stack import processes as P
 
@@ -86,8 +86,8 @@ class Api:
 
     client: TestClient
     settings: Settings
-    store: SqliteJobStore
-    blobs: LocalBlobStore
+    store: JobStore
+    blobs: BlobStore
     redis: redis.Redis
 
     def submit(self, model: Path, spec: Any = REFERENCE, headers: dict[str, str] | None = None,
@@ -112,8 +112,7 @@ class Api:
 @contextmanager
 def running_api(settings: Settings) -> Iterator[Api]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield Api(client, settings, SqliteJobStore.from_settings(settings),
-                  LocalBlobStore.from_settings(settings),
+        yield Api(client, settings, open_job_store(settings), open_blob_store(settings),
                   redis.Redis.from_url(settings.redis_url))
 
 

@@ -30,7 +30,8 @@ def test_readyz_needs_a_worker_heartbeat(api: Api) -> None:
         response = api.client.get("/readyz")
         assert response.status_code == 200
         assert response.json() == {"ready": True,
-                                   "checks": {"redis": "ok", "storage": "ok", "worker": "ok"}}
+                                   "checks": {"redis": "ok", "storage": "ok", "database": "ok",
+                                              "objects": "ok", "worker": "ok"}}
     finally:
         api.redis.delete(key)
 

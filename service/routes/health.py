@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from core.queue import HEARTBEAT_PREFIX
 from core.settings import Settings
-from service.deps import MetricsDep, RedisDep, SettingsDep, StoreDep
+from core.store import BlobStore, JobStore, StoreUnavailable
+from service.deps import BlobsDep, MetricsDep, RedisDep, SettingsDep, StoreDep
 from service.errors import NotReady, problem_responses
 from service.metrics import render_metrics
 from service.schemas import Health, Readiness
@@ -46,13 +47,26 @@ async def _redis_and_worker(redis: Any) -> tuple[str, str]:
     return "ok", "no worker heartbeat in Redis (no worker seen recently)"
 
 
+def _reachable(store: JobStore | BlobStore) -> str:
+    try:
+        store.ping()
+    except StoreUnavailable as exc:
+        return f"unreachable: {exc}"
+    return "ok"
+
+
 @router.get("/readyz", response_model=Readiness, responses=problem_responses(NotReady))
-async def readyz(settings: SettingsDep, redis: RedisDep) -> Readiness:
-    """Ready: Redis answers, storage is writable and a worker was seen recently."""
+async def readyz(
+    settings: SettingsDep, redis: RedisDep, store: StoreDep, blobs: BlobsDep
+) -> Readiness:
+    """Ready: Redis, the job database and the file store answer, the data dir is writable
+    and a worker was seen recently."""
     redis_state, worker_state = await _redis_and_worker(redis)
     checks = {
         "redis": redis_state,
         "storage": await run_in_threadpool(_storage_writable, settings),
+        "database": await run_in_threadpool(_reachable, store),
+        "objects": await run_in_threadpool(_reachable, blobs),
         "worker": worker_state,
     }
     failed = [name for name, state in checks.items() if state != "ok"]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.digest import stored_sha256
@@ -148,7 +148,11 @@ async def get_job(job_id: str, store: StoreDep) -> Response:
     """One job: status, progress, spec, error, links."""
     # The hot path (clients poll it): one indexed SQLite read of ~20 us, done on the event
     # loop. A thread-pool hop would cost more than the read; WAL readers never wait on writers.
-    return _json(JobPublic.from_record(load_job(store, job_id)))
+    # A PostgreSQL read is a network round trip: on the event loop it would stall every
+    # request behind it, so it goes to the thread pool.
+    if store.reads_are_local:
+        return _json(JobPublic.from_record(load_job(store, job_id)))
+    return _json(JobPublic.from_record(await run_in_threadpool(load_job, store, job_id)))
 
 
 def _finished_files(record: JobRecord) -> None:
@@ -195,6 +199,7 @@ def _model_sha(record: JobRecord, blobs: BlobStore, fmt: ModelFormat) -> str:
     responses={200: {"content": {"application/octet-stream": {}},
                      "description": "The pruned model; its sha256 in X-Content-SHA256 and ETag."},
                304: {"description": "If-None-Match matched the model's ETag."},
+               307: {"description": "Presigned object-store URL (PRUNER_S3_PRESIGN_S set)."},
                **problem_responses(NotFound, JobNotFinished, NoModel, Gone, ValidationFailed)},
 )
 def get_model(
@@ -221,8 +226,12 @@ def get_model(
     headers = {"ETag": f'"{sha}"', "X-Content-SHA256": sha}
     if _etag_matches(if_none_match, sha):
         return Response(status_code=304, headers=headers)
+    filename = f"{job_id}-pruned.{fmt.extension}"
+    url = blobs.download_url(job_id, name, filename)
+    if url is not None:  # object storage with presigning on: the client fetches it there
+        return RedirectResponse(url, status_code=307, headers=headers)
     return FileResponse(blobs.local_path(job_id, name), media_type="application/octet-stream",
-                        filename=f"{job_id}-pruned.{fmt.extension}", headers=headers)
+                        filename=filename, headers=headers)
 
 
 @router.post(

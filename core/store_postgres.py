@@ -1,0 +1,263 @@
+"""Job records in PostgreSQL: the ``JobStore`` of ``core/store.py`` for several hosts.
+
+Selected by ``PRUNER_DATABASE_URL=postgresql://...`` (``core/backends.py``). The semantics are
+the SQLite store's, kept by the same contract tests (api_tests/core/test_store_contract.py):
+
+- compare-and-set: ``transition`` and ``update`` read the row ``FOR UPDATE`` and write it in
+  one transaction, so two workers racing for a job serialise on the row lock;
+- ``create`` takes a transaction-scoped advisory lock first, which serialises creates the way
+  ``BEGIN IMMEDIATE`` does in SQLite: the queue-depth count and the idempotency-key lookup
+  are inside that transaction, so a burst never overshoots ``max_queued`` and concurrent
+  duplicates make one job (the unique index on the key is the backstop);
+- the record is stored whole as JSON text; the columns beside it index and filter.
+
+Each process holds a small pool (``POOL_MAX`` connections): the API's request threads share
+it, a worker and each job process use one or two. Connections are checked before they are
+handed out, so after a PostgreSQL restart the first query gets a fresh connection rather
+than a dead one. A pool belongs to the process that opened it: a forked child opens its own.
+A database that cannot be reached raises ``StoreUnavailable`` (the API answers 503).
+The schema migrations (``core/pg_migrate.py``) run on the first connection a process makes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from core.jobs import JobRecord, JobStatus
+from core.pg_migrate import migrate
+from core.store import (
+    Histogram,
+    IdempotencyConflict,
+    JobStore,
+    QueueLimitReached,
+    StoreUnavailable,
+    merge_fields,
+)
+from core.store_sqlite import MAX_PAGE, _micros, decode_cursor, encode_cursor
+
+POOL_MAX = 8
+CONNECT_TIMEOUT_S = 5  # a database that is down answers fast, not after the default minutes
+POOL_WAIT_S = 3.0  # wait this long for a pooled connection, then 503 (a down database too)
+CREATE_LOCK = 0x7072756E6572636A  # advisory lock serialising creates: "prunercj"
+
+_TERMINAL = [s.value for s in JobStatus if s.terminal]
+_UNFINISHED = [s.value for s in JobStatus if not s.terminal]
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class PostgresJobStore:
+    """``JobStore`` on PostgreSQL; safe across threads, processes and hosts."""
+
+    reads_are_local = False  # a round trip: never on the API's event loop
+
+    def __init__(self, url: str, *, pool_max: int = POOL_MAX) -> None:
+        self.url = url
+        self.pool_max = pool_max
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Conn] | None = None
+        self._pid = 0
+        self._migrated = False
+
+    # --- connections --------------------------------------------------------------------
+
+    def _pool_here(self) -> ConnectionPool[Conn]:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                # A pool inherited through fork is the parent's: leave it alone, open ours.
+                self._pool = ConnectionPool(
+                    self.url, min_size=0, max_size=self.pool_max, open=True,
+                    timeout=POOL_WAIT_S, check=ConnectionPool.check_connection,
+                    kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
+                    name="pruner-jobs",
+                )
+                self._pid = os.getpid()
+            return self._pool
+
+    @contextmanager
+    def _conn(self) -> Iterator[Conn]:
+        try:
+            with self._pool_here().connection() as conn:
+                if not self._migrated:
+                    # On first use, not in __init__: a process whose database is down at
+                    # start still starts (the API answers 503 and /readyz says why).
+                    migrate(conn)
+                    self._migrated = True
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Conn]:
+        """One short transaction (committed on exit, rolled back on an exception)."""
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+    def ping(self) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT 1")
+
+    # --- JobStore -----------------------------------------------------------------------
+
+    def create(
+        self,
+        record: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        max_queued: int | None = None,
+    ) -> tuple[JobRecord, bool]:
+        with self._write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
+            if idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT request_hash, record FROM jobs WHERE idempotency_key = %s",
+                    (idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    if row[0] != request_hash:
+                        raise IdempotencyConflict(idempotency_key)
+                    return JobRecord.model_validate_json(row[1]), False
+            if max_queued is not None:
+                row = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = %s",
+                                   (JobStatus.QUEUED.value,)).fetchone()
+                queued = int(row[0]) if row else 0
+                if queued >= max_queued:
+                    raise QueueLimitReached(queued)
+            conn.execute(
+                "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
+                " files_expired, idempotency_key, request_hash, record)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (record.id, _micros(record.created_at), *_derived(record),
+                 idempotency_key, request_hash, record.model_dump_json()),
+            )
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT record FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return None if row is None else JobRecord.model_validate_json(row[0])
+
+    def list(
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        limit = max(1, min(limit, MAX_PAGE))
+        after = decode_cursor(cursor) if cursor is not None else None
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT created_us, id, record FROM jobs"
+                " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+                " AND (%(c_us)s::bigint IS NULL OR (created_us, id) < (%(c_us)s, %(c_id)s))"
+                " ORDER BY created_us DESC, id DESC LIMIT %(n)s",
+                {"status": None if status is None else status.value,
+                 "c_us": None if after is None else after[0],
+                 "c_id": None if after is None else after[1], "n": limit + 1},
+            ).fetchall()
+        page = [JobRecord.model_validate_json(r[2]) for r in rows[:limit]]
+        if len(rows) <= limit:
+            return page, None
+        return page, encode_cursor(rows[limit - 1][0], rows[limit - 1][1])
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        with self._write() as conn:
+            current = _get_for_update(conn, job_id)
+            if current is None:
+                raise KeyError(job_id)
+            return _save(conn, current, fields)
+
+    def transition(
+        self, job_id: str, from_statuses: set[JobStatus], to: JobStatus, **fields: Any
+    ) -> JobRecord | None:
+        with self._write() as conn:
+            current = _get_for_update(conn, job_id)
+            if current is None or current.status not in from_statuses:
+                return None
+            return _save(conn, current, {**fields, "status": to})
+
+    def delete(self, job_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,)).rowcount > 0
+
+    def duration_histogram(self, buckets: tuple[float, ...]) -> dict[JobStatus, Histogram]:
+        columns: list[sql.Composable] = [
+            sql.SQL("status"), sql.SQL("COUNT(*)"), sql.SQL("COALESCE(SUM(d), 0)")]
+        columns += [sql.SQL("COUNT(*) FILTER (WHERE d <= {})").format(sql.Literal(float(b)))
+                    for b in buckets]
+        query = sql.SQL(
+            "SELECT {} FROM (SELECT status, (finished_us - started_us) / 1e6 AS d FROM jobs"
+            " WHERE started_us IS NOT NULL AND finished_us IS NOT NULL) t GROUP BY status"
+        ).format(sql.SQL(", ").join(columns))
+        with self._conn() as conn:
+            rows = conn.execute(query).fetchall()
+        out: dict[JobStatus, Histogram] = {}
+        for status, count, total, *cumulative in rows:
+            out[JobStatus(status)] = ([int(c) for c in cumulative], int(count), float(total))
+        return out
+
+    def counts_by_status(self) -> dict[JobStatus, int]:
+        counts = dict.fromkeys(JobStatus, 0)
+        with self._conn() as conn:
+            for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+                counts[JobStatus(status)] = int(n)
+        return counts
+
+    def unfinished(self) -> Iterator[JobRecord]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT record FROM jobs WHERE status = ANY(%s) ORDER BY created_us",
+                (_UNFINISHED,),
+            ).fetchall()
+        return (JobRecord.model_validate_json(r[0]) for r in rows)
+
+    def finished_before(self, when: datetime) -> Iterator[JobRecord]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT record FROM jobs WHERE NOT files_expired AND finished_us < %s"
+                " AND status = ANY(%s) ORDER BY finished_us",
+                (_micros(when), _TERMINAL),
+            ).fetchall()
+        return (JobRecord.model_validate_json(r[0]) for r in rows)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+def _get_for_update(conn: Conn, job_id: str) -> JobRecord | None:
+    """The current record, its row locked until the transaction ends (the compare of CAS)."""
+    row = conn.execute("SELECT record FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+    return None if row is None else JobRecord.model_validate_json(row[0])
+
+
+def _derived(record: JobRecord) -> tuple[str, int | None, int | None, bool]:
+    """The indexed columns besides id and created_us, from the record."""
+    started = None if record.started_at is None else _micros(record.started_at)
+    finished = None if record.finished_at is None else _micros(record.finished_at)
+    return record.status.value, started, finished, record.files_expired_at is not None
+
+
+def _save(conn: Conn, current: JobRecord, fields: dict[str, Any]) -> JobRecord:
+    merged = merge_fields(current, fields)
+    conn.execute(
+        "UPDATE jobs SET status = %s, started_us = %s, finished_us = %s, files_expired = %s,"
+        " record = %s WHERE id = %s",
+        (*_derived(merged), merged.model_dump_json(), merged.id),
+    )
+    return merged
+
+
+if TYPE_CHECKING:
+    _conforms: type[JobStore] = PostgresJobStore  # mypy proves the Protocol is met
