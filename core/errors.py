@@ -68,3 +68,9 @@ class ProblemCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     NOT_READY = "not_ready"  # 503 from /readyz: a dependency check failed (see `checks`)
     INSUFFICIENT_STORAGE = "insufficient_storage"  # 507: no room left to store the upload
+    UNAUTHORIZED = "unauthorized"  # 401: no key, or a malformed, unknown or revoked one
+    FORBIDDEN = "forbidden"  # 403: a valid key without the route's scope
+    CONFLICT = "conflict"  # 409: e.g. a tenant that already exists
+    QUOTA_QUEUED = "quota_queued"  # 429: the tenant's queued-jobs limit
+    QUOTA_STORAGE = "quota_storage"  # 429: the tenant's stored-bytes limit
+    QUOTA_RATE = "quota_rate"  # 429: the tenant's submissions-per-minute limit

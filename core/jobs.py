@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from core.accounts import LOCAL_TENANT, Notify
 from core.errors import JobErrorCode
 from core.formats import ModelFormat
 from core.formats import UploadFormat as UploadFormat  # re-exported: records and tests name it
@@ -60,3 +61,9 @@ class JobRecord(BaseModel):
     # Set while running: the worker renews the lease; an expired lease means it died.
     lease_expires_at: datetime | None = None
     worker: str | None = None  # hostname of the worker holding the lease
+    tenant: str = LOCAL_TENANT  # whose job: every read path filters on it
+    output_bytes: int = 0  # bytes of the stored results (the tenant's storage quota)
+    # The webhook (the spec's notify, else the tenant's default at submission) and whether its
+    # delivery was recorded (core/deliveries.py).
+    notify: Notify | None = None
+    notified: bool = False

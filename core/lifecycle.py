@@ -168,6 +168,24 @@ def claim(store: JobStore, job_id: str, settings: Settings, worker: str) -> Clai
     return None if running is None else Claim(store, job_id, attempt)
 
 
+def claim_next(store: JobStore, job_id: str, settings: Settings, worker: str,
+               max_running: Callable[[str], int]) -> Claim | None:
+    """Claim the job that fair scheduling across tenants runs next (core/tenancy_sql.py).
+
+    A task's job id is a turn, not an order: every queued job has its own task, so every job
+    gets a turn, but whose turn it is follows the rule, so that one tenant's burst cannot
+    hold another's job back. None when nothing may start now (all done, or every tenant
+    with queued jobs at its running limit: those wait for the janitor's re-enqueue)."""
+    for _ in range(8):  # another worker may claim the same pick first: pick again
+        chosen = store.next_queued(max_running)
+        if chosen is None:
+            return None
+        held = claim(store, chosen, settings, worker)
+        if held is not None:
+            return held
+    return claim(store, job_id, settings, worker)
+
+
 # --- cancel and requeue -------------------------------------------------------------------
 
 

@@ -89,6 +89,63 @@ class Settings(BaseSettings):
         default=512 * MiB, ge=1, description="Larger uploads answer 413."
     )
 
+    # --- tenants, keys and webhooks (docs/tenants.md) ----------------------------------------
+    auth: Literal["enabled", "disabled"] = Field(
+        default="enabled",
+        description="enabled: every /v1 route needs `Authorization: Bearer <key>`; disabled: "
+        "no keys, every request is the `local` tenant with every scope (a trusted "
+        "single-user machine only).",
+    )
+    auth_pepper: str = Field(
+        default="",
+        repr=False,
+        description="Secret mixed into every stored key digest; the same on every API host. "
+        "Empty: a random one kept in data_dir/auth_pepper (one host).",
+    )
+    tenant_max_queued: int = Field(
+        default=1_000, ge=0, description="Default per-tenant limit of queued jobs (429 "
+        "quota_queued)."
+    )
+    tenant_max_running: int = Field(
+        default=0, ge=0, description="Default per-tenant limit of running jobs (further jobs "
+        "wait in the queue); 0: none."
+    )
+    tenant_max_stored_bytes: int = Field(
+        default=100 * GiB, ge=0, description="Default per-tenant limit of bytes kept for "
+        "unexpired jobs, uploads and results (429 quota_storage)."
+    )
+    tenant_submissions_per_minute: int = Field(
+        default=120, ge=0, description="Default per-tenant submissions in any 60 s (429 "
+        "quota_rate)."
+    )
+    webhook_allow_hosts: str = Field(
+        default="",
+        description="Comma-separated hosts webhooks may reach over plain http and on "
+        "loopback or private addresses (local testing); everything else must be https to a "
+        "public address.",
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60,
+                                     description="Connect and read timeout of one delivery.")
+    webhook_retry_base_s: float = Field(
+        default=10.0, gt=0, description="Backoff after the first failed delivery; doubles "
+        "each time (with jitter) up to webhook_retry_max_s."
+    )
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0,
+                                       description="Longest wait between two attempts.")
+    webhook_give_up_s: float = Field(
+        default=25 * 3600.0, gt=0, description="A delivery still failing this long after "
+        "its job ended is given up (failed)."
+    )
+    webhook_interval_s: float = Field(
+        default=2.0, gt=0, description="How often each worker's dispatcher looks for due "
+        "deliveries."
+    )
+
+    @property
+    def webhook_allowed(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.webhook_allow_hosts.split(",")
+                         if h.strip())
+
     # --- worker and job process ------------------------------------------------------------
     worker_device: str = Field(
         default="auto",

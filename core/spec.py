@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from core.accounts import Notify
 from core.formats import SAME_FORMAT, ModelFormat
 
 SPEC_VERSION = 1
@@ -374,6 +375,9 @@ class JobSpec(_Model):
         default=None, description="sensitivity: per-tensor scan on the validation split.")
     search: SearchSpec | None = Field(
         default=None, description="Accuracy-budget search over pruning.amount.")
+    notify: Notify | None = Field(
+        default=None, description="A signed webhook when the job ends (default: the "
+        "tenant's, if set).")
 
     @model_validator(mode="after")
     def _combinations(self) -> JobSpec:

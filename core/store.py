@@ -16,14 +16,18 @@ fixture parameter there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import builtins
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
+from core.sql import SqlAccess
 
 # A duration histogram: cumulative counts per bucket upper bound, count, sum (the Prometheus
 # histogram shape).
@@ -65,6 +69,32 @@ class QueueLimitReached(Exception):
         self.queued = queued
 
 
+class QuotaKind(StrEnum):
+    """Which tenant limit a submission hit (the problem's ``code``)."""
+
+    QUEUED = "quota_queued"
+    STORAGE = "quota_storage"
+    RATE = "quota_rate"
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A tenant's limits that ``create`` enforces inside its transaction (None: no limit)."""
+
+    max_queued: int | None = None
+    max_stored_bytes: int | None = None
+    submissions_per_minute: int | None = None
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, kind: QuotaKind, limit: int, current: int, retry_after_s: int) -> None:
+        super().__init__(f"{kind.value}: {current} of {limit}")
+        self.kind = kind
+        self.limit = limit
+        self.current = current
+        self.retry_after_s = retry_after_s
+
+
 class JobStore(Protocol):
     # True when a read is a local file read of microseconds (SQLite): the API then reads on
     # its event loop; a networked store (PostgreSQL) is read from the thread pool instead.
@@ -77,20 +107,38 @@ class JobStore(Protocol):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         max_queued: int | None = None,
+        quota: Quota | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Insert ``record``; with a key already used for the same request hash, return the
-        existing job and ``False``; with a different hash raise ``IdempotencyConflict``; with
-        ``max_queued`` jobs already queued raise ``QueueLimitReached``.
-        Atomic: concurrent duplicates create one job, concurrent submissions never overshoot
-        ``max_queued``."""
+        """Insert ``record``; with a key already used by the record's tenant for the same
+        request hash, return the existing job and ``False``; with a different hash raise
+        ``IdempotencyConflict``; with ``max_queued`` jobs already queued raise
+        ``QueueLimitReached``; over one of the tenant's ``quota`` limits raise
+        ``QuotaExceeded``. Atomic: concurrent duplicates create one job, concurrent
+        submissions never overshoot a limit."""
         ...
 
-    def get(self, job_id: str) -> JobRecord | None: ...
+    def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord | None:
+        """The job; with ``tenant``, only when it is that tenant's (filtered in the query)."""
+        ...
 
     def list(
-        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; returns the page and the cursor of the next page (None at the end)."""
+        """Newest first (only ``tenant``'s jobs when given); returns the page and the cursor
+        of the next page (None at the end)."""
+        ...
+
+    def next_queued(self, max_running: Callable[[str], int]) -> str | None:
+        """The queued job fair scheduling runs next (core/tenancy_sql.py), or None."""
+        ...
+
+    def notify_due(self) -> builtins.list[JobRecord]:
+        """Terminal jobs whose webhook delivery is not recorded yet."""
+        ...
+
+    def sql(self) -> SqlAccess:
+        """The store's database for the tables beside the jobs (tenants, keys, deliveries)."""
         ...
 
     def update(self, job_id: str, **fields: Any) -> JobRecord:

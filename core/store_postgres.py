@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -32,13 +32,16 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from core import tenancy_sql
 from core.jobs import JobRecord, JobStatus
 from core.pg_migrate import migrate
+from core.sql import PgConn, SqlAccess, SqlConn
 from core.store import (
     Histogram,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
+    Quota,
     StoreUnavailable,
     merge_fields,
 )
@@ -108,6 +111,9 @@ class PostgresJobStore:
                 self._pool.close()
             self._pool = None
 
+    def sql(self) -> SqlAccess:
+        return _PgAccess(self)
+
     def ping(self) -> None:
         with self._conn() as conn:
             conn.execute("SELECT 1")
@@ -121,13 +127,14 @@ class PostgresJobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         max_queued: int | None = None,
+        quota: Quota | None = None,
     ) -> tuple[JobRecord, bool]:
+        key = tenancy_sql.scoped_key(record.tenant, idempotency_key)
         with self._write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_LOCK,))
-            if idempotency_key is not None:
+            if key is not None:
                 row = conn.execute(
-                    "SELECT request_hash, record FROM jobs WHERE idempotency_key = %s",
-                    (idempotency_key,),
+                    "SELECT request_hash, record FROM jobs WHERE idempotency_key = %s", (key,),
                 ).fetchone()
                 if row is not None:
                     if row[0] != request_hash:
@@ -139,22 +146,36 @@ class PostgresJobStore:
                 queued = int(row[0]) if row else 0
                 if queued >= max_queued:
                     raise QueueLimitReached(queued)
+            if quota is not None:
+                tenancy_sql.check_quota(PgConn(conn), record, quota, _micros(record.created_at))
             conn.execute(
                 "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
-                " files_expired, idempotency_key, request_hash, record)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " files_expired, tenant, stored_bytes, notify_due, idempotency_key,"
+                " request_hash, record)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (record.id, _micros(record.created_at), *_derived(record),
-                 idempotency_key, request_hash, record.model_dump_json()),
+                 key, request_hash, record.model_dump_json()),
             )
         return record, True
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord | None:
         with self._conn() as conn:
-            row = conn.execute("SELECT record FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT record FROM jobs WHERE id = %s AND (%s::text IS NULL OR tenant = %s)",
+                (job_id, tenant, tenant)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
 
+    def next_queued(self, max_running: Callable[[str], int]) -> str | None:
+        with self._conn() as conn:
+            return tenancy_sql.next_queued(PgConn(conn), max_running)
+
+    def notify_due(self) -> list[JobRecord]:
+        with self._conn() as conn:
+            return tenancy_sql.notify_due(PgConn(conn))
+
     def list(
-        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         limit = max(1, min(limit, MAX_PAGE))
         after = decode_cursor(cursor) if cursor is not None else None
@@ -162,9 +183,10 @@ class PostgresJobStore:
             rows = conn.execute(
                 "SELECT created_us, id, record FROM jobs"
                 " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+                " AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
                 " AND (%(c_us)s::bigint IS NULL OR (created_us, id) < (%(c_us)s, %(c_id)s))"
                 " ORDER BY created_us DESC, id DESC LIMIT %(n)s",
-                {"status": None if status is None else status.value,
+                {"status": None if status is None else status.value, "tenant": tenant,
                  "c_us": None if after is None else after[0],
                  "c_id": None if after is None else after[1], "n": limit + 1},
             ).fetchall()
@@ -242,22 +264,39 @@ def _get_for_update(conn: Conn, job_id: str) -> JobRecord | None:
     return None if row is None else JobRecord.model_validate_json(row[0])
 
 
-def _derived(record: JobRecord) -> tuple[str, int | None, int | None, bool]:
+def _derived(record: JobRecord) -> tuple[str, int | None, int | None, bool, str, int, int]:
     """The indexed columns besides id and created_us, from the record."""
     started = None if record.started_at is None else _micros(record.started_at)
     finished = None if record.finished_at is None else _micros(record.finished_at)
-    return record.status.value, started, finished, record.files_expired_at is not None
+    return (record.status.value, started, finished, record.files_expired_at is not None,
+            *tenancy_sql.derived(record))
 
 
 def _save(conn: Conn, current: JobRecord, fields: dict[str, Any]) -> JobRecord:
     merged = merge_fields(current, fields)
     conn.execute(
         "UPDATE jobs SET status = %s, started_us = %s, finished_us = %s, files_expired = %s,"
-        " record = %s WHERE id = %s",
+        " tenant = %s, stored_bytes = %s, notify_due = %s, record = %s WHERE id = %s",
         (*_derived(merged), merged.model_dump_json(), merged.id),
     )
     return merged
 
 
+class _PgAccess:
+    def __init__(self, store: PostgresJobStore) -> None:
+        self._store = store
+
+    @contextmanager
+    def write(self) -> Iterator[SqlConn]:
+        with self._store._write() as conn:
+            yield PgConn(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[SqlConn]:
+        with self._store._conn() as conn:
+            yield PgConn(conn)
+
+
 if TYPE_CHECKING:
+    _access: type[SqlAccess] = _PgAccess
     _conforms: type[JobStore] = PostgresJobStore  # mypy proves the Protocol is met

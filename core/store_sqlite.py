@@ -17,19 +17,22 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import tenancy_sql
 from core.jobs import JobRecord, JobStatus
 from core.settings import Settings
+from core.sql import SHARED_SCHEMA, TENANT_COLUMNS, SqlAccess, SqlConn, micros, statements
 from core.store import (
     Histogram,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
+    Quota,
     StoreUnavailable,
     merge_fields,
 )
@@ -59,12 +62,7 @@ _UNFINISHED = tuple(s.value for s in JobStatus if not s.terminal)
 MAX_PAGE = 200
 
 
-def _micros(when: datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken as UTC."""
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+_micros = micros
 
 
 def encode_cursor(created_us: int, job_id: str) -> str:
@@ -127,6 +125,18 @@ class SqliteJobStore:
                 )
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, definition in TENANT_COLUMNS:
+                if name not in columns:  # a database from before tenants
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+                    if name == "tenant":  # keys were global then: they become local's
+                        conn.execute("UPDATE jobs SET idempotency_key = 'local/' ||"
+                                     " idempotency_key WHERE idempotency_key IS NOT NULL")
+                    if name == "stored_bytes":
+                        conn.execute("UPDATE jobs SET stored_bytes = json_extract(record,"
+                                     " '$.upload_bytes') WHERE files_expired = 0")
+            for statement in statements(SHARED_SCHEMA):
+                conn.execute(statement)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -147,6 +157,13 @@ class SqliteJobStore:
             conn.close()
         self._local.conn = None
 
+    def sql(self) -> SqlAccess:
+        return _SqliteAccess(self)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        yield self._conn()
+
     def ping(self) -> None:
         try:
             self._conn().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
@@ -162,12 +179,13 @@ class SqliteJobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         max_queued: int | None = None,
+        quota: Quota | None = None,
     ) -> tuple[JobRecord, bool]:
+        key = tenancy_sql.scoped_key(record.tenant, idempotency_key)
         with self._write() as conn:
-            if idempotency_key is not None:
+            if key is not None:
                 row = conn.execute(
-                    "SELECT request_hash, record FROM jobs WHERE idempotency_key = ?",
-                    (idempotency_key,),
+                    "SELECT request_hash, record FROM jobs WHERE idempotency_key = ?", (key,),
                 ).fetchone()
                 if row is not None:
                     if row[0] != request_hash:
@@ -181,25 +199,42 @@ class SqliteJobStore:
                 ).fetchone()
                 if queued >= max_queued:
                     raise QueueLimitReached(queued)
+            if quota is not None:
+                tenancy_sql.check_quota(conn, record, quota, _micros(record.created_at))
             conn.execute(
                 "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
-                " files_expired, idempotency_key, request_hash, record)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " files_expired, tenant, stored_bytes, notify_due, idempotency_key,"
+                " request_hash, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, _micros(record.created_at), *self._derived(record),
-                 idempotency_key, request_hash, record.model_dump_json()),
+                 key, request_hash, record.model_dump_json()),
             )
         return record, True
 
-    def get(self, job_id: str) -> JobRecord | None:
-        row = self._conn().execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord | None:
+        if tenant is None:
+            row = self._conn().execute("SELECT record FROM jobs WHERE id = ?",
+                                       (job_id,)).fetchone()
+        else:
+            row = self._conn().execute("SELECT record FROM jobs WHERE id = ? AND tenant = ?",
+                                       (job_id, tenant)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
 
+    def next_queued(self, max_running: Callable[[str], int]) -> str | None:
+        return tenancy_sql.next_queued(self._conn(), max_running)
+
+    def notify_due(self) -> list[JobRecord]:
+        return tenancy_sql.notify_due(self._conn())
+
     def list(
-        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+        self, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         limit = max(1, min(limit, MAX_PAGE))
         where: list[str] = []
         params: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
         if status is not None:
             where.append("status = ?")
             params.append(status.value)
@@ -280,11 +315,12 @@ class SqliteJobStore:
         return None if row is None else JobRecord.model_validate_json(row[0])
 
     @staticmethod
-    def _derived(record: JobRecord) -> tuple[str, int | None, int | None, int]:
+    def _derived(record: JobRecord) -> tuple[str, int | None, int | None, int, str, int, int]:
         """The indexed columns besides id and created_us, from the record."""
         started = None if record.started_at is None else _micros(record.started_at)
         finished = None if record.finished_at is None else _micros(record.finished_at)
-        return record.status.value, started, finished, int(record.files_expired_at is not None)
+        return (record.status.value, started, finished, int(record.files_expired_at is not None),
+                *tenancy_sql.derived(record))
 
     def _save(
         self, conn: sqlite3.Connection, current: JobRecord, fields: dict[str, Any]
@@ -292,11 +328,23 @@ class SqliteJobStore:
         merged = merge_fields(current, fields)
         conn.execute(
             "UPDATE jobs SET status = ?, started_us = ?, finished_us = ?, files_expired = ?,"
-            " record = ? WHERE id = ?",
+            " tenant = ?, stored_bytes = ?, notify_due = ?, record = ? WHERE id = ?",
             (*self._derived(merged), merged.model_dump_json(), merged.id),
         )
         return merged
 
 
+class _SqliteAccess:
+    def __init__(self, store: SqliteJobStore) -> None:
+        self._store = store
+
+    def write(self) -> AbstractContextManager[SqlConn]:
+        return self._store._write()
+
+    def read(self) -> AbstractContextManager[SqlConn]:
+        return self._store._read()
+
+
 if TYPE_CHECKING:
+    _access: type[SqlAccess] = _SqliteAccess
     _conforms: type[JobStore] = SqliteJobStore  # mypy proves the Protocol is met

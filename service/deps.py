@@ -21,10 +21,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from core import tenancy
+from core.accounts_store import AccountStore
 from core.backends import open_blob_store, open_job_store
+from core.deliveries import DeliveryStore
 from core.queue import celery_config
 from core.settings import Settings
 from core.store import BlobStore, JobStore
+from core.tenancy import auth_pepper
 
 # A Redis that is down must answer 503 fast (connection refused, or no connection within
 # 1 s); a busy one must not: under a burst, requests queue for one of a few connections
@@ -47,13 +51,20 @@ class ServiceState(TypedDict):
     celery: Celery
     redis: aioredis.Redis
     metrics: ApiMetrics
+    pepper: str
+    accounts: AccountStore
+    deliveries: DeliveryStore
 
 
 def build_state(settings: Settings, metrics: ApiMetrics) -> ServiceState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_job_store(settings)
     return ServiceState(
         settings=settings,
-        store=open_job_store(settings),
+        store=store,
+        pepper=auth_pepper(settings),
+        accounts=tenancy.accounts(store),
+        deliveries=tenancy.deliveries(store),
         blobs=open_blob_store(settings),
         celery=Celery("pruning-api", config_source=celery_config(settings)),
         redis=aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
@@ -127,6 +138,18 @@ async def get_metrics(request: Request) -> ApiMetrics:
     return metrics
 
 
+async def get_accounts(request: Request) -> AccountStore:
+    accounts: AccountStore = _state(request).accounts
+    return accounts
+
+
+async def get_deliveries(request: Request) -> DeliveryStore:
+    deliveries: DeliveryStore = _state(request).deliveries
+    return deliveries
+
+
+AccountsDep = Annotated[AccountStore, Depends(get_accounts)]
+DeliveriesDep = Annotated[DeliveryStore, Depends(get_deliveries)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]

@@ -128,6 +128,34 @@ class InsufficientStorage(ApiError):
     status, code, title = 507, ProblemCode.INSUFFICIENT_STORAGE, "Insufficient storage"
 
 
+class Unauthorized(ApiError):
+    status, code, title = 401, ProblemCode.UNAUTHORIZED, "Unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code, title = 403, ProblemCode.FORBIDDEN, "Forbidden"
+
+
+class Conflict(ApiError):
+    status, code, title = 409, ProblemCode.CONFLICT, "Conflict"
+
+
+class QuotaQueued(ApiError):
+    status, code, title = 429, ProblemCode.QUOTA_QUEUED, "Tenant queue limit"
+
+
+class QuotaStorage(ApiError):
+    status, code, title = 429, ProblemCode.QUOTA_STORAGE, "Tenant storage limit"
+
+
+class QuotaRate(ApiError):
+    status, code, title = 429, ProblemCode.QUOTA_RATE, "Tenant submission rate limit"
+
+
+# Every authenticated route can answer these (problem_responses(..., *AUTH_ERRORS)).
+AUTH_ERRORS: tuple[type[ApiError], ...] = (Unauthorized, Forbidden)
+
+
 class NotReady(ApiError):
     status, code, title = 503, ProblemCode.NOT_READY, "Not ready"
 

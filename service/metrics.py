@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from core.jobs import JobStatus
 from core.settings import Settings
 from core.store import Histogram, JobStore
+from core.tenancy_sql import counts_by_tenant
 from service.deps import ApiMetrics
 
 DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -42,19 +43,25 @@ class _Scrape:
 
 
 def _job_metrics(
-    counts: dict[JobStatus, int], durations: dict[JobStatus, Histogram]
+    counts: dict[JobStatus, int], durations: dict[JobStatus, Histogram],
+    by_tenant: dict[tuple[str, str], int],
 ) -> list[Metric]:
     jobs = GaugeMetricFamily("pruner_jobs", "Jobs by status (from the job store).",
                              labels=["status"])
     for status, n in counts.items():
         jobs.add_metric([status.value], n)
+    tenants = GaugeMetricFamily(
+        "pruner_tenant_jobs", "Queued and running jobs by tenant (the 50 busiest tenants by "
+        "name, the rest as `other`).", labels=["tenant", "status"])
+    for (tenant, state), n in sorted(by_tenant.items()):
+        tenants.add_metric([tenant, state], n)
     hist = HistogramMetricFamily("pruner_job_duration_seconds",
                                  "Run time (started to finished) of ended jobs.",
                                  labels=["status"])
     for status, (cumulative, count, total) in durations.items():
         buckets = [(repr(b), c) for b, c in zip(DURATION_BUCKETS_S, cumulative, strict=True)]
         hist.add_metric([status.value], [*buckets, ("+Inf", count)], total)
-    return [jobs, hist]
+    return [jobs, tenants, hist]
 
 
 async def _queue_metrics(settings: Settings, redis: Any) -> list[Metric]:
@@ -72,14 +79,16 @@ async def _queue_metrics(settings: Settings, redis: Any) -> list[Metric]:
 
 def _store_snapshot(
     store: JobStore,
-) -> tuple[dict[JobStatus, int], dict[JobStatus, Histogram]]:
-    return store.counts_by_status(), store.duration_histogram(DURATION_BUCKETS_S)
+) -> tuple[dict[JobStatus, int], dict[JobStatus, Histogram], dict[tuple[str, str], int]]:
+    with store.sql().read() as conn:
+        by_tenant = counts_by_tenant(conn)
+    return store.counts_by_status(), store.duration_histogram(DURATION_BUCKETS_S), by_tenant
 
 
 async def render_metrics(
     settings: Settings, store: JobStore, redis: Any, api: ApiMetrics
 ) -> bytes:
-    counts, durations = await run_in_threadpool(_store_snapshot, store)
-    scraped = _job_metrics(counts, durations) + await _queue_metrics(settings, redis)
+    counts, durations, by_tenant = await run_in_threadpool(_store_snapshot, store)
+    scraped = _job_metrics(counts, durations, by_tenant) + await _queue_metrics(settings, redis)
     own = generate_latest(api.registry)
     return own + generate_latest(_Scrape(scraped))

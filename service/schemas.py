@@ -6,7 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from core.accounts import Notify
 from core.architectures import ArchitectureInfo
+from core.deliveries import Delivery
 from core.formats import ModelFormat, UploadFormat
 from core.jobs import JobError, JobRecord, JobStatus
 from core.report import Progress
@@ -40,6 +42,7 @@ class JobPublic(BaseModel):
     """A pruning job as clients see it."""
 
     id: str
+    tenant: str = Field(description="The tenant whose key submitted it.")
     status: JobStatus
     created_at: datetime
     started_at: datetime | None = None
@@ -64,6 +67,7 @@ class JobPublic(BaseModel):
             model = ModelInfo(format=record.model_format, sha256=record.model_sha256)
         return cls(
             id=record.id,
+            tenant=record.tenant,
             status=record.status,
             created_at=record.created_at,
             started_at=record.started_at,
@@ -95,6 +99,13 @@ class JobsPublic(BaseModel):
         description="Pass as ?cursor= for the next page; null at the end."
     )
     links: PageLinks
+
+
+class DeliveriesPublic(BaseModel):
+    """A job's webhook and its deliveries (one per job: its terminal event)."""
+
+    notify: Notify | None = Field(description="The job's webhook (its own or the tenant's).")
+    data: list[Delivery]
 
 
 class ArchitecturesPublic(BaseModel):

@@ -8,7 +8,9 @@ broker refuses, the record and files are removed and the client gets 503 + Retry
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from celery import Celery
@@ -18,6 +20,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from core import tenancy
+from core.accounts import Notify
 from core.estimate import estimate, too_long
 from core.formats import UploadFormat
 from core.jobs import JobRecord, JobStatus, new_job_id
@@ -26,13 +30,26 @@ from core.queue import enqueue_job
 from core.report import Progress
 from core.settings import Settings
 from core.spec import JobSpec
-from core.store import UPLOAD, BlobStore, IdempotencyConflict, JobStore, QueueLimitReached
+from core.store import (
+    UPLOAD,
+    BlobStore,
+    IdempotencyConflict,
+    JobStore,
+    QueueLimitReached,
+    Quota,
+    QuotaExceeded,
+    QuotaKind,
+)
 from core.uploads import UploadRejected, check_upload
 from service.errors import (
+    ApiError,
     BrokerUnavailable,
     FieldError,
     IdempotencyKeyReused,
     QueueFull,
+    QuotaQueued,
+    QuotaRate,
+    QuotaStorage,
     ValidationFailed,
     describe,
     field_errors,
@@ -107,6 +124,33 @@ def check_duration(spec: JobSpec, settings: Settings) -> None:
         raise ValidationFailed(describe([error]), errors=[error])
 
 
+def check_notify_url(notify: Notify, settings: Settings, source: str) -> None:
+    """422 for a webhook URL that can never be delivered: not https (http only to an
+    allow-listed host), credentials in it, or an address literal that is not public. Names
+    are resolved, and checked again, at each delivery (worker/notify/safe_http.py)."""
+    url = urlsplit(notify.url)
+    host = (url.hostname or "").lower()
+    reason = None
+    if url.scheme not in ("https", "http") or not host:
+        reason = "must be an https:// URL with a host"
+    elif url.username is not None or url.password is not None:
+        reason = "must not carry credentials"
+    elif host not in settings.webhook_allowed:
+        if url.scheme != "https":
+            reason = "must be https (http only to hosts on the webhook allow-list)"
+        else:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                address = None
+            if address is not None and not address.is_global:
+                reason = f"{address} is not a public address (loopback, private, link-local)"
+    if reason is not None:
+        loc = ["body", SPEC_FIELD, "notify", "url"] if source == "spec" else ["tenant", "notify"]
+        error = FieldError(loc=loc, msg=f"webhook url {reason}", type="value_error")
+        raise ValidationFailed(describe([error]), errors=[error])
+
+
 def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFormat:
     """The container of an upload the checks accept (the record shows zip or safetensors)."""
     try:
@@ -131,8 +175,10 @@ async def submit(
     celery: Celery,
     redis: aioredis.Redis,
     idempotency_key: str | None,
+    tenant: str,
 ) -> tuple[JobRecord, bool]:
-    """Accept a job; returns the record and whether it is new (False: idempotent replay)."""
+    """Accept a job for ``tenant``; returns the record and whether it is new (False: an
+    idempotent replay of the tenant's own earlier submission)."""
     check_idempotency_key(idempotency_key)
     check_content_length(request, settings.max_upload_bytes)
     await check_queue(redis, settings)
@@ -141,16 +187,22 @@ async def submit(
         form = await receive_form(request, blobs, job_id, settings.max_upload_bytes)
         spec = parse_spec(form)
         check_duration(spec, settings)
+        account = await run_in_threadpool(tenancy.accounts(store).get_tenant, tenant)
+        notify = spec.notify or (account.notify if account is not None else None)
+        if notify is not None:
+            check_notify_url(notify, settings, "spec" if spec.notify else "tenant")
         upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
         assert form.model_sha256 is not None
         record = JobRecord(
             id=job_id, status=JobStatus.QUEUED, spec=spec, created_at=utcnow(),
             progress=Progress(phase="queued"), upload_format=upload_format,
             upload_bytes=form.model_bytes, upload_sha256=form.model_sha256,
+            tenant=tenant, notify=notify,
         )
+        limits = tenancy.effective_limits(settings, account.limits if account else None)
         stored, is_new = await run_in_threadpool(
             _create, store, record, idempotency_key, request_hash(spec, form.model_sha256),
-            settings,
+            settings, tenancy.quota(limits),
         )
     except BaseException:
         await run_in_threadpool(blobs.delete_job_files, job_id)
@@ -162,14 +214,31 @@ async def submit(
     return stored, True
 
 
+QUOTA_ERRORS: dict[QuotaKind, tuple[type[ApiError], str]] = {
+    QuotaKind.QUEUED: (QuotaQueued, "queued jobs"),
+    QuotaKind.STORAGE: (QuotaStorage, "stored bytes (uploads and results of unexpired jobs, "
+                        "this upload included)"),
+    QuotaKind.RATE: (QuotaRate, "submissions in the last 60 s"),
+}
+
+
 def _create(
-    store: JobStore, record: JobRecord, key: str | None, hash_: str, settings: Settings
+    store: JobStore, record: JobRecord, key: str | None, hash_: str, settings: Settings,
+    quota: Quota,
 ) -> tuple[JobRecord, bool]:
     try:
         return store.create(record, idempotency_key=key, request_hash=hash_,
-                            max_queued=settings.max_queue_depth)
+                            max_queued=settings.max_queue_depth, quota=quota)
     except QueueLimitReached as exc:
         raise queue_full(exc.queued, settings) from exc
+    except QuotaExceeded as exc:
+        error, what = QUOTA_ERRORS[exc.kind]
+        raise error(
+            f"tenant {record.tenant!r} is at its limit of {exc.limit} {what} "
+            f"(now {exc.current}); retry later",
+            headers={"Retry-After": str(exc.retry_after_s)},
+            extra={"limit": exc.limit, "current": exc.current},
+        ) from exc
     except IdempotencyConflict as exc:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used for a different request (another spec or model "

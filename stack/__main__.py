@@ -17,11 +17,21 @@ from functools import partial
 from types import FrameType
 from urllib.parse import urlparse
 
+from core.backends import open_job_store
 from core.settings import Settings, get_settings
+from core.tenancy import ADMIN_KEY_FILE, ensure_local_admin
 from stack.keeper import Keeper, say
 from stack.processes import redis_ping, start_api, start_redis, start_worker, wait_until_ready
 
 POLL_S = 0.25
+
+
+def local_admin_key(settings: Settings) -> tuple[str, bool]:
+    store = open_job_store(settings)
+    try:
+        return ensure_local_admin(settings, store)
+    finally:
+        store.close()
 
 
 def start_children(keeper: Keeper, settings: Settings) -> None:
@@ -40,6 +50,18 @@ def start_children(keeper: Keeper, settings: Settings) -> None:
     url = f"http://{settings.api_host}:{settings.api_port}"
     print(f"API listening on {url}  (docs: {url}/docs; logs: {log_dir}; Ctrl-C stops)",
           flush=True)
+    if settings.auth == "disabled":
+        print("auth is disabled (PRUNER_AUTH=disabled): anyone who reaches the port can "
+              "read and submit every job", flush=True)
+        return
+    key, new = local_admin_key(settings)
+    where = data_dir / ADMIN_KEY_FILE
+    if new:
+        print(f"A local admin key was made (kept in {where}, mode 0600):\n  {key}\n"
+              f"  export KEY=$(cat {where}); curl -H \"Authorization: Bearer $KEY\" "
+              f"{url}/v1/jobs", flush=True)
+    else:
+        print(f"Local admin key: {where} (export KEY=$(cat {where}))", flush=True)
 
 
 def main() -> int:

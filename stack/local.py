@@ -7,6 +7,7 @@ the same process functions (stack/processes.py).
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import Any
 
 import httpx
 
+from core.backends import open_job_store
 from core.settings import Settings
+from core.tenancy import ensure_local_admin
 from stack import processes as P
 
 
@@ -31,6 +34,7 @@ class Stack:
     client: httpx.Client
     workers_started: int = 1
     extra: list[P.Proc] = field(default_factory=list)
+    api_key: str = ""  # the local admin key (tenant ``local``); ``client`` sends it
 
     @property
     def log_dir(self) -> Path:
@@ -109,6 +113,15 @@ def host_env(settings: Settings, root: Path, host: str, own_dirs: bool) -> dict[
     return settings.model_copy(update={"data_dir": root / "hosts" / host}).as_env()
 
 
+def local_admin_key(settings: Settings) -> str:
+    """The ``local`` tenant's admin key, made on the first start (core/tenancy.py)."""
+    store = open_job_store(settings)
+    try:
+        return ensure_local_admin(settings, store)[0]
+    finally:
+        store.close()
+
+
 @contextmanager
 def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
                 own_data_dirs: bool = False) -> Iterator[Stack]:
@@ -119,8 +132,11 @@ def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
     redis_port, api_port = P.free_port(), P.free_port()
     values = {"data_dir": root / "data", "redis_url": f"redis://127.0.0.1:{redis_port}/0",
               "api_port": api_port, **values}
+    if own_data_dirs and not values.get("auth_pepper"):  # hosts share no data dir
+        values["auth_pepper"] = secrets.token_urlsafe(32)
     settings = Settings.of(**values)
     env = settings.as_env()
+    api_key = local_admin_key(settings)
     log_dir = root / "logs"
     started = [P.start_redis(redis_port, root / "redis", log_dir)]
     try:
@@ -138,8 +154,9 @@ def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
         raise
     redis, worker, *extra, api = started
     stack = Stack(root, env, settings, redis, api, worker, api.meta["url"],
-                  httpx.Client(base_url=api.meta["url"], timeout=30),
-                  workers_started=workers, extra=extra)
+                  httpx.Client(base_url=api.meta["url"], timeout=30,
+                               headers={"Authorization": f"Bearer {api_key}"}),
+                  workers_started=workers, extra=extra, api_key=api_key)
     try:
         yield stack
     finally:

@@ -6,7 +6,8 @@ the ``Supervisor`` (worker/supervisor.py), which runs it in a fresh job process
 1); ``settings.worker_device`` picks the device.
 
 Besides the task, the worker's main process runs the janitor thread (worker/janitor.py): the
-Redis heartbeat /readyz looks for, the reconciler and the retention sweep. The log level is
+Redis heartbeat /readyz looks for, the reconciler and the retention sweep; and the webhook
+dispatcher thread (worker/notify/dispatcher.py). The log level is
 ``settings.log_level`` whatever ``--loglevel`` says.
 """
 
@@ -42,10 +43,13 @@ def _log_level(logger: logging.Logger, **_: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_janitor(sender: Any = None, **_: Any) -> None:
+    from core.backends import open_job_store
     from worker.janitor import start_janitor
+    from worker.notify.dispatcher import start_dispatcher
 
     hostname = getattr(sender, "hostname", None) or "worker"
     start_janitor(get_settings(), app, hostname)
+    start_dispatcher(get_settings(), open_job_store(get_settings()))
     supervisor.prepare_standby()  # the first job's process warms up before it arrives
 
 
@@ -60,6 +64,8 @@ def _hand_back_the_running_job(**_: Any) -> None:
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _stop_janitor(**_: Any) -> None:
     from worker.janitor import stop_janitor
+    from worker.notify.dispatcher import stop_dispatcher
 
     stop_janitor()
+    stop_dispatcher()
     supervisor.close()  # the standby (it would die with this process anyway)

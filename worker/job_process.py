@@ -107,15 +107,19 @@ class CancelWatcher(threading.Thread):
             time.sleep(CANCEL_POLL_S)
 
 
-def store_outputs(blobs: BlobStore, job_id: str, result: Any) -> tuple[str, str]:
-    """Put every output format and the report in the blob store; return the primary format
-    and the sha256 of its file (the report's, computed while it was saved)."""
+def store_outputs(blobs: BlobStore, job_id: str, result: Any) -> tuple[str, str, int]:
+    """Put every output format and the report in the blob store; return the primary format,
+    the sha256 of its file (the report's, computed while it was saved) and the bytes stored
+    (the tenant's storage quota counts them)."""
+    stored = 0
     for fmt, path in result.outputs.items():
         blobs.put_file(job_id, model_file(str(fmt)), Path(path))
+        stored += Path(path).stat().st_size
+    report = result.report.model_dump_json(indent=2).encode()
     with blobs.writer(job_id, REPORT) as f:
-        f.write(result.report.model_dump_json(indent=2).encode())
+        f.write(report)
     primary = str(result.primary)
-    return primary, str(result.report.output.sha256)
+    return primary, str(result.report.output.sha256), stored + len(report)
 
 
 def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
@@ -148,9 +152,9 @@ def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
         return fail(claim, exc.code, exc.message)
     if watcher.lost.is_set():  # re-queued meanwhile: the new attempt writes the files
         return EXIT_LOST
-    primary, sha = store_outputs(blobs, job_id, result)
+    primary, sha, stored = store_outputs(blobs, job_id, result)
     done = claim.finish(
-        JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha,
+        JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha, output_bytes=stored,
         progress=Progress(phase="done"),
     )
     return EXIT_OK if done else EXIT_LOST

@@ -33,12 +33,13 @@ from core.lifecycle import (
     Outcome,
     ProcessEnd,
     Stop,
-    claim,
+    claim_next,
     settle,
     wall_clock_limit_s,
 )
 from core.settings import Settings
 from core.store import JobStore
+from core.tenancy import running_limits
 from worker import sandbox
 
 log = logging.getLogger("worker.supervisor")
@@ -93,7 +94,8 @@ class Supervisor:
 
     def supervise(self, store: JobStore, job_id: str, worker: str, enqueue: Enqueue) -> Outcome:
         """Claim the job, run it, settle how it ended; SKIPPED when there was nothing to run."""
-        held = claim(store, job_id, self.settings, worker)
+        held = claim_next(store, job_id, self.settings, worker,
+                          running_limits(self.settings, store))
         if held is None:
             return Outcome.SKIPPED
         end = self.run(held)

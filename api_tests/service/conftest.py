@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 
 from core.backends import open_blob_store, open_job_store
 from core.settings import Settings
-from core.store import BlobStore, JobStore
+from core.store import BlobStore, JobStore, StoreUnavailable
+from core.tenancy import ensure_local_admin
 from service.main import create_app
 from stack import processes as P
 
@@ -89,6 +90,7 @@ class Api:
     store: JobStore
     blobs: BlobStore
     redis: redis.Redis
+    key: str = ""
 
     def submit(self, model: Path, spec: Any = REFERENCE, headers: dict[str, str] | None = None,
                ) -> Any:
@@ -111,9 +113,17 @@ class Api:
 
 @contextmanager
 def running_api(settings: Settings) -> Iterator[Api]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield Api(client, settings, open_job_store(settings), open_blob_store(settings),
-                  redis.Redis.from_url(settings.redis_url))
+    """The app with a client that sends the ``local`` tenant's admin key (made as
+    ``python -m stack`` makes it); ``api.key`` is that key."""
+    store = open_job_store(settings)
+    try:
+        key, _ = ensure_local_admin(settings, store)
+    except StoreUnavailable:  # a test of a database that is down: any well-formed key
+        key = "prn_live_000000000000_" + "A" * 43
+    with TestClient(create_app(settings), raise_server_exceptions=False,
+                    headers={"Authorization": f"Bearer {key}"}) as client:
+        yield Api(client, settings, store, open_blob_store(settings),
+                  redis.Redis.from_url(settings.redis_url), key)
 
 
 @pytest.fixture()

@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from core.queue import HEARTBEAT_PREFIX
 from core.settings import Settings
 from core.store import BlobStore, JobStore, StoreUnavailable
+from service.auth import AdminDep
 from service.deps import BlobsDep, MetricsDep, RedisDep, SettingsDep, StoreDep
-from service.errors import NotReady, problem_responses
+from service.errors import AUTH_ERRORS, NotReady, problem_responses
 from service.metrics import render_metrics
 from service.schemas import Health, Readiness
 
@@ -77,10 +78,13 @@ async def readyz(
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                       **problem_responses(*AUTH_ERRORS)})
 async def metrics(
-    settings: SettingsDep, store: StoreDep, redis: RedisDep, api_metrics: MetricsDep
+    who: AdminDep, settings: SettingsDep, store: StoreDep, redis: RedisDep,
+    api_metrics: MetricsDep
 ) -> Response:
-    """Prometheus metrics: jobs by status, job durations, queue depth, upload bytes."""
+    """Prometheus metrics (an ``admin`` key): jobs by status and tenant, job durations,
+    queue depth, upload bytes."""
     body = await render_metrics(settings, store, redis, api_metrics)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -15,8 +15,18 @@ from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
 from core.lifecycle import CancelResult, cancel
 from core.store import REPORT, BlobStore, JobStore, model_file
-from service.deps import BlobsDep, CeleryDep, MetricsDep, RedisDep, SettingsDep, StoreDep
+from service.auth import ReadDep, WriteDep
+from service.deps import (
+    BlobsDep,
+    CeleryDep,
+    DeliveriesDep,
+    MetricsDep,
+    RedisDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.errors import (
+    AUTH_ERRORS,
     BrokerUnavailable,
     FieldError,
     Gone,
@@ -29,11 +39,21 @@ from service.errors import (
     NotFound,
     PayloadTooLarge,
     QueueFull,
+    QuotaQueued,
+    QuotaRate,
+    QuotaStorage,
     UnsupportedMediaType,
     ValidationFailed,
     problem_responses,
 )
-from service.schemas import JOBS_PATH, SPEC_EXAMPLES, JobPublic, JobsPublic, PageLinks
+from service.schemas import (
+    JOBS_PATH,
+    SPEC_EXAMPLES,
+    DeliveriesPublic,
+    JobPublic,
+    JobsPublic,
+    PageLinks,
+)
 from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
@@ -79,8 +99,9 @@ def _json(public: JobPublic | JobsPublic, status_code: int = 200, **headers: str
                     media_type="application/json", headers=headers)
 
 
-def load_job(store: JobStore, job_id: str) -> JobRecord:
-    record = store.get(job_id)
+def load_job(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
+    """The caller's job, or 404 exactly as if it did not exist (another tenant's job too)."""
+    record = store.get(job_id, tenant=tenant)
     if record is None:
         raise NotFound(f"no job {job_id!r}")
     return record
@@ -94,12 +115,14 @@ def load_job(store: JobStore, job_id: str) -> JobRecord:
     responses={
         200: {"model": JobPublic, "description": "Idempotent replay: the job this key made."},
         **problem_responses(PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
-                            InvalidUpload, IdempotencyKeyReused, QueueFull, BrokerUnavailable,
-                            InsufficientStorage),
+                            InvalidUpload, IdempotencyKeyReused, QueueFull, QuotaQueued,
+                            QuotaStorage, QuotaRate, BrokerUnavailable, InsufficientStorage,
+                            *AUTH_ERRORS),
     },
 )
 async def create_job(
     request: Request,
+    who: WriteDep,
     settings: SettingsDep,
     store: StoreDep,
     blobs: BlobsDep,
@@ -112,15 +135,18 @@ async def create_job(
 ) -> Response:
     """Submit a model and a pruning spec; answers 202 and the queued job."""
     record, is_new = await submit(request, settings=settings, store=store, blobs=blobs,
-                                  celery=celery, redis=redis, idempotency_key=idempotency_key)
+                                  celery=celery, redis=redis, idempotency_key=idempotency_key,
+                                  tenant=who.tenant)
     if is_new:
         metrics.upload_bytes.inc(record.upload_bytes)
     location = f"{JOBS_PATH}/{record.id}"
     return _json(JobPublic.from_record(record), 202 if is_new else 200, Location=location)
 
 
-@router.get("", response_model=JobsPublic, responses=problem_responses(ValidationFailed))
+@router.get("", response_model=JobsPublic,
+            responses=problem_responses(ValidationFailed, *AUTH_ERRORS))
 def list_jobs(
+    who: ReadDep,
     store: StoreDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
@@ -128,7 +154,8 @@ def list_jobs(
 ) -> Response:
     """List jobs, newest first, optionally by status; follow next_cursor for more."""
     try:
-        page, next_cursor = store.list(status=status, limit=limit, cursor=cursor)
+        page, next_cursor = store.list(status=status, limit=limit, cursor=cursor,
+                                       tenant=who.tenant)
     except ValueError as exc:
         error = FieldError(loc=["query", "cursor"], msg="not a cursor this API handed out",
                            type="value_error")
@@ -143,16 +170,18 @@ def list_jobs(
     return _json(JobsPublic(data=data, next_cursor=next_cursor, links=links))
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(NotFound))
-async def get_job(job_id: str, store: StoreDep) -> Response:
+@router.get("/{job_id}", response_model=JobPublic,
+            responses=problem_responses(NotFound, *AUTH_ERRORS))
+async def get_job(job_id: str, who: ReadDep, store: StoreDep) -> Response:
     """One job: status, progress, spec, error, links."""
     # The hot path (clients poll it): one indexed SQLite read of ~20 us, done on the event
     # loop. A thread-pool hop would cost more than the read; WAL readers never wait on writers.
     # A PostgreSQL read is a network round trip: on the event loop it would stall every
     # request behind it, so it goes to the thread pool.
     if store.reads_are_local:
-        return _json(JobPublic.from_record(load_job(store, job_id)))
-    return _json(JobPublic.from_record(await run_in_threadpool(load_job, store, job_id)))
+        return _json(JobPublic.from_record(load_job(store, job_id, who.tenant)))
+    return _json(JobPublic.from_record(
+        await run_in_threadpool(load_job, store, job_id, who.tenant)))
 
 
 def _finished_files(record: JobRecord) -> None:
@@ -169,11 +198,11 @@ def _finished_files(record: JobRecord) -> None:
 @router.get(
     "/{job_id}/report",
     responses={200: {"content": {"application/json": {}}, "description": "The Report JSON."},
-               **problem_responses(NotFound, JobNotFinished, NoModel, Gone)},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone, *AUTH_ERRORS)},
 )
-def get_report(job_id: str, store: StoreDep, blobs: BlobsDep) -> FileResponse:
+def get_report(job_id: str, who: ReadDep, store: StoreDep, blobs: BlobsDep) -> FileResponse:
     """The engine's report: sparsity per tensor, accuracy before/after, timings."""
-    record = load_job(store, job_id)
+    record = load_job(store, job_id, who.tenant)
     _finished_files(record)
     if not blobs.exists(job_id, REPORT):
         raise Gone(f"the report of job {job_id} is no longer stored")
@@ -200,10 +229,12 @@ def _model_sha(record: JobRecord, blobs: BlobStore, fmt: ModelFormat) -> str:
                      "description": "The pruned model; its sha256 in X-Content-SHA256 and ETag."},
                304: {"description": "If-None-Match matched the model's ETag."},
                307: {"description": "Presigned object-store URL (PRUNER_S3_PRESIGN_S set)."},
-               **problem_responses(NotFound, JobNotFinished, NoModel, Gone, ValidationFailed)},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone, ValidationFailed,
+                                   *AUTH_ERRORS)},
 )
 def get_model(
     job_id: str,
+    who: ReadDep,
     store: StoreDep,
     blobs: BlobsDep,
     format: Annotated[ModelFormat | None, Query(
@@ -212,7 +243,7 @@ def get_model(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Download the pruned model (default: the format the job produced)."""
-    record = load_job(store, job_id)
+    record = load_job(store, job_id, who.tenant)
     _finished_files(record)
     fmt = format or record.model_format or ModelFormat.TORCHSCRIPT
     name = model_file(fmt)
@@ -238,10 +269,11 @@ def get_model(
     "/{job_id}/cancel",
     response_model=JobPublic,
     responses={202: {"model": JobPublic, "description": "Running: it stops at the next batch."},
-               **problem_responses(NotFound, JobFinished)},
+               **problem_responses(NotFound, JobFinished, *AUTH_ERRORS)},
 )
-def cancel_job(job_id: str, store: StoreDep) -> Response:
+def cancel_job(job_id: str, who: WriteDep, store: StoreDep) -> Response:
     """Cancel a job: a queued one at once (200), a running one at its next batch (202)."""
+    load_job(store, job_id, who.tenant)  # another tenant's job: 404, and nothing changes
     result, record = cancel(store, job_id)
     if result is CancelResult.NOT_FOUND or record is None:
         raise NotFound(f"no job {job_id!r}")
@@ -258,11 +290,12 @@ def cancel_job(job_id: str, store: StoreDep) -> Response:
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "Server-sent events: `job` with the JobPublic JSON on every "
                      "change, until the job ends."},
-               **problem_responses(NotFound)},
+               **problem_responses(NotFound, *AUTH_ERRORS)},
 )
-async def job_events(job_id: str, request: Request, store: StoreDep) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, who: ReadDep,
+                     store: StoreDep) -> StreamingResponse:
     """Watch a job: server-sent events on every change, until it ends."""
-    first = await run_in_threadpool(load_job, store, job_id)
+    first = await run_in_threadpool(load_job, store, job_id, who.tenant)
     return StreamingResponse(_events(request, store, first), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
@@ -285,3 +318,12 @@ async def _events(request: Request, store: JobStore, record: JobRecord) -> Async
         if current is None:
             return
         record = current
+
+
+@router.get("/{job_id}/deliveries", response_model=DeliveriesPublic,
+            responses=problem_responses(NotFound, *AUTH_ERRORS))
+def job_deliveries(job_id: str, who: ReadDep, store: StoreDep,
+                   deliveries: DeliveriesDep) -> DeliveriesPublic:
+    """The job's webhook deliveries: attempts, status codes, next attempt."""
+    record = load_job(store, job_id, who.tenant)
+    return DeliveriesPublic(notify=record.notify, data=deliveries.for_job(job_id))

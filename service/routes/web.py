@@ -18,10 +18,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
+from core.accounts import Scope, grants
 from core.jobs import JobStatus
+from core.lifecycle import utcnow
 from core.store import BlobStore, JobStore
 from report_html import render_report, report_context
+from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep
 from service.deps import (
+    AccountsDep,
     BlobsDep,
     CeleryDep,
     MetricsDep,
@@ -30,7 +34,9 @@ from service.deps import (
     StoreDep,
 )
 from service.errors import (
+    AUTH_ERRORS,
     ApiError,
+    Forbidden,
     Gone,
     JobNotFinished,
     NoModel,
@@ -71,11 +77,18 @@ def _error_page(error: ApiError) -> HTMLResponse:
                  detail=error.detail)
 
 
-def _index_page(store: JobStore, blobs: BlobStore, status: JobStatus | None, cursor: str | None,
-                problem: Problem | None = None, spec_text: str | None = None,
-                status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+def _signin_page(next_url: str, detail: str | None = None, status_code: int = 401
+                 ) -> HTMLResponse:
+    return _page("signin.html.j2", status_code, CHALLENGE, next=next_url, detail=detail)
+
+
+def _index_page(store: JobStore, blobs: BlobStore, tenant: str, status: JobStatus | None,
+                cursor: str | None, problem: Problem | None = None,
+                spec_text: str | None = None, status_code: int = 200,
+                headers: dict[str, str] | None = None) -> HTMLResponse:
     try:
-        records, next_cursor = store.list(status=status, limit=PAGE_SIZE, cursor=cursor)
+        records, next_cursor = store.list(status=status, limit=PAGE_SIZE, cursor=cursor,
+                                          tenant=tenant)
     except ValueError:
         return _error_page(NotFound("that page of jobs does not exist (stale cursor)"))
     rows = [{"job": r, "progress": progress_text(r.progress),
@@ -90,16 +103,53 @@ def _index_page(store: JobStore, blobs: BlobStore, status: JobStatus | None, cur
                  form_key=uuid.uuid4().hex)
 
 
+@pages.get("/signin", response_class=HTMLResponse)
+def signin_form(next: str = "/") -> HTMLResponse:
+    return _signin_page(_local_path(next), status_code=200)
+
+
+@pages.post("/signin", response_class=HTMLResponse)
+async def signin(request: Request, settings: SettingsDep, accounts: AccountsDep) -> Response:
+    """Check the pasted key, then keep it in an HttpOnly, SameSite=Strict cookie."""
+    form = await request.form()
+    key, next_url = str(form.get("key", "")).strip(), _local_path(str(form.get("next", "/")))
+    if settings.auth == "enabled":
+        state = request.state
+        found = await run_in_threadpool(accounts.authenticate, key, state.pepper, utcnow())
+        if found is None:
+            return _signin_page(next_url, "That key is not valid (unknown, malformed or "
+                                "revoked).")
+    response = RedirectResponse(next_url, status_code=303)
+    response.set_cookie(KEY_COOKIE, key, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@pages.post("/signout", response_class=HTMLResponse)
+def signout() -> Response:
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(KEY_COOKIE, path="/")
+    return response
+
+
+def _local_path(url: str) -> str:
+    """Only a path on this site: never an open redirect."""
+    return url if url.startswith("/") and not url.startswith("//") else "/"
+
+
 @pages.get("/", response_class=HTMLResponse)
-def index(store: StoreDep, blobs: BlobsDep, status: JobStatus | None = None,
+def index(who: PageDep, store: StoreDep, blobs: BlobsDep, status: JobStatus | None = None,
           cursor: str | None = None) -> HTMLResponse:
     """The job list, newest first, and the submission form."""
-    return _index_page(store, blobs, status, cursor)
+    if who is None:
+        return _signin_page("/")
+    return _index_page(store, blobs, who.tenant, status, cursor)
 
 
 @pages.post("/jobs", response_class=HTMLResponse)
 async def submit_form(
     request: Request,
+    who: PageDep,
     settings: SettingsDep,
     store: StoreDep,
     blobs: BlobsDep,
@@ -112,24 +162,31 @@ async def submit_form(
 
     ``key`` is the Idempotency-Key the form was rendered with, so a form sent twice (a
     double click, a reload) makes one job."""
+    if who is None:
+        return _signin_page("/")
+    if not grants(who.scopes, Scope.JOBS_WRITE):
+        return _error_page(Forbidden("this key lacks the 'jobs:write' scope"))
     try:
         record, is_new = await submit(request, settings=settings, store=store, blobs=blobs,
-                                      celery=celery, redis=redis, idempotency_key=key)
+                                      celery=celery, redis=redis, idempotency_key=key,
+                                      tenant=who.tenant)
     except ApiError as exc:
         problem = Problem(type="", title=exc.title, status=exc.status, detail=exc.detail,
                           code=exc.code, errors=exc.errors)
-        return await run_in_threadpool(_index_page, store, blobs, None, None, problem,
-                                       None, exc.status, exc.headers)
+        return await run_in_threadpool(_index_page, store, blobs, who.tenant, None, None,
+                                       problem, None, exc.status, exc.headers)
     if is_new:
         metrics.upload_bytes.inc(record.upload_bytes)
     return RedirectResponse(f"/jobs/{record.id}", status_code=303)
 
 
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: str, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
+def job_page(job_id: str, who: PageDep, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
     """One job, live while it runs (server-sent events), with its report once it succeeded."""
+    if who is None:
+        return _signin_page(f"/jobs/{job_id}")
     try:
-        record = load_job(store, job_id)
+        record = load_job(store, job_id, who.tenant)
     except ApiError as exc:
         return _error_page(exc)
     report = None
@@ -149,11 +206,12 @@ def job_page(job_id: str, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
     responses={200: {"content": {"text/html": {}},
                      "description": "The report as one self-contained HTML page: inline CSS and "
                      "SVG charts, no script, nothing fetched from anywhere."},
-               **problem_responses(NotFound, JobNotFinished, NoModel, Gone)},
+               **problem_responses(NotFound, JobNotFinished, NoModel, Gone, *AUTH_ERRORS)},
 )
-def get_report_html(job_id: str, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
+def get_report_html(job_id: str, who: ReadDep, store: StoreDep,
+                    blobs: BlobsDep) -> HTMLResponse:
     """The report as a self-contained HTML page, for reading and sharing offline."""
-    record = load_job(store, job_id)
+    record = load_job(store, job_id, who.tenant)
     _finished_files(record)
     view = load_report(blobs, job_id)
     if view is None:

@@ -1,0 +1,92 @@
+"""Who is calling: ``Authorization: Bearer <key>`` -> the key's tenant and scopes.
+
+Every ``/v1`` route depends on one of ``ReadDep`` / ``WriteDep`` / ``AdminDep``; ``/healthz``
+and ``/readyz`` stay open, ``/metrics`` needs ``admin``. No key, or a malformed, unknown or
+revoked one: 401 with ``WWW-Authenticate: Bearer``; a valid key without the scope: 403. The
+web pages (``/``, ``/jobs/{id}``) and the event streams they open send the key as the
+``pruner_key`` cookie that the sign-in form sets (HttpOnly, SameSite=Strict: no other
+site's page can make a browser send it).
+
+With ``PRUNER_AUTH=disabled`` every request is the ``local`` tenant with every scope.
+Keys are looked up on every request (no cache), so a revocation holds from the next request
+on, on every API process. The key itself is never logged: uvicorn's access log has no
+headers, and no message here names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from core.accounts import ALL_SCOPES, LOCAL_TENANT, Scope, grants
+from core.lifecycle import utcnow
+from service.errors import Forbidden, Unauthorized
+
+KEY_COOKIE = "pruner_key"
+_bearer = HTTPBearer(
+    auto_error=False, scheme_name="bearer",
+    description="An API key: `Authorization: Bearer prn_live_...` (see docs/tenants.md).",
+)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pruner"'}
+INVALID = {"WWW-Authenticate": 'Bearer realm="pruner", error="invalid_token"'}
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    scopes: frozenset[Scope]
+    key_id: str | None  # None when auth is disabled
+
+
+async def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    state = request.state
+    if state.settings.auth == "disabled":
+        return Principal(LOCAL_TENANT, ALL_SCOPES, None)
+    # The cookie serves the pages and their event streams (EventSource sends no headers).
+    token = (credentials.credentials if credentials is not None
+             else request.cookies.get(KEY_COOKIE))
+    if not token:
+        raise Unauthorized("this route needs an API key: Authorization: Bearer <key>",
+                           headers=CHALLENGE)
+    accounts = state.accounts
+    if state.store.reads_are_local:
+        key = accounts.authenticate(token, state.pepper, utcnow())
+    else:
+        key = await run_in_threadpool(accounts.authenticate, token, state.pepper, utcnow())
+    if key is None:
+        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)",
+                           headers=INVALID)
+    return Principal(key.tenant, frozenset(key.scopes), key.key_id)
+
+
+async def page_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    """For the HTML pages: the caller, or None (the page then asks to sign in)."""
+    try:
+        return await principal(request, credentials)
+    except Unauthorized:
+        return None
+
+
+def require(scope: Scope) -> object:
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not grants(who.scopes, scope):
+            raise Forbidden(f"this key lacks the {scope.value!r} scope")
+        return who
+
+    return Depends(check)
+
+
+ReadDep = Annotated[Principal, require(Scope.JOBS_READ)]
+WriteDep = Annotated[Principal, require(Scope.JOBS_WRITE)]
+AdminDep = Annotated[Principal, require(Scope.ADMIN)]
+PageDep = Annotated[Principal | None, Depends(page_principal)]

@@ -1,0 +1,1 @@
+"""Outbound notifications: webhook delivery to user-given URLs, refused where unsafe."""
