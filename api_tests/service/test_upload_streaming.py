@@ -18,15 +18,18 @@ from api_tests.service.big_upload import (
 )
 from core.settings import Settings
 from stack import processes as P
+from stack.local import local_admin_key
 
 UPLOAD_MIB = 256
 
 
 def start_api(root: Path, redis_url: str, limit_bytes: int) -> P.Proc:
-    env = Settings.of(data_dir=root / "data", redis_url=redis_url,
-                      max_upload_bytes=limit_bytes).as_env()
-    api = P.start_api(env, "127.0.0.1", P.free_port(), root / "logs")
+    settings = Settings.of(data_dir=root / "data", redis_url=redis_url,
+                           max_upload_bytes=limit_bytes)
+    key = local_admin_key(settings)
+    api = P.start_api(settings.as_env(), "127.0.0.1", P.free_port(), root / "logs")
     P.wait_until_ready(api)
+    api.meta["key"] = key
     return api
 
 
@@ -39,9 +42,11 @@ def big_api(tmp_path: Path, redis_url: str, request: pytest.FixtureRequest) -> I
         P.stop(api)
 
 
-def post_chunked(url: str) -> int:
+def post_chunked(api: P.Proc) -> int:
     """Send the body chunked (no Content-Length), so only the stream tells its size."""
-    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    url = api.meta["url"]
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}",
+               "authorization": f"Bearer {api.meta['key']}"}
     try:
         with httpx.Client(timeout=300) as client:
             return client.post(url + "/v1/jobs", content=multipart_body(UPLOAD_MIB),
@@ -55,7 +60,7 @@ def test_a_large_upload_is_never_held_in_memory(big_api: P.Proc) -> None:
     before = memory_kib(big_api.pid)["VmRSS"]
     wrote_before = written_bytes(big_api.pid)
     # The body is zip-looking bytes: streamed in full, then refused by the archive check.
-    assert post_chunked(big_api.meta["url"]) == 422
+    assert post_chunked(big_api) == 422
     growth_mib = (memory_kib(big_api.pid)["VmHWM"] - before) / 1024
     assert growth_mib < 32, f"peak RSS grew {growth_mib:.0f} MiB for a {UPLOAD_MIB} MiB upload"
     written_mib = (written_bytes(big_api.pid) - wrote_before) / CHUNK
@@ -65,7 +70,7 @@ def test_a_large_upload_is_never_held_in_memory(big_api: P.Proc) -> None:
 @pytest.mark.parametrize("big_api", [16 * CHUNK], indirect=True)
 def test_an_upload_over_the_limit_is_cut_off_at_the_limit(big_api: P.Proc) -> None:
     wrote_before = written_bytes(big_api.pid)
-    status = post_chunked(big_api.meta["url"])
+    status = post_chunked(big_api)
     written_mib = (written_bytes(big_api.pid) - wrote_before) / CHUNK
     assert written_mib < 17, f"wrote {written_mib:.0f} MiB for a 16 MiB limit"
     assert status in (413, -1)  # -1: the client saw the connection close mid-send
