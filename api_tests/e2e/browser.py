@@ -21,6 +21,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Reque
 from core.blobs import LocalBlobStore
 from core.settings import Settings
 from core.store_sqlite import SqliteJobStore
+from core.tenancy import ensure_local_admin
+from service.auth import KEY_COOKIE
 from service.main import create_app
 from stack.processes import free_port
 
@@ -59,9 +61,15 @@ class Watched:
 
 
 @contextmanager
-def watched_page(browser: Browser, javascript: bool = True) -> Iterator[Watched]:
+def watched_page(browser: Browser, javascript: bool = True,
+                 signed_in: tuple[str, str] | None = None) -> Iterator[Watched]:
+    """A fresh browser context; ``signed_in=(base_url, key)`` starts it with the key's
+    cookie, as after the sign-in form (test_signin_form_keeps_the_key_for_the_pages)."""
     context = browser.new_context(java_script_enabled=javascript,
                                   viewport={"width": 1000, "height": 800})
+    if signed_in is not None:
+        base_url, key = signed_in
+        context.add_cookies([{"name": KEY_COOKIE, "value": key, "url": base_url}])
     context.set_default_timeout(60_000)  # CI machines are shared and slow; a failure still fails
     page = context.new_page()
     w = Watched(page)
@@ -92,6 +100,11 @@ class ServedApp:
     settings: Settings
     store: SqliteJobStore
     blobs: LocalBlobStore
+    key: str  # the local admin key
+
+    @property
+    def signed_in(self) -> tuple[str, str]:
+        return self.base_url, self.key
 
 
 @contextmanager
@@ -99,6 +112,8 @@ def served_app(root: Path) -> Iterator[ServedApp]:
     # Nothing here sends tasks: a Redis that is not there is fine (clients connect lazily).
     settings = Settings(data_dir=root / "data", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     port = free_port()
+    store = SqliteJobStore.from_settings(settings)
+    key, _ = ensure_local_admin(settings, store)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, name="web-app", daemon=True)
@@ -109,9 +124,8 @@ def served_app(root: Path) -> Iterator[ServedApp]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.05)
     try:
-        yield ServedApp(f"http://127.0.0.1:{port}", settings,
-                        SqliteJobStore.from_settings(settings),
-                        LocalBlobStore.from_settings(settings))
+        yield ServedApp(f"http://127.0.0.1:{port}", settings, store,
+                        LocalBlobStore.from_settings(settings), key)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

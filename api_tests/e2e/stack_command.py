@@ -18,6 +18,7 @@ from api_tests.conftest import REPO_ROOT, mnist_root
 from core.jobs import JobRecord
 from core.settings import Settings
 from core.store_sqlite import SqliteJobStore
+from core.tenancy import ADMIN_KEY_FILE
 from stack import processes as P
 
 
@@ -77,7 +78,21 @@ def start_stack_command(env: dict[str, str], stderr_path: Path) -> StackCommand:
     url = f"http://127.0.0.1:{env['PRUNER_API_PORT']}"
     running = StackCommand(popen, url, stderr_path)
     assert banner.startswith(f"API listening on {url}"), (banner, running.stderr())
+    # The local admin key the stack made on its first start (and prints after the banner).
+    key_file = Path(env["PRUNER_DATA_DIR"]) / ADMIN_KEY_FILE
+    deadline = time.monotonic() + 10
+    while not key_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _KEYS[url] = key_file.read_text().strip()
     return running
+
+
+_KEYS: dict[str, str] = {}  # API url -> the local admin key of the stack serving it
+
+
+def auth(base_url: str) -> dict[str, str]:
+    """The Authorization header for the stack at ``base_url``."""
+    return {"Authorization": f"Bearer {_KEYS[base_url]}"}
 
 
 def random_mlp(path: Path) -> Path:
@@ -95,14 +110,15 @@ def random_mlp(path: Path) -> Path:
 def submit_job(base_url: str, model: Path, spec: dict[str, Any]) -> str:
     with model.open("rb") as f:
         response = httpx.post(f"{base_url}/v1/jobs", files={"model": (model.name, f)},
-                              data={"spec": json.dumps(spec)}, timeout=30)
+                              data={"spec": json.dumps(spec)}, timeout=30,
+                              headers=auth(base_url))
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
 
 
 def get_job(base_url: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{base_url}/v1/jobs/{job_id}", timeout=10)
+    response = httpx.get(f"{base_url}/v1/jobs/{job_id}", timeout=10, headers=auth(base_url))
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     return job

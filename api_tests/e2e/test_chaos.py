@@ -243,7 +243,8 @@ def test_idempotency_key(chaos: Stack, trained_mlp: TrainedMLP) -> None:
     key = {"Idempotency-Key": f"chaos-concurrent-{time.time_ns()}"}
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(
-            lambda _: submit(httpx.Client(base_url=chaos.base_url, timeout=30),
+            lambda _: submit(httpx.Client(base_url=chaos.base_url, timeout=30,
+                                          headers=chaos.client.headers),
                              trained_mlp.torchscript, QUICK, headers=key), range(8)))
     # One request made the job (202); the seven others raced it and were replays (200).
     codes = sorted(r.status_code for r in responses)
@@ -300,7 +301,8 @@ def test_burst_of_50_submissions(tmp_path: Path) -> None:
         body = small_model()
 
         def one(i: int) -> httpx.Response:
-            with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+            with httpx.Client(base_url=stack.base_url, timeout=60,
+                              headers=stack.client.headers) as client:
                 return client.post("/v1/jobs", files={"model": ("m.pt", body)},
                                    data={"spec": '{"finetune": {"epochs": 0}}'})
 

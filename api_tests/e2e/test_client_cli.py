@@ -28,7 +28,7 @@ def mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli_env(stack: Stack) -> dict[str, str]:
-    return {**stack.env, "PRUNER_URL": stack.base_url}
+    return {**stack.env, "PRUNER_URL": stack.base_url, "PRUNER_API_KEY": stack.api_key}
 
 
 def pruner(stack: Stack, *args: object) -> subprocess.CompletedProcess[str]:

@@ -34,7 +34,15 @@ def test_python_m_stack_starts_serves_and_stops(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/healthz").status_code == 200
         ready = httpx.get(f"{base}/readyz")
         assert ready.status_code == 200, ready.text  # Redis up, storage writable, worker seen
-        assert httpx.get(f"{base}/v1/architectures").status_code == 200
+        # First start: the local admin key, printed once and kept in data_dir (mode 0600).
+        assert proc.stdout.readline().startswith("A local admin key was made")
+        printed = proc.stdout.readline().strip()
+        key_file = tmp_path / "data" / "admin.key"
+        assert key_file.read_text().strip() == printed and printed.startswith("prn_live_")
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert httpx.get(f"{base}/v1/architectures").status_code == 401
+        headers = {"Authorization": f"Bearer {printed}"}
+        assert httpx.get(f"{base}/v1/architectures", headers=headers).status_code == 200
         assert (tmp_path / "data" / "redis").is_dir()  # Redis keeps its AOF under data_dir
         stack_children = P.children_of(proc.pid)
         assert len(stack_children) == 3  # redis-server, worker, API

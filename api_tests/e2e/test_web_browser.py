@@ -65,7 +65,7 @@ def write_report(app: ServedApp, job_id: str, report: dict[str, Any]) -> None:
 def test_report_page_charts_carry_the_reports_values(browser: Browser, app: ServedApp) -> None:
     report = full_report()
     job_id = add_job(app, "chart1", report=report)
-    with watched_page(browser) as w:
+    with watched_page(browser, signed_in=app.signed_in) as w:
         w.page.goto(f"{app.base_url}/jobs/{job_id}")
         bars = w.page.eval_on_selector("svg[data-chart=sparsity]", BARS)
         assert [(b["label"], b["value"]) for b in bars] == [
@@ -86,7 +86,7 @@ def test_hostile_tensor_names_stay_text(browser: Browser, app: ServedApp) -> Non
     report["sensitivity"]["tensors"][0]["name"] = HOSTILE
     job_id = add_job(app, "hostile1", report=report)
     for path in (f"/jobs/{job_id}", f"/v1/jobs/{job_id}/report.html"):
-        with watched_page(browser) as w:
+        with watched_page(browser, signed_in=app.signed_in) as w:
             w.page.goto(app.base_url + path)
             labels = w.page.locator("svg[data-chart=sparsity] text.label").all_text_contents()
             assert labels[:2] == [HOSTILE, HOSTILE_ATTR], path
@@ -105,7 +105,7 @@ def test_static_report_works_without_javascript(browser: Browser, app: ServedApp
     report = full_report()
     job_id = add_job(app, "static1", report=report)
     url = f"{app.base_url}/v1/jobs/{job_id}/report.html"
-    with watched_page(browser, javascript=False) as w:
+    with watched_page(browser, javascript=False, signed_in=app.signed_in) as w:
         w.page.goto(url)
         bars = w.page.locator("svg[data-chart=sparsity] g.bar")
         assert bars.count() == len(report["tensors"])
@@ -117,7 +117,7 @@ def test_static_report_works_without_javascript(browser: Browser, app: ServedApp
 def test_live_page_follows_a_running_job(browser: Browser, app: ServedApp) -> None:
     job_id = add_job(app, "live1", JobStatus.RUNNING, progress=Progress(
         phase="finetuning", epoch=1, epochs=2, step=1, steps=10, loss=0.9))
-    with watched_page(browser) as w:
+    with watched_page(browser, signed_in=app.signed_in) as w:
         w.page.goto(f"{app.base_url}/jobs/{job_id}")
         phase = w.page.locator("#job-phase")
         assert "step 1/10" in (phase.text_content() or "")
@@ -140,7 +140,7 @@ def test_live_page_follows_a_running_job(browser: Browser, app: ServedApp) -> No
 
 def test_docs_render_operations_without_leaving_the_machine(browser: Browser,
                                                             app: ServedApp) -> None:
-    with watched_page(browser) as w:
+    with watched_page(browser, signed_in=app.signed_in) as w:
         w.page.goto(f"{app.base_url}/docs")
         w.page.wait_for_selector(".opblock", timeout=60_000)
         operations = {
@@ -165,7 +165,7 @@ def test_the_form_shows_a_refusal_in_place_and_keeps_the_input(
     model = tmp_path / "model.pt"
     model.write_bytes(b"PK\x03\x04 a model file")
     spec = '{"pruning": {"amount": 0.5}, "finetune": {"epochs": 0}}'
-    with watched_page(browser) as w:
+    with watched_page(browser, signed_in=app.signed_in) as w:
         w.page.goto(f"{app.base_url}/")
         w.page.set_input_files("#model", str(model))
         w.page.fill("#spec", spec)
@@ -186,7 +186,7 @@ def test_the_form_submits_a_job_that_the_page_follows_to_its_report(
     the page follows it live and then shows the report's bars."""
     spec = {"pruning": {"method": "l1_unstructured", "scope": "layerwise", "amount": 0.4},
             "finetune": {"epochs": 0}}
-    with watched_page(browser) as w:
+    with watched_page(browser, signed_in=(stack.base_url, stack.api_key)) as w:
         w.page.goto(f"{stack.base_url}/")
         w.page.set_input_files("#model", str(trained_mlp.torchscript))
         w.page.fill("#spec", json.dumps(spec))
@@ -205,3 +205,24 @@ def test_the_form_submits_a_job_that_the_page_follows_to_its_report(
         w.page.goto(f"{stack.base_url}/")
         assert w.page.locator(f"tr[data-job-id='{job_id}'] .status").text_content() == (
             "succeeded")
+
+
+def test_signin_form_keeps_the_key_for_the_pages(browser: Browser, app: ServedApp) -> None:
+    """Without a key the pages ask for one; a bad key is refused in place; a good one is kept
+    in an HttpOnly cookie that the job pages (and their event streams) then send."""
+    job_id = add_job(app, "signin1", report=full_report())
+    with watched_page(browser) as w:
+        w.page.goto(f"{app.base_url}/jobs/{job_id}")
+        expect(w.page.locator("h1")).to_have_text("Sign in")
+        w.page.fill("#key", "prn_live_000000000000_" + "x" * 43)
+        w.page.click("#signin button[type=submit]")
+        expect(w.page.locator("p.error")).to_contain_text("That key is not valid")
+        w.page.fill("#key", app.key)
+        w.page.click("#signin button[type=submit]")
+        w.page.wait_for_url(f"{app.base_url}/jobs/{job_id}")
+        w.page.wait_for_selector("svg[data-chart=sparsity]")
+        cookie, = [c for c in w.page.context.cookies() if c["name"] == "pruner_key"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert w.page.evaluate("document.cookie") == ""  # invisible to scripts
+        # The 401s of the sign-in page itself are the only errors the console shows.
+        assert [e for e in w.errors if "status of 401" not in e] == []
