@@ -1,8 +1,9 @@
 """Tenants and API keys in the job store's database (``core/sql.py``: SQLite or PostgreSQL).
 
-``authenticate`` is the hot path (every request): one primary-key read of the key's row, a
-digest compare in constant time, and a ``last_used`` write at most once a minute per key (a
-write per request would serialise every request on SQLite's write lock). Revocation is a
+``authenticate`` is the hot path (every request): one primary-key read of the key's row and a
+digest compare in constant time; it writes nothing. ``touch`` records ``last_used``, which the
+API does at most once a minute per key, from its thread pool (a write per request would
+serialise every request on SQLite's write lock). Revocation is a
 column set on the row, read by the next request: it takes effect at once, on every API
 process. Unknown ids still pay for a digest so that timing says nothing about which ids exist.
 """
@@ -160,7 +161,7 @@ class AccountStore:
                          " AND revoked_us IS NULL", (micros(now), key_id))
         return self.get_key(key_id)
 
-    def authenticate(self, token: str, pepper: str, now: datetime) -> ApiKey | None:
+    def authenticate(self, token: str, pepper: str) -> ApiKey | None:
         """The live key ``token`` is, or None (malformed, unknown, wrong secret, revoked)."""
         key_id = key_id_of(token)
         row = None
@@ -174,14 +175,20 @@ class AccountStore:
             return None
         if not digest_matches(pepper, token, row[7]) or row[6] is not None:
             return None
-        key = _key(row)
-        now_us = micros(now)
-        if row[5] is None or now_us - row[5] >= LAST_USED_EVERY_US:
-            with self.sql.write() as conn:
-                conn.execute("UPDATE api_keys SET last_used_us = ? WHERE key_id = ?",
-                             (now_us, key_id))
-            key.last_used_at = now
-        return key
+        return _key(row)
+
+    @staticmethod
+    def needs_touch(key: ApiKey, now: datetime) -> bool:
+        """Whether ``last_used_at`` is older than a minute (``touch`` it then)."""
+        last = key.last_used_at
+        return last is None or micros(now) - micros(last) >= LAST_USED_EVERY_US
+
+    def touch(self, key_id: str, now: datetime) -> None:
+        """Record a use of the key (a write: callers do it off the event loop, once a
+        minute per key, see ``needs_touch``)."""
+        with self.sql.write() as conn:
+            conn.execute("UPDATE api_keys SET last_used_us = ? WHERE key_id = ?",
+                         (micros(now), key_id))
 
 
 def _key(row: tuple[object, ...]) -> ApiKey:

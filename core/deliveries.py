@@ -59,7 +59,8 @@ class Delivery(BaseModel):
 
 def backoff_s(failures: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Seconds to wait after the ``failures``-th failed attempt (1-based)."""
-    return float(min(max_s, base_s * 2.0 ** (failures - 1)) * rng.uniform(0.5, 1.0))
+    doublings = min(failures - 1, 64)  # past that the cap holds anyway (no float overflow)
+    return float(min(max_s, base_s * 2.0 ** doublings) * rng.uniform(0.5, 1.0))
 
 
 def event_body(record: JobRecord, now: datetime) -> str:

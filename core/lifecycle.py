@@ -183,7 +183,7 @@ def claim_next(store: JobStore, job_id: str, settings: Settings, worker: str,
         held = claim(store, chosen, settings, worker)
         if held is not None:
             return held
-    return claim(store, job_id, settings, worker)
+    return None  # contested every time: the janitor re-enqueues what is still queued
 
 
 # --- cancel and requeue -------------------------------------------------------------------

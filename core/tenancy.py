@@ -76,7 +76,7 @@ def ensure_local_admin(settings: Settings, store: JobStore) -> tuple[str, bool]:
     account_store = accounts(store)
     if path.exists():
         key = path.read_text().strip()
-        if account_store.authenticate(key, auth_pepper(settings), utcnow()) is not None:
+        if account_store.authenticate(key, auth_pepper(settings)) is not None:
             return key, False
         path.unlink()  # revoked, or made with another pepper: make a new one
     account_store.create_tenant(LOCAL_TENANT, utcnow(), exist_ok=True)

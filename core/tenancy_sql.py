@@ -96,12 +96,13 @@ def notify_due(conn: SqlConn, limit: int = 100) -> list[JobRecord]:
 
 
 MAX_TENANT_LABELS = 50
+OTHER_TENANTS = "_other"
 
 
 def counts_by_tenant(conn: SqlConn) -> dict[tuple[str, str], int]:
     """Queued and running jobs per (tenant, status), for the metrics' ``tenant`` label: the
-    ``MAX_TENANT_LABELS`` busiest tenants by name, the rest summed as ``other`` (bounded
-    cardinality however many tenants there are)."""
+    ``MAX_TENANT_LABELS`` busiest tenants by name, the rest summed as ``_other`` (no tenant
+    name starts with ``_``; bounded cardinality however many tenants there are)."""
     rows = conn.execute(
         "SELECT tenant, status, COUNT(*) FROM jobs WHERE status IN (?, ?) GROUP BY tenant, status",
         (JobStatus.QUEUED.value, JobStatus.RUNNING.value)).fetchall()
@@ -111,6 +112,6 @@ def counts_by_tenant(conn: SqlConn) -> dict[tuple[str, str], int]:
     named = set(sorted(totals, key=lambda t: (-totals[t], t))[:MAX_TENANT_LABELS])
     out: dict[tuple[str, str], int] = {}
     for tenant, status, n in rows:
-        label = str(tenant) if str(tenant) in named else "other"
+        label = str(tenant) if str(tenant) in named else OTHER_TENANTS
         out[(label, str(status))] = out.get((label, str(status)), 0) + int(n)
     return out

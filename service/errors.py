@@ -231,6 +231,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 404:
         return problem_response(request, NotFound(f"no route {request.url.path}"))
+    if exc.status_code == 400:  # a JSON body that does not parse: as any bad field, 422
+        error = FieldError(loc=["body"], msg=str(exc.detail), type="json_invalid")
+        return problem_response(request, ValidationFailed(f"body: {exc.detail}",
+                                                          errors=[error]))
     if exc.status_code == 405:
         return problem_response(request, MethodNotAllowed(
             f"{request.method} is not allowed on {request.url.path}", headers=headers))

@@ -52,7 +52,7 @@ def _job_metrics(
         jobs.add_metric([status.value], n)
     tenants = GaugeMetricFamily(
         "pruner_tenant_jobs", "Queued and running jobs by tenant (the 50 busiest tenants by "
-        "name, the rest as `other`).", labels=["tenant", "status"])
+        "name, the rest as `_other`).", labels=["tenant", "status"])
     for (tenant, state), n in sorted(by_tenant.items()):
         tenants.add_metric([tenant, state], n)
     hist = HistogramMetricFamily("pruner_job_duration_seconds",

@@ -188,9 +188,9 @@ async def submit(
         spec = parse_spec(form)
         check_duration(spec, settings)
         account = await run_in_threadpool(tenancy.accounts(store).get_tenant, tenant)
+        if spec.notify is not None:  # a tenant's default was checked when it was set
+            check_notify_url(spec.notify, settings, "spec")
         notify = spec.notify or (account.notify if account is not None else None)
-        if notify is not None:
-            check_notify_url(notify, settings, "spec" if spec.notify else "tenant")
         upload_format = await run_in_threadpool(judge_upload, blobs, job_id, settings)
         assert form.model_sha256 is not None
         record = JobRecord(

@@ -42,7 +42,7 @@ def pruner_here(stack: Stack, capsys: pytest.CaptureFixture[str],
     """The same command's code in this process (a process start costs seconds on a loaded
     machine): exit status, stdout, stderr."""
     capsys.readouterr()
-    code = main(["--url", stack.base_url, *map(str, args)])
+    code = main(["--url", stack.base_url, "--api-key", stack.api_key, *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
 

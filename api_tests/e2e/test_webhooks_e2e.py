@@ -5,6 +5,7 @@ after the API and the worker restart (the rows are durable, not in memory)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,6 @@ def signing_secret(stack: Stack) -> str:
 
 
 def wait_delivered(stack: Stack, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         shown = deliveries(stack, job_id)
@@ -100,9 +99,11 @@ def test_a_delivery_survives_a_receiver_outage_and_restarts(hooked: Stack,
     assert wait_for(hooked.client, job_id, timeout=60)["status"] == "succeeded"
     _wait_failed_attempts(hooked, job_id, 2)  # refused connections, retried
 
+    # Rotated while the receiver is down: the restarted worker must sign with the new one
+    # (rotating with the receiver up would race an attempt already signed with the old).
+    secret = signing_secret(hooked)
     hooked.restart_api()
     hooked.restart_worker()
-    secret = signing_secret(hooked)  # rotated now: the retry must sign with the new one
     with WebhookReceiver([204], port=port) as receiver:
         shown = wait_delivered(hooked, job_id)
         (received,) = receiver.wait_for(1)
@@ -118,8 +119,6 @@ def test_a_delivery_survives_a_receiver_outage_and_restarts(hooked: Stack,
 
 
 def _wait_failed_attempts(stack: Stack, job_id: str, count: int, timeout: float = 20.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         data = deliveries(stack, job_id)["data"]

@@ -20,7 +20,6 @@ from swagger_ui_bundle import swagger_ui_path
 
 from core.accounts import Scope, grants
 from core.jobs import JobStatus
-from core.lifecycle import utcnow
 from core.store import BlobStore, JobStore
 from report_html import render_report, report_context
 from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep
@@ -115,7 +114,7 @@ async def signin(request: Request, settings: SettingsDep, accounts: AccountsDep)
     key, next_url = str(form.get("key", "")).strip(), _local_path(str(form.get("next", "/")))
     if settings.auth == "enabled":
         state = request.state
-        found = await run_in_threadpool(accounts.authenticate, key, state.pepper, utcnow())
+        found = await run_in_threadpool(accounts.authenticate, key, state.pepper)
         if found is None:
             return _signin_page(next_url, "That key is not valid (unknown, malformed or "
                                 "revoked).")
@@ -143,6 +142,8 @@ def index(who: PageDep, store: StoreDep, blobs: BlobsDep, status: JobStatus | No
     """The job list, newest first, and the submission form."""
     if who is None:
         return _signin_page("/")
+    if not grants(who.scopes, Scope.JOBS_READ):
+        return _error_page(Forbidden("this key lacks the 'jobs:read' scope"))
     return _index_page(store, blobs, who.tenant, status, cursor)
 
 
@@ -185,6 +186,8 @@ def job_page(job_id: str, who: PageDep, store: StoreDep, blobs: BlobsDep) -> HTM
     """One job, live while it runs (server-sent events), with its report once it succeeded."""
     if who is None:
         return _signin_page(f"/jobs/{job_id}")
+    if not grants(who.scopes, Scope.JOBS_READ):
+        return _error_page(Forbidden("this key lacks the 'jobs:read' scope"))
     try:
         record = load_job(store, job_id, who.tenant)
     except ApiError as exc:

@@ -43,11 +43,14 @@ class Dispatcher:
         self.accounts: AccountStore = tenancy.accounts(store)
         self.rng = rng or random.Random()
 
-    def run_once(self) -> int:
-        """One pass; returns the number of attempts made."""
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """One pass (cut short between attempts once ``stop`` is set); returns the number
+        of attempts made."""
         self.record_due_events()
         attempts = 0
         for delivery, body, token in self.deliveries.due(utcnow()):
+            if stop is not None and stop.is_set():
+                break
             if self.deliveries.lease(delivery.id, token, utcnow()):
                 self.attempt(delivery, body)
                 attempts += 1
@@ -109,19 +112,21 @@ class Dispatcher:
 
 _stop = threading.Event()
 _thread: threading.Thread | None = None
+_join_s = 0.0
 
 
 def start_dispatcher(settings: Settings, store: JobStore) -> None:
-    global _thread
+    global _thread, _join_s
     if _thread is not None and _thread.is_alive():
         return
     dispatcher = Dispatcher(settings, store)
     _stop.clear()
+    _join_s = settings.webhook_timeout_s + 1.0  # post_json bounds one attempt by the timeout
 
     def loop() -> None:
         while not _stop.is_set():
             try:
-                dispatcher.run_once()
+                dispatcher.run_once(_stop)
             except Exception:  # a database hiccup: the next pass retries
                 log.exception("webhook dispatcher pass failed")
             _stop.wait(settings.webhook_interval_s)
@@ -131,4 +136,9 @@ def start_dispatcher(settings: Settings, store: JobStore) -> None:
 
 
 def stop_dispatcher() -> None:
+    """Stop the thread once the attempt in flight has ended and been recorded: the process
+    exits next, and an attempt cut off there would keep its row leased for a minute, then
+    be sent again."""
     _stop.set()
+    if _thread is not None:
+        _thread.join(_join_s)
