@@ -177,13 +177,18 @@ def tiny_model(folder: Path) -> Path:
 
 
 def main(seconds: float = 15.0, extra: dict[str, Any] | None = None,
-         server: str = "1 uvicorn process, SQLite job store") -> dict[str, Any]:
-    """``extra``: more settings (benchmarks/distributed.py: PostgreSQL + S3, and then each
-    process has its own data dir, as on separate hosts)."""
+         server: str = "1 uvicorn process, SQLite job store",
+         hosts: bool | None = None) -> dict[str, Any]:
+    """``extra``: more settings; ``hosts`` (default: whether ``extra`` names a database):
+    each process gets its own data dir, as on separate hosts (benchmarks/distributed.py:
+    PostgreSQL + S3). ``python -m benchmarks.api_latency 15 noauth`` measures the same with
+    ``auth`` disabled, the cost of the key check being the difference."""
+    extra = extra or {}
+    own_dirs = bool(extra.get("database_url")) if hosts is None else hosts
     mnist = Path(os.environ.get("PRUNER_MNIST_ROOT", "../shared/datasets")).resolve()
     with tempfile.TemporaryDirectory() as tmp, local_stack(
-        Path(tmp), {"mnist_root": mnist, "worker_device": "cpu", **(extra or {})},
-        own_data_dirs=bool(extra),
+        Path(tmp), {"mnist_root": mnist, "worker_device": "cpu", **extra},
+        own_data_dirs=own_dirs,
     ) as stack:
         job_id = finished_job(stack.client, tiny_model(Path(tmp)))
         path = f"/v1/jobs/{job_id}"
@@ -202,5 +207,8 @@ def main(seconds: float = 15.0, extra: dict[str, Any] | None = None,
 
 
 if __name__ == "__main__":
-    result = main(float(sys.argv[1]) if len(sys.argv) > 1 else 15.0)
+    noauth = sys.argv[2:3] == ["noauth"]
+    result = main(float(sys.argv[1]) if len(sys.argv) > 1 else 15.0,
+                  {"auth": "disabled"} if noauth else None,
+                  "1 uvicorn process, SQLite job store" + (", auth disabled" if noauth else ""))
     print(json.dumps(result, indent=2))
