@@ -71,6 +71,8 @@ def test_submit_wait_downloads_the_model_and_report(
     code, out, err = pruner_here(stack, capsys, "download", job_id, "-o", tmp_path / "again")
     assert code == 0, err
     assert (tmp_path / "again" / model_path.name).read_bytes() == model_path.read_bytes()
+    code, out, err = pruner_here(stack, capsys, "watch", job_id)  # an ended job: its end
+    assert (code, out) == (0, "") and f"{job_id}: succeeded" in err
 
 
 def test_submit_wait_through_a_failed_job_exits_1_with_its_code(stack: Stack, mlp: Path,
@@ -80,6 +82,9 @@ def test_submit_wait_through_a_failed_job_exits_1_with_its_code(stack: Stack, ml
     assert done.returncode == 1, done.stderr
     assert "failed: architecture_mismatch: " in done.stderr
     assert done.stdout == "" and list(tmp_path.iterdir()) == []  # nothing downloaded
+    job_id = done.stderr.splitlines()[0].split()[-1]
+    watched = pruner(stack, "watch", job_id)
+    assert watched.returncode == 1 and "failed: architecture_mismatch: " in watched.stderr
 
 
 def test_submit_wait_through_a_cancel_exits_3(stack: Stack, mlp: Path, tmp_path: Path) -> None:

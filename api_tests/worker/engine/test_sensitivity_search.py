@@ -105,9 +105,14 @@ def test_sensitivity_is_monotone_on_a_trained_model(
     scan = sensitivity.scan(targets, PruningSpec(), amounts, model, val, seed=0)
     assert all(torch.equal(v, dense[k]) for k, v in model.state_dict().items())  # restored
     assert scan.split == "validation" and scan.amounts == amounts
+    # Monotone up to noise: on this one-epoch MLP, pruning fc1 a little can help by about a
+    # point of the 2000-image split (seen: 95.65% at 30%, 96.60% at 80%, CI run of
+    # 2026-12-04), so a step may rise by 1.5 points; a scan that kept an earlier amount's
+    # masks, or pruned another tensor, breaks this by tens of points.
     for row in scan.tensors:
         accuracies = [scan.dense_accuracy, *row.accuracy]
-        assert all(b <= a + 0.005 for a, b in zip(accuracies, accuracies[1:], strict=False)), row
+        assert all(b <= a + 0.015 for a, b in zip(accuracies, accuracies[1:], strict=False)), row
+        assert accuracies[-1] < accuracies[0]
     by_name = {row.name: row.accuracy for row in scan.tensors}
     assert by_name["fc1.weight"][0] > 0.95  # 30% of the big layer costs little
     assert by_name["fc3.weight"][-1] < scan.dense_accuracy - 0.2  # 99.5% of the last breaks it
