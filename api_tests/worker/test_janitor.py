@@ -124,3 +124,31 @@ def test_heartbeat_key_has_the_ttl(janitor: Janitor) -> None:
     key = heartbeat_key("w1@test")
     assert janitor.redis.exists(key)
     assert 0 < janitor.redis.ttl(key) <= 7
+
+
+def test_retention_deletes_the_objects_on_s3_and_postgres(
+    tmp_path: Path, redis_url: str, postgres_server: Any, s3_server: Any
+) -> None:
+    """Several hosts: retention expires the record in PostgreSQL and deletes the job's
+    objects in S3, not just a local copy."""
+    from core.backends import open_blob_store, open_job_store
+
+    settings = Settings.of(data_dir=tmp_path, redis_url=redis_url, retention_s=3600,
+                           database_url=postgres_server.url(), **s3_server.settings())
+    store, blobs = open_job_store(settings), open_blob_store(settings)
+    janitor = Janitor(settings, Celery("test", config_source=celery_config(settings)),
+                      "w1@test", store=store, blobs=blobs)
+    old = add_job(janitor, JobStatus.SUCCEEDED,
+                  finished_at=datetime.now(UTC) - timedelta(seconds=3601))
+    recent = add_job(janitor, JobStatus.SUCCEEDED, finished_at=datetime.now(UTC))
+    for job in (old, recent):
+        for name in (UPLOAD, REPORT):
+            with blobs.writer(job.id, name) as f:
+                f.write(b"x")
+    assert janitor.sweep() == [old.id]
+    fresh = open_blob_store(settings)  # another host: no local cache to fool the check
+    assert not fresh.exists(old.id, UPLOAD) and not fresh.exists(old.id, REPORT)
+    assert fresh.exists(recent.id, UPLOAD) and fresh.exists(recent.id, REPORT)
+    expired = open_job_store(settings).get(old.id)
+    assert expired is not None and expired.files_expired_at is not None
+    store.close()
