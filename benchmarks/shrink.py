@@ -11,7 +11,7 @@
    shrunk at 50% with 1 epoch of fine-tuning: the downloaded archive's accuracy and shapes
    must equal the report's.
 
-    PRUNER_MNIST_ROOT=../shared/datasets .venv/bin/python benchmarks/shrink.py \
+    PRUNER_MNIST_ROOT=../shared/datasets .venv/bin/python -m benchmarks.shrink \
         [--out benchmarks/results/shrink_cpu.json]
 """
 
@@ -124,6 +124,9 @@ def lenet5(workdir: Path) -> dict[str, Any]:
         "latency_ms_batch_256": lat, "latency_ms_batch_1": lat1,
         "speedup_batch_256": speedups(lat), "speedup_batch_1": speedups(lat1),
         "job_seconds": job_s, "timings_s": result.report.timings_s,
+        # What the job's own report measured (report.cost), beside this script's timing.
+        "report_cost": (None if result.report.cost is None
+                        else result.report.cost.model_dump(mode="json")),
         "targets_met": {
             "accuracy_within_0.5_points": (dense_accuracy - after) * 100 <= 0.5,
             "speedup_batch_256_at_least_1.5 (wall p50)": speedups(lat)["p50"] >= 1.5,
