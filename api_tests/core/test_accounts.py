@@ -1,5 +1,5 @@
 """Tenants, API keys and webhook deliveries in the job store's database, on every backend
-(the ``BACKENDS`` of test_store_contract.py): ``AccountStore`` (authenticate: ok, wrong
+(the ``BACKENDS`` of store_backends.py): ``AccountStore`` (authenticate: ok, wrong
 secret, revoked, unknown, malformed; ``last_used`` written at most once a minute; only a
 peppered digest stored) and ``DeliveryStore`` (one delivery per job, leases by
 compare-and-set, attempts recorded), and the plain functions beside them (key format,
@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from api_tests.core.factories import T0, make_record
-from api_tests.core.test_store_contract import BACKENDS, Backend
 from core.accounts import (
     ALL_SCOPES,
     KEY_PREFIX,
@@ -46,18 +44,6 @@ from core.store import JobStore
 
 PEPPER = "test-pepper"
 HOOK = Notify(url="https://hooks.example.com/pruner")
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](request, tmp_path)
-
-
-@pytest.fixture()
-def store(backend: Backend) -> Iterator[JobStore]:
-    opened = backend.open()
-    yield opened
-    opened.close()
 
 
 class CountingSql:

@@ -2,69 +2,23 @@
 compare-and-set, idempotency races (threads and processes), the queue limit, pagination,
 the reconciler's and the metrics' queries.
 
-A backend joins by one more entry in ``BACKENDS``: a picklable factory
-whose ``open()`` gives a fresh handle on one empty store (the cross-process test opens it in
-other processes)."""
+Every test runs once per backend of api_tests/core/store_backends.py (the ``backend`` and
+``store`` fixtures of api_tests/core/conftest.py); a backend joins there."""
 
 from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Protocol
 
 import pytest
 
 from api_tests.core.factories import T0, make_record
+from api_tests.core.store_backends import Backend
 from core.errors import JobErrorCode
 from core.jobs import JobError, JobRecord, JobStatus
 from core.report import Progress
 from core.store import IdempotencyConflict, JobStore, QueueLimitReached
-from core.store_postgres import PostgresJobStore
-from core.store_sqlite import SqliteJobStore
-
-
-class Backend(Protocol):
-    def open(self) -> JobStore: ...
-
-
-@dataclass(frozen=True)
-class SqliteBackend:
-    path: Path
-
-    def open(self) -> JobStore:
-        return SqliteJobStore(self.path)
-
-
-@dataclass(frozen=True)
-class PostgresBackend:
-    url: str  # its own schema on the session's PostgreSQL (real_services.PostgresServer)
-
-    def open(self) -> JobStore:
-        return PostgresJobStore(self.url, pool_max=4)
-
-
-# Each factory gets the test's request (for session fixtures such as ``postgres_server``)
-# and its tmp_path.
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
-    "sqlite": lambda _, tmp: SqliteBackend(tmp / "jobs.sqlite3"),
-    "postgres": lambda req, _: PostgresBackend(req.getfixturevalue("postgres_server").url()),
-}
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](request, tmp_path)
-
-
-@pytest.fixture()
-def store(backend: Backend) -> Iterator[JobStore]:
-    opened = backend.open()
-    yield opened
-    opened.close()
 
 
 def test_create_get_round_trip_and_reopen(backend: Backend, store: JobStore) -> None:

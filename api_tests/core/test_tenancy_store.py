@@ -1,19 +1,18 @@
 """The tenant side of the ``JobStore`` contract, on every backend (the ``BACKENDS`` of
-test_store_contract.py): reads filtered by tenant, idempotency keys scoped per tenant, quotas
+store_backends.py): reads filtered by tenant, idempotency keys scoped per tenant, quotas
 exact at their boundaries, fair scheduling across tenants and the running limit, and the
 metrics' bounded per-tenant counts."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from api_tests.core.factories import T0, make_record
-from api_tests.core.test_store_contract import BACKENDS, Backend
 from core import tenancy
 from core.accounts import TenantLimits
 from core.jobs import JobStatus
@@ -23,18 +22,6 @@ from core.store import IdempotencyConflict, JobStore, Quota, QuotaExceeded, Quot
 from core.tenancy_sql import MAX_TENANT_LABELS, counts_by_tenant
 
 NO_LIMIT: Callable[[str], int] = lambda _: 0  # noqa: E731
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](request, tmp_path)
-
-
-@pytest.fixture()
-def store(backend: Backend) -> Iterator[JobStore]:
-    opened = backend.open()
-    yield opened
-    opened.close()
 
 
 @pytest.fixture()

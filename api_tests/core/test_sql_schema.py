@@ -1,0 +1,18 @@
+"""The tables both databases share are written once (core/sql.py SHARED_SCHEMA): SQLite runs
+it at open, PostgreSQL's migration 0002 holds it word for word (a released migration never
+changes, so the two must not drift)."""
+
+from __future__ import annotations
+
+from core.pg_migrate import migration_files
+from core.sql import SHARED_SCHEMA, TENANT_COLUMNS, statements
+
+
+def test_migration_0002_holds_the_shared_schema_word_for_word() -> None:
+    (_, name, sql), = [m for m in migration_files() if m[0] == 2]
+    assert name == "0002_tenants.sql"
+    migration = statements(sql)
+    for statement in statements(SHARED_SCHEMA):
+        assert statement in migration, statement
+    for column, definition in TENANT_COLUMNS:  # and adds the columns SQLite adds
+        assert f"ALTER TABLE jobs ADD COLUMN {column} {definition}" in migration
