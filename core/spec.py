@@ -21,8 +21,6 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
@@ -37,12 +35,14 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.accounts import Notify
 from core.formats import SAME_FORMAT, ModelFormat
+from core.spec_options import AnalysisSpec as AnalysisSpec
+from core.spec_options import InputSpec as InputSpec
+from core.spec_options import LimitsSpec as LimitsSpec
+from core.spec_options import SearchSpec as SearchSpec
+from core.spec_options import SensitivitySpec as SensitivitySpec
+from core.spec_options import SpecModel
 
 SPEC_VERSION = 1
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Method(StrEnum):
@@ -82,13 +82,13 @@ def check_amount(value: int | float, field: str = "amount") -> int | float:
     return value
 
 
-class OneShot(_Model):
+class OneShot(SpecModel):
     """Prune once to the target amount, then fine-tune."""
 
     kind: Literal["one_shot"] = "one_shot"
 
 
-class Agp(_Model):
+class Agp(SpecModel):
     """Zhu & Gupta's gradual schedule over the fine-tune's steps:
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))**3, s_f = ``pruning.amount``."""
 
@@ -108,7 +108,7 @@ class Agp(_Model):
         return self
 
 
-class Iterative(_Model):
+class Iterative(SpecModel):
     """Han et al.: ``rounds`` prune-and-retrain rounds, each removing the same fraction of the
     remaining weights (sparsity after round k: 1 - (1 - amount) ** (k / rounds)), each followed
     by ``finetune.epochs`` epochs."""
@@ -128,7 +128,7 @@ def field_error(loc: tuple[str | int, ...], message: str) -> ValidationError:
     )])
 
 
-class PruningSpec(_Model):
+class PruningSpec(SpecModel):
     method: Method = Method.L1_UNSTRUCTURED
     scope: Scope = Field(
         default=Scope.GLOBAL,
@@ -249,7 +249,7 @@ class Optimizer(StrEnum):
     SGD = "sgd"
 
 
-class FinetuneSpec(_Model):
+class FinetuneSpec(SpecModel):
     epochs: int = Field(default=2, ge=0, le=100, description="0: prune and evaluate only.")
     optimizer: Optimizer = Optimizer.ADAM
     lr: float = Field(default=1e-3, gt=0, le=10)
@@ -266,61 +266,6 @@ class FinetuneSpec(_Model):
         description="MNIST train images held out (seeded by `seed`) for validation: sensitivity "
         "and search decide on them, and they are not trained on. 0: train on all 60000 "
         "(no validation figures; sensitivity and search need a validation split).")
-
-
-class SensitivitySpec(_Model):
-    amounts: list[float] = Field(
-        default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.98], min_length=1, max_length=50,
-        description="Amounts each targeted tensor is pruned to, alone and without fine-tuning.")
-
-    @field_validator("amounts")
-    @classmethod
-    def _amounts(cls, value: list[float]) -> list[float]:
-        for a in value:
-            if not 0.0 <= a < 1.0:
-                raise ValueError(f"each amount must be in [0, 1), got {a}")
-        return sorted(set(value))
-
-
-class AnalysisSpec(_Model):
-    sensitivity: SensitivitySpec | None = None
-
-
-class SearchSpec(_Model):
-    """Find the highest sparsity whose fine-tuned validation accuracy stays within
-    ``max_accuracy_drop`` of the dense model's; ``pruning.amount`` is the upper bound."""
-
-    max_accuracy_drop: float = Field(default=0.005, ge=0, lt=1)
-    max_trials: int = Field(default=6, ge=1, le=50)
-    per_layer: bool = Field(
-        default=False, description="Allocate the sparsity per tensor from a sensitivity scan "
-        "(equal standalone accuracy drop per tensor) instead of one global threshold.")
-
-
-class InputSpec(_Model):
-    """How MNIST images are fed to the model: (N, 1, 28, 28) floats, normalised."""
-
-    mean: float = Field(default=0.1307, ge=-10, le=10)
-    std: float = Field(default=0.3081, gt=0, le=10)
-    flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
-
-
-class LimitsSpec(_Model):
-    """Bounds a pipeline sets on its own job; the server's settings cap them."""
-
-    timeout_s: int | None = Field(
-        default=None,
-        ge=1,
-        le=30 * 24 * 3600,
-        description="Wall-clock seconds the job may run before it fails `timeout`; the "
-        "server's job_soft_time_limit_s caps it. null: the server's limit.",
-    )
-
-    def wall_clock_s(self, server_limit_s: int) -> int:
-        """The job's wall-clock limit: this spec's, capped by the server's."""
-        if self.timeout_s is None:
-            return server_limit_s
-        return min(self.timeout_s, server_limit_s)
 
 
 _OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
@@ -350,7 +295,7 @@ OutputFormat = Annotated[
 ]
 
 
-class JobSpec(_Model):
+class JobSpec(SpecModel):
     """Everything a pruning job needs besides the model file."""
 
     version: Literal[1] = 1  # SPEC_VERSION

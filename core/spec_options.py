@@ -1,0 +1,68 @@
+"""The parts of a job spec beside pruning and fine-tuning: how MNIST is fed, the job's own
+limits, the sensitivity scan and the accuracy-budget search. ``core/spec.py`` assembles them
+into ``JobSpec`` (and re-exports them, so ``from core.spec import InputSpec`` works)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class SpecModel(BaseModel):
+    """Every spec block: unknown fields refused, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SensitivitySpec(SpecModel):
+    amounts: list[float] = Field(
+        default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95, 0.98], min_length=1, max_length=50,
+        description="Amounts each targeted tensor is pruned to, alone and without fine-tuning.")
+
+    @field_validator("amounts")
+    @classmethod
+    def _amounts(cls, value: list[float]) -> list[float]:
+        for a in value:
+            if not 0.0 <= a < 1.0:
+                raise ValueError(f"each amount must be in [0, 1), got {a}")
+        return sorted(set(value))
+
+
+class AnalysisSpec(SpecModel):
+    sensitivity: SensitivitySpec | None = None
+
+
+class SearchSpec(SpecModel):
+    """Find the highest sparsity whose fine-tuned validation accuracy stays within
+    ``max_accuracy_drop`` of the dense model's; ``pruning.amount`` is the upper bound."""
+
+    max_accuracy_drop: float = Field(default=0.005, ge=0, lt=1)
+    max_trials: int = Field(default=6, ge=1, le=50)
+    per_layer: bool = Field(
+        default=False, description="Allocate the sparsity per tensor from a sensitivity scan "
+        "(equal standalone accuracy drop per tensor) instead of one global threshold.")
+
+
+class InputSpec(SpecModel):
+    """How MNIST images are fed to the model: (N, 1, 28, 28) floats, normalised."""
+
+    mean: float = Field(default=0.1307, ge=-10, le=10)
+    std: float = Field(default=0.3081, gt=0, le=10)
+    flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
+
+
+class LimitsSpec(SpecModel):
+    """Bounds a pipeline sets on its own job; the server's settings cap them."""
+
+    timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Wall-clock seconds the job may run before it fails `timeout`; the "
+        "server's job_soft_time_limit_s caps it. null: the server's limit.",
+    )
+
+    def wall_clock_s(self, server_limit_s: int) -> int:
+        """The job's wall-clock limit: this spec's, capped by the server's."""
+        if self.timeout_s is None:
+            return server_limit_s
+        return min(self.timeout_s, server_limit_s)
