@@ -224,5 +224,8 @@ def test_signin_form_keeps_the_key_for_the_pages(browser: Browser, app: ServedAp
         cookie, = [c for c in w.page.context.cookies() if c["name"] == "pruner_key"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert w.page.evaluate("document.cookie") == ""  # invisible to scripts
+        w.page.click("form.signout button[type=submit]")  # and signing out forgets it
+        w.page.wait_for_url(f"{app.base_url}/signin")
+        assert [c for c in w.page.context.cookies() if c["name"] == "pruner_key"] == []
         # The 401s of the sign-in page itself are the only errors the console shows.
         assert [e for e in w.errors if "status of 401" not in e] == []
