@@ -36,7 +36,7 @@ from core.errors import JobErrorCode
 from core.jobs import JobError, JobRecord, JobStatus
 from core.report import Progress
 from core.settings import Settings
-from core.store import JobStore
+from core.store import JobStore, RunningLimits
 
 log = logging.getLogger("core.lifecycle")
 
@@ -168,8 +168,8 @@ def claim(store: JobStore, job_id: str, settings: Settings, worker: str) -> Clai
     return None if running is None else Claim(store, job_id, attempt)
 
 
-def claim_next(store: JobStore, job_id: str, settings: Settings, worker: str,
-               max_running: Callable[[str], int]) -> Claim | None:
+def claim_next(store: JobStore, settings: Settings, worker: str,
+               running_limits: RunningLimits) -> Claim | None:
     """Claim the job that fair scheduling across tenants runs next (core/tenancy_sql.py).
 
     A task's job id is a turn, not an order: every queued job has its own task, so every job
@@ -177,7 +177,7 @@ def claim_next(store: JobStore, job_id: str, settings: Settings, worker: str,
     hold another's job back. None when nothing may start now (all done, or every tenant
     with queued jobs at its running limit: those wait for the janitor's re-enqueue)."""
     for _ in range(8):  # another worker may claim the same pick first: pick again
-        chosen = store.next_queued(max_running)
+        chosen = store.next_queued(running_limits)
         if chosen is None:
             return None
         held = claim(store, chosen, settings, worker)

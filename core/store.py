@@ -17,7 +17,7 @@ fixture parameter there.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +95,10 @@ class QuotaExceeded(Exception):
         self.retry_after_s = retry_after_s
 
 
+# Given the tenants that have queued jobs, their running-jobs limits (absent or 0: none).
+RunningLimits = Callable[[Sequence[str]], Mapping[str, int]]
+
+
 class JobStore(Protocol):
     # True when a read is a local file read of microseconds (SQLite): the API then reads on
     # its event loop; a networked store (PostgreSQL) is read from the thread pool instead.
@@ -129,7 +133,7 @@ class JobStore(Protocol):
         of the next page (None at the end)."""
         ...
 
-    def next_queued(self, max_running: Callable[[str], int]) -> str | None:
+    def next_queued(self, running_limits: RunningLimits) -> str | None:
         """The queued job fair scheduling runs next (core/tenancy_sql.py), or None."""
         ...
 

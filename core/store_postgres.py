@@ -13,7 +13,7 @@ the SQLite store's, kept by the same contract tests (api_tests/core/test_store_c
 
 Each process holds a small pool (``POOL_MAX`` connections): the API's request threads share
 it, a worker and each job process use one or two. Connections are checked before they are
-handed out (``_usable``: no round trip), so after a PostgreSQL restart the first query gets a
+handed out (``_checkout``: no round trip), so after a PostgreSQL restart the first query gets a
 fresh connection rather than a dead one. A pool belongs to the process that opened it: a
 forked child opens its own.
 A database that cannot be reached raises ``StoreUnavailable`` (the API answers 503).
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -37,17 +37,18 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from core import tenancy_sql
 from core.jobs import JobRecord, JobStatus
 from core.pg_migrate import migrate
-from core.sql import PgConn, SqlAccess, SqlConn
+from core.sql import PgConn, SqlAccess, SqlConn, micros
 from core.store import (
     Histogram,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
     Quota,
+    RunningLimits,
     StoreUnavailable,
     merge_fields,
 )
-from core.store_sqlite import MAX_PAGE, _micros, decode_cursor, encode_cursor
+from core.store_sqlite import MAX_PAGE, decode_cursor, encode_cursor
 
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5  # a database that is down answers fast, not after the default minutes
@@ -81,25 +82,45 @@ class PostgresJobStore:
                 # A pool inherited through fork is the parent's: leave it alone, open ours.
                 self._pool = ConnectionPool(
                     self.url, min_size=0, max_size=self.pool_max, open=True,
-                    timeout=POOL_WAIT_S, check=_usable,
+                    timeout=POOL_WAIT_S,
                     kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
                     name="pruner-jobs",
                 )
                 self._pid = os.getpid()
             return self._pool
 
+    def _checkout(self) -> Conn:
+        """A live connection from the pool. One the server cut while it sat idle (a
+        PostgreSQL restart) is closed and given back, which makes the pool drop it, and the
+        next is taken at once: after a restart every idle connection is dead, and the pool's
+        own check loop would sleep 1 s, 2 s... between them."""
+        pool = self._pool_here()
+        for _ in range(self.pool_max + 1):  # at most every pooled one is dead, then a new one
+            conn = pool.getconn()
+            if not _cut(conn):
+                return conn
+            conn.close()
+            pool.putconn(conn)
+        raise psycopg.OperationalError("no live connection to PostgreSQL")
+
     @contextmanager
     def _conn(self) -> Iterator[Conn]:
         try:
-            with self._pool_here().connection() as conn:
+            conn = self._checkout()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        try:
+            with conn:  # a pooled connection: the block ends its transaction, never closes it
                 if not self._migrated:
                     # On first use, not in __init__: a process whose database is down at
                     # start still starts (the API answers 503 and /readyz says why).
                     migrate(conn)
                     self._migrated = True
                 yield conn
-        except (PoolTimeout, psycopg.OperationalError) as exc:
+        except psycopg.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
+        finally:
+            self._pool_here().putconn(conn)
 
     @contextmanager
     def _write(self) -> Iterator[Conn]:
@@ -149,13 +170,13 @@ class PostgresJobStore:
                 if queued >= max_queued:
                     raise QueueLimitReached(queued)
             if quota is not None:
-                tenancy_sql.check_quota(PgConn(conn), record, quota, _micros(record.created_at))
+                tenancy_sql.check_quota(PgConn(conn), record, quota, micros(record.created_at))
             conn.execute(
                 "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
                 " files_expired, tenant, stored_bytes, notify_due, idempotency_key,"
                 " request_hash, record)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (record.id, _micros(record.created_at), *_derived(record),
+                (record.id, micros(record.created_at), *tenancy_sql.indexed_columns(record),
                  key, request_hash, record.model_dump_json()),
             )
         return record, True
@@ -167,9 +188,9 @@ class PostgresJobStore:
                 (job_id, tenant, tenant)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
 
-    def next_queued(self, max_running: Callable[[str], int]) -> str | None:
+    def next_queued(self, running_limits: RunningLimits) -> str | None:
         with self._conn() as conn:
-            return tenancy_sql.next_queued(PgConn(conn), max_running)
+            return tenancy_sql.next_queued(PgConn(conn), running_limits)
 
     def notify_due(self) -> list[JobRecord]:
         with self._conn() as conn:
@@ -253,26 +274,23 @@ class PostgresJobStore:
             rows = conn.execute(
                 "SELECT record FROM jobs WHERE NOT files_expired AND finished_us < %s"
                 " AND status = ANY(%s) ORDER BY finished_us",
-                (_micros(when), _TERMINAL),
+                (micros(when), _TERMINAL),
             ).fetchall()
         return (JobRecord.model_validate_json(r[0]) for r in rows)
 
 
 # --- helpers ----------------------------------------------------------------------------
 
-def _usable(conn: Conn) -> None:
-    """The pool's check when it hands out a connection, without a round trip: a connection
-    the server closed while it sat idle (a PostgreSQL restart) has its socket readable (the
-    server's goodbye, then EOF), and raising makes the pool drop it and hand out a fresh one.
-    The pool's own ``check_connection`` sends an empty query instead: a round trip on every
-    checkout, which measured here halved the API's reads (681 against 500 requests/s, and
-    paced p99 13 against 554 ms, benchmarks/results/api_latency_postgres.json)."""
+def _cut(conn: Conn) -> bool:
+    """Whether the server closed this idle connection, found without a round trip: its
+    socket is readable (the server's goodbye, then EOF). The pool's own ``check_connection``
+    sends an empty query instead, a round trip on every checkout, which measured here halved
+    the API's reads (593 against 500 requests/s, and paced p99 18.3 against 554 ms,
+    benchmarks/results/api_latency_postgres.json)."""
     if conn.closed or conn.broken:
-        raise psycopg.OperationalError("the connection is closed")
+        return True
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
-        conn.close()  # closed, the pool throws it away rather than keeping it
-        raise psycopg.OperationalError("the server closed the connection while it was idle")
+    return bool(readable)
 
 
 def _get_for_update(conn: Conn, job_id: str) -> JobRecord | None:
@@ -281,20 +299,12 @@ def _get_for_update(conn: Conn, job_id: str) -> JobRecord | None:
     return None if row is None else JobRecord.model_validate_json(row[0])
 
 
-def _derived(record: JobRecord) -> tuple[str, int | None, int | None, bool, str, int, int]:
-    """The indexed columns besides id and created_us, from the record."""
-    started = None if record.started_at is None else _micros(record.started_at)
-    finished = None if record.finished_at is None else _micros(record.finished_at)
-    return (record.status.value, started, finished, record.files_expired_at is not None,
-            *tenancy_sql.derived(record))
-
-
 def _save(conn: Conn, current: JobRecord, fields: dict[str, Any]) -> JobRecord:
     merged = merge_fields(current, fields)
     conn.execute(
         "UPDATE jobs SET status = %s, started_us = %s, finished_us = %s, files_expired = %s,"
         " tenant = %s, stored_bytes = %s, notify_due = %s, record = %s WHERE id = %s",
-        (*_derived(merged), merged.model_dump_json(), merged.id),
+        (*tenancy_sql.indexed_columns(merged), merged.model_dump_json(), merged.id),
     )
     return merged
 

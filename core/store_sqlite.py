@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from core.store import (
     JobStore,
     QueueLimitReached,
     Quota,
+    RunningLimits,
     StoreUnavailable,
     merge_fields,
 )
@@ -60,9 +61,6 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_us) WHERE files_expir
 _TERMINAL = tuple(s.value for s in JobStatus if s.terminal)
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.terminal)
 MAX_PAGE = 200
-
-
-_micros = micros
 
 
 def encode_cursor(created_us: int, job_id: str) -> str:
@@ -200,12 +198,12 @@ class SqliteJobStore:
                 if queued >= max_queued:
                     raise QueueLimitReached(queued)
             if quota is not None:
-                tenancy_sql.check_quota(conn, record, quota, _micros(record.created_at))
+                tenancy_sql.check_quota(conn, record, quota, micros(record.created_at))
             conn.execute(
                 "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
                 " files_expired, tenant, stored_bytes, notify_due, idempotency_key,"
                 " request_hash, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, _micros(record.created_at), *self._derived(record),
+                (record.id, micros(record.created_at), *tenancy_sql.indexed_columns(record),
                  key, request_hash, record.model_dump_json()),
             )
         return record, True
@@ -219,8 +217,8 @@ class SqliteJobStore:
                                        (job_id, tenant)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
 
-    def next_queued(self, max_running: Callable[[str], int]) -> str | None:
-        return tenancy_sql.next_queued(self._conn(), max_running)
+    def next_queued(self, running_limits: RunningLimits) -> str | None:
+        return tenancy_sql.next_queued(self._conn(), running_limits)
 
     def notify_due(self) -> list[JobRecord]:
         return tenancy_sql.notify_due(self._conn())
@@ -303,7 +301,7 @@ class SqliteJobStore:
         rows = self._conn().execute(
             f"SELECT record FROM jobs WHERE files_expired = 0 AND finished_us < ?"
             f" AND status IN ({marks}) ORDER BY finished_us",
-            (_micros(when), *_TERMINAL),
+            (micros(when), *_TERMINAL),
         ).fetchall()
         return (JobRecord.model_validate_json(r[0]) for r in rows)
 
@@ -314,14 +312,6 @@ class SqliteJobStore:
         row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else JobRecord.model_validate_json(row[0])
 
-    @staticmethod
-    def _derived(record: JobRecord) -> tuple[str, int | None, int | None, int, str, int, int]:
-        """The indexed columns besides id and created_us, from the record."""
-        started = None if record.started_at is None else _micros(record.started_at)
-        finished = None if record.finished_at is None else _micros(record.finished_at)
-        return (record.status.value, started, finished, int(record.files_expired_at is not None),
-                *tenancy_sql.derived(record))
-
     def _save(
         self, conn: sqlite3.Connection, current: JobRecord, fields: dict[str, Any]
     ) -> JobRecord:
@@ -329,7 +319,7 @@ class SqliteJobStore:
         conn.execute(
             "UPDATE jobs SET status = ?, started_us = ?, finished_us = ?, files_expired = ?,"
             " tenant = ?, stored_bytes = ?, notify_due = ?, record = ? WHERE id = ?",
-            (*self._derived(merged), merged.model_dump_json(), merged.id),
+            (*tenancy_sql.indexed_columns(merged), merged.model_dump_json(), merged.id),
         )
         return merged
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.accounts import ALL_SCOPES, LOCAL_TENANT, EffectiveLimits, TenantLimits
 from core.accounts_store import AccountStore
 from core.deliveries import DeliveryStore
 from core.settings import Settings
-from core.store import JobStore, Quota
+from core.store import JobStore, Quota, RunningLimits
 
 PEPPER_FILE = "auth_pepper"
 ADMIN_KEY_FILE = "admin.key"
@@ -86,7 +86,23 @@ def ensure_local_admin(settings: Settings, store: JobStore) -> tuple[str, bool]:
     return path.read_text().strip(), True
 
 
-def running_limits(settings: Settings, store: JobStore) -> Callable[[str], int]:
-    """Each tenant's running-jobs limit (0: none), read once for one scheduling decision."""
-    limits = {t.name: t.limits for t in accounts(store).list_tenants()}
-    return lambda tenant: effective_limits(settings, limits.get(tenant)).max_running
+def running_limits(settings: Settings, store: JobStore) -> RunningLimits:
+    """The running-jobs limits of the tenants fair scheduling weighs (0: none): one read of
+    just those tenants' rows per scheduling decision."""
+
+    def limits(tenants: Sequence[str]) -> dict[str, int]:
+        own = accounts(store).limits_of(tenants)
+        return {t: effective_limits(settings, own.get(t)).max_running for t in tenants}
+
+    return limits
+
+
+def local_admin_key(settings: Settings) -> tuple[str, bool]:
+    """``ensure_local_admin`` on a store of its own (``python -m stack``, test stacks)."""
+    from core.backends import open_job_store
+
+    store = open_job_store(settings)
+    try:
+        return ensure_local_admin(settings, store)
+    finally:
+        store.close()

@@ -14,22 +14,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from core.jobs import JobRecord, JobStatus
-from core.sql import SqlConn
-from core.store import Quota, QuotaExceeded, QuotaKind
+from core.sql import SqlConn, micros
+from core.store import Quota, QuotaExceeded, QuotaKind, RunningLimits
 
 MINUTE_US = 60_000_000
 
 
-def derived(record: JobRecord) -> tuple[str, int, int]:
-    """The tenant columns of a record: tenant, stored bytes (0 once its files expired), and
-    whether a webhook is due."""
+IndexedColumns = tuple[str, int | None, int | None, bool, str, int, int]
+
+
+def indexed_columns(record: JobRecord) -> IndexedColumns:
+    """The columns both job stores keep beside the record (besides id and created_us), in
+    their INSERT/UPDATE order: status, started and finished (microseconds), files expired,
+    tenant, stored bytes (0 once its files expired), and whether a webhook is due."""
+    started = None if record.started_at is None else micros(record.started_at)
+    finished = None if record.finished_at is None else micros(record.finished_at)
     kept = record.files_expired_at is None
     stored = record.upload_bytes + record.output_bytes if kept else 0
     due = record.notify is not None and record.status.terminal and not record.notified
-    return record.tenant, stored, int(due)
+    return (record.status.value, started, finished, not kept, record.tenant, stored,
+            int(due))
 
 
 def scoped_key(tenant: str, key: str | None) -> str | None:
@@ -60,9 +65,9 @@ def check_quota(conn: SqlConn, record: JobRecord, quota: Quota, now_us: int) -> 
                                 max(1, -(-wait_us // 1_000_000)))
 
 
-def next_queued(conn: SqlConn, max_running: Callable[[str], int]) -> str | None:
-    """The queued job the fairness rule runs next; ``max_running(tenant)`` is the tenant's
-    running limit (0: none). None when nothing queued may start now."""
+def next_queued(conn: SqlConn, running_limits: RunningLimits) -> str | None:
+    """The queued job the fairness rule runs next, or None when nothing queued may start
+    now; ``running_limits`` is asked once, for the tenants with queued jobs."""
     queued = [str(t) for (t,) in conn.execute(
         "SELECT DISTINCT tenant FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
     ).fetchall()]
@@ -71,9 +76,10 @@ def next_queued(conn: SqlConn, max_running: Callable[[str], int]) -> str | None:
     running = {str(t): int(n) for t, n in conn.execute(
         "SELECT tenant, COUNT(*) FROM jobs WHERE status = ? GROUP BY tenant",
         (JobStatus.RUNNING.value,)).fetchall()}
+    limits = running_limits(queued)
     candidates = []
     for tenant in queued:
-        limit = max_running(tenant)
+        limit = limits.get(tenant, 0)
         busy = running.get(tenant, 0)
         if limit and busy >= limit:
             continue

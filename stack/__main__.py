@@ -17,21 +17,12 @@ from functools import partial
 from types import FrameType
 from urllib.parse import urlparse
 
-from core.backends import open_job_store
 from core.settings import Settings, get_settings
-from core.tenancy import ADMIN_KEY_FILE, ensure_local_admin
+from core.tenancy import ADMIN_KEY_FILE, local_admin_key
 from stack.keeper import Keeper, say
 from stack.processes import redis_ping, start_api, start_redis, start_worker, wait_until_ready
 
 POLL_S = 0.25
-
-
-def local_admin_key(settings: Settings) -> tuple[str, bool]:
-    store = open_job_store(settings)
-    try:
-        return ensure_local_admin(settings, store)
-    finally:
-        store.close()
 
 
 def start_children(keeper: Keeper, settings: Settings) -> None:

@@ -16,9 +16,8 @@ from typing import Any
 
 import httpx
 
-from core.backends import open_job_store
 from core.settings import Settings
-from core.tenancy import ensure_local_admin
+from core.tenancy import local_admin_key
 from stack import processes as P
 
 
@@ -113,15 +112,6 @@ def host_env(settings: Settings, root: Path, host: str, own_dirs: bool) -> dict[
     return settings.model_copy(update={"data_dir": root / "hosts" / host}).as_env()
 
 
-def local_admin_key(settings: Settings) -> str:
-    """The ``local`` tenant's admin key, made on the first start (core/tenancy.py)."""
-    store = open_job_store(settings)
-    try:
-        return ensure_local_admin(settings, store)[0]
-    finally:
-        store.close()
-
-
 @contextmanager
 def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
                 own_data_dirs: bool = False) -> Iterator[Stack]:
@@ -136,7 +126,7 @@ def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
         values["auth_pepper"] = secrets.token_urlsafe(32)
     settings = Settings.of(**values)
     env = settings.as_env()
-    api_key = local_admin_key(settings)
+    api_key, _ = local_admin_key(settings)  # made on the first start (core/tenancy.py)
     log_dir = root / "logs"
     started = [P.start_redis(redis_port, root / "redis", log_dir)]
     try:

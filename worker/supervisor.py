@@ -94,8 +94,7 @@ class Supervisor:
 
     def supervise(self, store: JobStore, job_id: str, worker: str, enqueue: Enqueue) -> Outcome:
         """Claim the job, run it, settle how it ended; SKIPPED when there was nothing to run."""
-        held = claim_next(store, job_id, self.settings, worker,
-                          running_limits(self.settings, store))
+        held = claim_next(store, self.settings, worker, running_limits(self.settings, store))
         if held is None:
             return Outcome.SKIPPED
         end = self.run(held)

@@ -17,8 +17,8 @@ from api_tests.service.big_upload import (
     written_bytes,
 )
 from core.settings import Settings
+from core.tenancy import local_admin_key
 from stack import processes as P
-from stack.local import local_admin_key
 
 UPLOAD_MIB = 256
 
@@ -26,7 +26,7 @@ UPLOAD_MIB = 256
 def start_api(root: Path, redis_url: str, limit_bytes: int) -> P.Proc:
     settings = Settings.of(data_dir=root / "data", redis_url=redis_url,
                            max_upload_bytes=limit_bytes)
-    key = local_admin_key(settings)
+    key, _ = local_admin_key(settings)
     api = P.start_api(settings.as_env(), "127.0.0.1", P.free_port(), root / "logs")
     P.wait_until_ready(api)
     api.meta["key"] = key
