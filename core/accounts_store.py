@@ -32,6 +32,8 @@ from core.sql import SqlAccess, from_micros, micros
 from core.webhook_signing import new_signing_secret
 
 LAST_USED_EVERY_US = 60_000_000
+# What ``_key`` reads, in its order.
+_KEY_COLUMNS = "key_id, tenant, scopes, name, created_us, last_used_us, revoked_us"
 _DUMMY_DIGEST = "0" * 64
 
 
@@ -138,8 +140,7 @@ class AccountStore:
         return CreatedKey(key=token, info=info)
 
     def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
-        sql = ("SELECT key_id, tenant, scopes, name, created_us, last_used_us, revoked_us"
-               " FROM api_keys")
+        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
         params: tuple[str, ...] = ()
         if tenant is not None:
             sql, params = sql + " WHERE tenant = ?", (tenant,)
@@ -150,8 +151,7 @@ class AccountStore:
     def get_key(self, key_id: str) -> ApiKey | None:
         with self.sql.read() as conn:
             row = conn.execute(
-                "SELECT key_id, tenant, scopes, name, created_us, last_used_us, revoked_us"
-                " FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         return None if row is None else _key(row)
 
     def revoke_key(self, key_id: str, now: datetime) -> ApiKey | None:
@@ -168,8 +168,8 @@ class AccountStore:
         if key_id is not None:
             with self.sql.read() as conn:
                 row = conn.execute(
-                    "SELECT key_id, tenant, scopes, name, created_us, last_used_us, revoked_us,"
-                    " digest FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+                    f"SELECT {_KEY_COLUMNS}, digest FROM api_keys WHERE key_id = ?",
+                    (key_id,)).fetchone()
         if row is None:
             digest_matches(pepper, token, _DUMMY_DIGEST)  # same work as a real check
             return None
