@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -80,6 +81,29 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return created_us, job_id
 
 
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting out other processes that open it at once.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers
+    ``SQLITE_BUSY`` for it at once, without calling the busy handler, while another
+    connection holds the lock or runs WAL recovery. ``python -m stack`` starts the API and
+    the worker together on a fresh data dir, so this happens: retry for the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 class SqliteJobStore:
     """``JobStore`` backed by one SQLite file; safe across threads and processes."""
 
@@ -103,7 +127,7 @@ class SqliteJobStore:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                    isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enter_wal(conn)
             # FULL: a commit is fsynced before it returns, so a job we answered 202 for
             # survives even a power cut (NORMAL would only survive a process crash). It
             # costs ~2 ms per write here; the read path, which clients hammer, is unaffected.
