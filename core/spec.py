@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from core.accounts import Notify
 from core.formats import SAME_FORMAT, ModelFormat
 from core.spec_options import AnalysisSpec as AnalysisSpec
+from core.spec_options import DistillSpec as DistillSpec
 from core.spec_options import InputSpec as InputSpec
 from core.spec_options import LimitsSpec as LimitsSpec
 from core.spec_options import SearchSpec as SearchSpec
@@ -266,6 +267,9 @@ class FinetuneSpec(SpecModel):
         description="MNIST train images held out (seeded by `seed`) for validation: sensitivity "
         "and search decide on them, and they are not trained on. 0: train on all 60000 "
         "(no validation figures; sensitivity and search need a validation split).")
+    distill: DistillSpec | None = Field(
+        default=None, description="Distil from the uploaded dense model while fine-tuning "
+        "(its outputs on the training images, computed once before pruning).")
 
 
 _OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
@@ -331,6 +335,9 @@ class JobSpec(SpecModel):
         if wants_validation and self.finetune.validation_size == 0:
             raise field_error(("finetune", "validation_size"), "sensitivity and search decide "
                               "on a validation split: validation_size must be > 0")
+        if self.finetune.distill is not None and self.finetune.epochs == 0:
+            raise field_error(("finetune", "distill"), "distillation happens while "
+                              "fine-tuning: epochs must be > 0")
         if self.pruning.schedule.kind == "agp" and self.finetune.epochs == 0:
             raise field_error(("finetune", "epochs"), "the agp schedule prunes during "
                               "fine-tuning: epochs must be > 0")

@@ -42,6 +42,17 @@ class SearchSpec(SpecModel):
         "(equal standalone accuracy drop per tensor) instead of one global threshold.")
 
 
+class DistillSpec(SpecModel):
+    """Knowledge distillation from the uploaded (dense) model during fine-tuning (Hinton et
+    al. 2015): loss = (1 - weight) * cross-entropy(labels)
+    + weight * temperature**2 * KL(teacher || student) at ``temperature``."""
+
+    weight: float = Field(default=0.5, gt=0, le=1,
+                          description="Share of the distillation term in the loss.")
+    temperature: float = Field(default=4.0, gt=0, le=100,
+                               description="Softmax temperature of teacher and student.")
+
+
 class InputSpec(SpecModel):
     """How MNIST images are fed to the model: (N, 1, 28, 28) floats, normalised."""
 

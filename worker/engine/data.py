@@ -25,6 +25,11 @@ from worker.engine.errors import EngineError
 class Split:
     images: torch.Tensor  # (N, 1, 28, 28) float, normalised; or (N, 784) when flattened
     labels: torch.Tensor  # (N,) int64
+    # (N, 10) float: a teacher's log-probabilities at the distillation temperature, or None
+    teacher: torch.Tensor | None = None
+
+    def with_teacher(self, teacher: torch.Tensor) -> Split:
+        return Split(self.images, self.labels, teacher)
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -37,8 +42,9 @@ class Split:
 
     def shuffled_batches(
         self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in a random order drawn on the CPU generator (the same on every device).
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(images, labels, teacher rows or None) in a random order drawn on the CPU generator
+        (the same on every device).
 
         Each batch is gathered into one reused buffer: no per-step allocation and no shuffled
         copy of the split (5x less memory traffic per epoch). A batch is valid until the next
@@ -46,12 +52,16 @@ class Split:
         order = torch.randperm(len(self), generator=generator).to(self.labels.device)
         images = self.images.new_empty((batch_size, *self.images.shape[1:]))
         labels = self.labels.new_empty(batch_size)
+        teacher = (None if self.teacher is None
+                   else self.teacher.new_empty((batch_size, *self.teacher.shape[1:])))
         for start in range(0, len(self), batch_size):
             index = order[start:start + batch_size]
             n = len(index)
             yield (
                 torch.index_select(self.images, 0, index, out=images[:n]),
                 torch.index_select(self.labels, 0, index, out=labels[:n]),
+                None if self.teacher is None or teacher is None
+                else torch.index_select(self.teacher, 0, index, out=teacher[:n]),
             )
 
 

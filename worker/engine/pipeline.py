@@ -125,6 +125,10 @@ def run_job(
     with clock.phase("evaluate", device):
         before = training.evaluate(model, test, should_cancel)
         val_before = _evaluate_validation(model, validation, should_cancel)
+    if spec.finetune.distill is not None and train is not None:
+        with clock.phase("teacher", device):  # the dense model's soft targets, once
+            train = train.with_teacher(training.teacher_targets(
+                model, train, spec.finetune.distill, should_cancel))
 
     targets = _targets(model, applied_pruning)
     scan = None

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.errors import JobErrorCode
 from core.report import Evaluation, Progress
-from core.spec import FinetuneSpec, InputSpec, Optimizer
+from core.spec import DistillSpec, FinetuneSpec, InputSpec, Optimizer
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 
@@ -30,6 +30,39 @@ PROGRESS_EVERY = 100  # steps between progress reports (each costs one host sync
 def loss_fn(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # == cross_entropy(log_softmax(outputs)), with one log_softmax instead of two.
     return F.nll_loss(F.log_softmax(outputs, dim=1), labels)
+
+
+def distill_loss(outputs: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor,
+                 spec: DistillSpec) -> torch.Tensor:
+    """Hinton et al.'s loss: ``(1 - w) * CE + w * T**2 * KL(teacher || student)``, both
+    softened at T; ``teacher`` holds the teacher's log-probabilities at T (``teacher_targets``).
+    The T**2 keeps the soft term's gradients on the scale of the hard term's."""
+    student = F.log_softmax(F.log_softmax(outputs, dim=1) / spec.temperature, dim=1)
+    soft = F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    return ((1.0 - spec.weight) * loss_fn(outputs, labels)
+            + spec.weight * spec.temperature ** 2 * soft)
+
+
+@torch.no_grad()
+def teacher_targets(model: nn.Module, split: Split, spec: DistillSpec,
+                    should_cancel: CancelFn | None = None) -> torch.Tensor:
+    """(N, 10) log-probabilities of ``model`` (in eval mode) at the distillation temperature,
+    over ``split`` in stored order: computed once, so a fine-tune step pays no teacher pass.
+
+    The outputs go through log_softmax first, as ``loss_fn`` does, so a model returning
+    log-probabilities is softened exactly like one returning logits."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for images, _labels in split.batches(EVAL_BATCH):
+            _check_cancel(should_cancel)
+            log_probs = F.log_softmax(model(images).float(), dim=1)
+            rows.append(F.log_softmax(log_probs / spec.temperature, dim=1))
+    finally:
+        model.train(was_training)
+    with torch.inference_mode(False):
+        return torch.cat(rows).clone()
 
 
 def _check_cancel(should_cancel: CancelFn | None) -> None:
@@ -184,11 +217,13 @@ def finetune(
     for epoch in range(1, spec.epochs + 1):
         loss_sum = torch.zeros((), device=train.labels.device)
         batches = train.shuffled_batches(spec.batch_size, generator)
-        for step, (images, labels) in enumerate(batches, start=1):
+        for step, (images, labels, teacher) in enumerate(batches, start=1):
             _check_cancel(should_cancel)
             if on_step is not None:
                 on_step((epoch - 1) * steps + step - 1)
-            loss = loss_fn(model(images), labels)
+            outputs = model(images)
+            loss = (loss_fn(outputs, labels) if teacher is None or spec.distill is None
+                    else distill_loss(outputs, labels, teacher, spec.distill))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             hold.before_step()
