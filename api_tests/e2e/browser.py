@@ -1,7 +1,7 @@
 """Drive Debian's chromium with Playwright, and serve the app from a thread to point it at.
 
 Playwright's own browser downloads are never used (``playwright install`` needs the
-internet): ``.ci/run`` installs Debian's ``chromium`` and Playwright launches it by path.
+internet): ``./run test`` installs Debian's ``chromium`` and Playwright launches it by path.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 def chromium_path() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        raise RuntimeError("no chromium on PATH: `apt-get install chromium` (.ci/run does it)")
+        raise RuntimeError("no chromium on PATH: `apt-get install chromium` (`./run test` "
+                           "does it where apt-get works)")
     return path
 
 
