@@ -185,3 +185,30 @@ def test_distributed_profile_shares_no_volume_and_pins_one_worker_per_gpu(
     assert [name.split("@")[0] for name, _ in pinned] == ["gpu0", "gpu1", "gpu2"]
     assert len({env["PRUNER_DATA_DIR"] for _, env in pinned}) == 3  # a scratch dir each
     assert "'gpu0@'" in shlex.join(gpus["healthcheck"]["test"])  # the first worker's heartbeat
+
+
+def test_documented_distributed_command_starts_no_shared_volume_service(
+    compose: dict[str, Any]
+) -> None:
+    """The command in the compose file's header (and docs/operations.md) names its services;
+    with their dependencies that is redis plus the distributed set, so neither the single-host
+    api (on job-data, also on port 8000) nor the job-data worker comes up beside them."""
+    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if "--profile distributed up" in line)
+    text = " ".join(line.removeprefix("#").split(" # ", 1)[0] for line in lines[at:at + 2])
+    command = text.split("--profile distributed up", 1)[1].replace("\\", " ")
+    words = shlex.split(command)
+    named = [w for w in words if not w.startswith("-") and "=" not in w]
+    assert named == ["api-dist", "worker-gpus"]
+    assert "--scale" in words and "worker-gpus=2" in words
+    services, started, todo = compose["services"], set(), list(named)
+    while todo:
+        name = todo.pop()
+        if name not in started:
+            started.add(name)
+            todo.extend(services[name].get("depends_on", {}))
+    assert started == {"redis", *DISTRIBUTED}
+    for name in started:
+        assert all("job-data" not in str(v) for v in services[name].get("volumes", [])), name
+    assert "--scale worker-gpus=2 api-dist worker-gpus" in (
+        ROOT / "docs" / "operations.md").read_text()
