@@ -96,3 +96,30 @@ def test_model_download_from_s3_streams_or_redirects_to_a_presigned_url(
             unchanged = api.client.get(f"/v1/jobs/{record.id}/model",
                                        headers={"If-None-Match": f'"{sha}"'})
             assert unchanged.status_code == 304
+
+
+def test_object_store_down_alone_answers_503_and_records_nothing(
+    tmp_path: Path, redis_url: str, model_files: ModelFiles, postgres_server: Any
+) -> None:
+    """PostgreSQL up, S3 down: the upload cannot be stored, so no job exists afterwards (not a
+    record pointing at a missing object); reading a finished job's model is a 503 too."""
+    settings = make_settings(tmp_path, redis_url, database_url=postgres_server.url(),
+                             blob_url="s3://pruner/x",
+                             s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+                             s3_access_key_id="k", s3_secret_access_key="s")
+    with running_api(settings) as api:
+        before = {r.id for r in api.store.list(limit=1000)[0]}
+        body = assert_problem(api.client.get("/readyz"), 503, "not_ready")
+        assert body["checks"]["database"] == "ok"
+        assert body["checks"]["objects"].startswith("unreachable")
+        response = api.submit(model_files.state_dict)
+        assert_problem(response, 503, "storage_unavailable")
+        assert response.headers["Retry-After"] == "5"
+        assert {r.id for r in api.store.list(limit=1000)[0]} == before  # nothing recorded
+        assert api.queued_job_ids() == []
+        finished = make_record(status=JobStatus.SUCCEEDED, started_at=T0, finished_at=T0,
+                               model_format=ModelFormat.TORCHSCRIPT, model_sha256="0" * 64)
+        api.store.create(finished)
+        response = api.client.get(f"/v1/jobs/{finished.id}/model")
+        assert_problem(response, 503, "storage_unavailable")
+        assert response.headers["Retry-After"] == "5"
