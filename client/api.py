@@ -32,9 +32,9 @@ from client.events import parse_events
 from client.retry import RETRY_STATUSES, RetryPolicy
 from client.settings import ClientSettings
 from core.jobs import JobStatus
+from core.public import JobPublic, JobsPublic
 from core.report import Report
 from core.spec import JobSpec
-from service.schemas import JobPublic, JobsPublic
 
 JOBS = "/v1/jobs"
 STREAM_READ_TIMEOUT_S = 60.0  # the event stream sends a keep-alive every 15 s

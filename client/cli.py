@@ -25,7 +25,7 @@ from client.api import PrunerClient
 from client.errors import ApiError, JobCancelled, JobFailed
 from client.progress import ProgressView, describe
 from core.jobs import JobStatus
-from service.schemas import JobPublic
+from core.public import JobPublic
 
 EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 2, 3, 130
 

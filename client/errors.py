@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from service.schemas import JobPublic
+from core.public import JobPublic
 
 
 class ApiError(Exception):

@@ -13,23 +13,23 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api_tests.core.factories import make_record
 from client import ApiError, JobFailed, PrunerClient, RetryPolicy
 from client.events import Event, parse_events
 from client.progress import ProgressView, fraction
 from client.retry import retry_after_s
 from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus, UploadFormat
+from core.jobs import JobError, JobStatus
+from core.public import JobPublic
 from core.report import Progress
 from core.spec import JobSpec
-from service.schemas import JobPublic
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def job(status: JobStatus = JobStatus.QUEUED, **fields: object) -> JobPublic:
-    record = JobRecord(id="j1", status=status, spec=JobSpec(), created_at=datetime.now(UTC),
-                       upload_format=UploadFormat.ZIP, upload_bytes=3, upload_sha256="0" * 64,
-                       **fields)
+    record = make_record(datetime.now(UTC), "j1", status=status, spec=JobSpec(),
+                         upload_bytes=3, **fields)
     return JobPublic.from_record(record)
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import TEST_SETTINGS, TrainedMLP, mnist_root, submit, wait_for
+from api_tests.conftest import (
+    TEST_SETTINGS,
+    TrainedMLP,
+    assert_problem,
+    mnist_root,
+    submit,
+    wait_for,
+)
 from api_tests.e2e.test_chaos import MID, QUICK, job_of, post_job, wait_gone
 from api_tests.e2e.test_jobs_e2e import _check_against_report, _download, _load
 from api_tests.security import hostile as h
@@ -85,7 +92,7 @@ def test_hostile_uploads_refused_as_on_the_default_stack(dist: Stack, tmp_path: 
     canary = h.make_canary(tmp_path)
     door = submit(dist.client, h.shell_pickle_zip(tmp_path, canary),
                   {"architecture": "mnist_mlp", "finetune": {"epochs": 0}})
-    assert door.status_code == 422 and door.json()["code"] == "invalid_upload", door.text
+    assert_problem(door, 422, "invalid_upload")
     response = submit(dist.client, h.torchscript_reads_canary(tmp_path, canary),
                       {"finetune": {"epochs": 0}})
     assert response.status_code == 202, response.text
@@ -158,7 +165,7 @@ def test_redis_killed_and_restarted_keeps_every_accepted_job(
     time.sleep(1.5)  # appendfsync everysec: what Redis acknowledged a second ago is on disk
     P.kill(dist.redis)
     refused = submit(dist.client, trained_mlp.torchscript, QUICK)
-    assert refused.status_code == 503 and refused.json()["code"] == "broker_unavailable"
+    assert_problem(refused, 503, "broker_unavailable")
     assert int(refused.headers["retry-after"]) > 0
     assert job_of(dist, ids[0])["id"] == ids[0]  # records are still served, from PostgreSQL
     dist.restart_redis()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from core.architectures import ARCHITECTURES, ArchitectureInfo
+from core.public import ArchitecturesPublic
 from service.auth import ReadDep
 from service.errors import AUTH_ERRORS, NotFound, problem_responses
-from service.schemas import ArchitecturesPublic
 
 router = APIRouter(prefix="/v1/architectures", tags=["architectures"])
 

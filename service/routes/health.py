@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from core.public import Health, Readiness
 from core.queue import HEARTBEAT_PREFIX
 from core.settings import Settings
 from core.store import BlobStore, JobStore, StoreUnavailable
@@ -17,7 +18,6 @@ from service.auth import AdminDep
 from service.deps import BlobsDep, MetricsDep, RedisDep, SettingsDep, StoreDep
 from service.errors import AUTH_ERRORS, NotReady, problem_responses
 from service.metrics import render_metrics
-from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

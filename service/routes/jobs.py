@@ -14,6 +14,14 @@ from core.digest import stored_sha256
 from core.formats import ModelFormat
 from core.jobs import JobRecord, JobStatus
 from core.lifecycle import CancelResult, cancel
+from core.public import (
+    JOBS_PATH,
+    SPEC_EXAMPLES,
+    DeliveriesPublic,
+    JobPublic,
+    JobsPublic,
+    PageLinks,
+)
 from core.store import REPORT, BlobStore, JobStore, model_file
 from service.auth import ReadDep, WriteDep
 from service.deps import (
@@ -45,14 +53,6 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
     problem_responses,
-)
-from service.schemas import (
-    JOBS_PATH,
-    SPEC_EXAMPLES,
-    DeliveriesPublic,
-    JobPublic,
-    JobsPublic,
-    PageLinks,
 )
 from service.submit import submit
 

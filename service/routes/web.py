@@ -20,6 +20,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from core.accounts import Scope, grants
 from core.jobs import JobStatus
+from core.public import JOBS_PATH, JobPublic
 from core.store import BlobStore, JobStore
 from report_html import render_report, report_context
 from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep
@@ -44,7 +45,6 @@ from service.errors import (
     problem_responses,
 )
 from service.routes.jobs import _finished_files, load_job
-from service.schemas import JOBS_PATH, JobPublic
 from service.submit import submit
 from service.web.pages import (
     HTML_HEADERS,

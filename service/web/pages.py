@@ -125,6 +125,6 @@ def report_summary(blobs: BlobStore, record: JobRecord) -> ReportSummary | None:
 
 
 def example_spec() -> str:
-    from service.schemas import SPEC_EXAMPLES
+    from core.public import SPEC_EXAMPLES
 
     return json.dumps(SPEC_EXAMPLES["reference"]["value"], indent=2)

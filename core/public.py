@@ -1,4 +1,6 @@
-"""What the API shows, named by role: ``JobPublic`` (one job), ``JobsPublic`` (a page)."""
+"""What the API shows, named by role: ``JobPublic`` (one job), ``JobsPublic`` (a page).
+
+Plain pydantic over the core records: the API answers with these and the client parses them."""
 
 from __future__ import annotations
 
