@@ -37,8 +37,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _chunks(f: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        left = None if end is None else end - start + 1
+        while left is None or left > 0:
+            chunk = f.read(COPY_CHUNK if left is None else min(COPY_CHUNK, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
 class LocalBlobStore:
     """``BlobStore`` on a local directory shared by the API and the workers."""
+
+    files_are_local = True
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -86,6 +101,15 @@ class LocalBlobStore:
 
     def local_path(self, job_id: str, name: str) -> Path:
         return self._path(job_id, name)
+
+    def read(
+        self, job_id: str, name: str, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        f = self._path(job_id, name).open("rb")  # opened now: a missing file raises here
+        return _chunks(f, start, end)
+
+    def drop_local_copies(self, job_id: str) -> None:
+        """Nothing to drop: these files are the store."""
 
     def job_dir(self, job_id: str) -> Path:
         path = self._dir(job_id)

@@ -2,10 +2,12 @@
 several hosts (``PRUNER_BLOB_URL=s3://bucket/prefix``; AWS S3, MinIO, SeaweedFS...).
 
 Objects are ``<prefix>/<job id>/<name>``. Nothing is shared between hosts but the bucket:
-each process keeps a local copy of the files it wrote or read under its own scratch folder
-(``<data_dir>/blob-cache/<job id>/``), so the API checks an upload and serves a download
-(Range, ETag, 304 as today) from a local file, and a worker reads its input and writes its
-outputs locally, then uploads them.
+a process keeps a local copy of the files it wrote or read under its own scratch folder
+(``<data_dir>/blob-cache/<job id>/``) while it works on them, so the API checks an upload
+from a local file and a worker reads its input and writes its outputs locally, then uploads
+them; each drops its copies when done (``drop_local_copies``). Downloads stream from the
+object store through ``read`` (ranged GETs: Range, ETag, 304 as on the local store), with no
+copy on the API host.
 
 - ``writer`` streams into a local temporary file (never the whole file in memory) and
   uploads it when the block exits; boto3's transfer manager switches to a multipart upload
@@ -40,6 +42,7 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _TMP_PREFIX = ".tmp-"
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
 TRANSFER = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                           multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
 # A store that is down must fail a request in seconds (503), not after minutes of retries.
@@ -54,8 +57,17 @@ def split_blob_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def _body_chunks(body: Any) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(READ_CHUNK)
+    finally:
+        body.close()
+
+
 class S3BlobStore:
     """``BlobStore`` on an S3 bucket, with a per-process local cache."""
+
+    files_are_local = False
 
     def __init__(self, client: Any, bucket: str, prefix: str, cache: Path,
                  presign_s: int = 0) -> None:
@@ -134,7 +146,23 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     def open(self, job_id: str, name: str) -> BinaryIO:
-        return self.local_path(job_id, name).open("rb")
+        """The object's body, streamed (a file-like ``StreamingBody``; no local copy)."""
+        body: BinaryIO = self.read_body(job_id, name)
+        return body
+
+    def read_body(self, job_id: str, name: str, wanted: str | None = None) -> Any:
+        """The GET's streaming body (``wanted``: a Range header value); missing objects raise
+        ``FileNotFoundError``, an unreachable store ``StoreUnavailable``."""
+        extra = {} if wanted is None else {"Range": wanted}
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, name),
+                                          **extra)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"{job_id}/{name}") from exc
+            raise StoreUnavailable(f"object store: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"object store: {exc}") from exc
 
     def exists(self, job_id: str, name: str) -> bool:
         return self._head(job_id, name) is not None
@@ -166,6 +194,17 @@ class S3BlobStore:
         finally:
             Path(tmp_name).unlink(missing_ok=True)
         return target
+
+    def read(
+        self, job_id: str, name: str, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """One ranged GET, sent before this returns; the body is read in 1 MiB chunks."""
+        wanted = f"bytes={start}-{'' if end is None else end}"
+        return _body_chunks(self.read_body(job_id, name, wanted))
+
+    def drop_local_copies(self, job_id: str) -> None:
+        self._check(job_id)
+        shutil.rmtree(self.cache / job_id, ignore_errors=True)
 
     def job_dir(self, job_id: str) -> Path:
         self._check(job_id)

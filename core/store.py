@@ -188,6 +188,10 @@ class JobStore(Protocol):
 
 
 class BlobStore(Protocol):
+    # True when ``local_path`` is the stored file itself (a local or mounted directory): the
+    # API then serves downloads as files; a remote store's downloads stream from ``read``.
+    files_are_local: bool
+
     def writer(self, job_id: str, name: str) -> AbstractContextManager[BinaryIO]:
         """Write a job file atomically: it appears under its name only when the block exits
         without an exception."""
@@ -201,6 +205,19 @@ class BlobStore(Protocol):
 
     def local_path(self, job_id: str, name: str) -> Path:
         """A local file path for ``name`` (a remote store downloads it to scratch first)."""
+        ...
+
+    def read(
+        self, job_id: str, name: str, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive; None: to the last) of ``name``, in chunks,
+        straight from the store (no local copy). The store is reached before this returns,
+        so an unreachable one raises ``StoreUnavailable`` before any byte is sent."""
+        ...
+
+    def drop_local_copies(self, job_id: str) -> None:
+        """Delete this process's local copies of the job's files (a remote store's scratch
+        cache); the stored files stay. A no-op where the local files are the store."""
         ...
 
     def job_dir(self, job_id: str) -> Path:

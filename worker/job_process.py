@@ -36,7 +36,7 @@ from typing import Any
 
 from core.backends import open_blob_store, open_job_store
 from core.errors import JobErrorCode
-from core.jobs import JobError, JobStatus
+from core.jobs import JobError, JobRecord, JobStatus
 from core.lifecycle import Claim
 from core.report import Progress
 from core.settings import Settings, get_settings
@@ -132,12 +132,20 @@ def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
         return EXIT_LOST
     watcher = CancelWatcher(claim, parent_pid)
     watcher.start()
+    output_dir = Path.cwd() / "out"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(job_id, record, claim, watcher, blobs, output_dir, settings)
+    finally:
+        blobs.drop_local_copies(job_id)  # a remote store's scratch copies: input and outputs
+
+
+def _run(job_id: str, record: JobRecord, claim: Claim, watcher: CancelWatcher,
+         blobs: BlobStore, output_dir: Path, settings: Settings) -> int:
     # Imported here: torch loads only in this process, never in the Celery worker.
     from worker.engine.errors import Cancelled, EngineError
     from worker.engine.pipeline import run_job
 
-    output_dir = Path.cwd() / "out"
-    output_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run_job(
             blobs.local_path(job_id, UPLOAD), record.spec, output_dir, settings=settings,

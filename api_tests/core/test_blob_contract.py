@@ -112,6 +112,37 @@ def test_stored_sha256_is_computed_once_and_kept(blobs: BlobStore) -> None:
     assert stored_sha256(blobs, "abc", UPLOAD) == "f" * 64
 
 
+def test_read_streams_whole_files_and_ranges(blobs: BlobStore) -> None:
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB chunk
+    with blobs.writer("abc", REPORT) as f:
+        f.write(data)
+    blobs.drop_local_copies("abc")
+    assert b"".join(blobs.read("abc", REPORT)) == data
+    chunks = list(blobs.read("abc", REPORT))
+    assert len(chunks) == 2 and all(len(c) <= 1 << 20 for c in chunks)
+    assert b"".join(blobs.read("abc", REPORT, 10, 19)) == data[10:20]
+    assert b"".join(blobs.read("abc", REPORT, len(data) - 3)) == data[-3:]
+    assert b"".join(blobs.read("abc", REPORT, 1_000_000, 1_100_000)) == data[1_000_000:1_100_001]
+    with pytest.raises(FileNotFoundError):
+        blobs.read("abc", UPLOAD)  # raised at the call, before any byte
+
+
+def test_drop_local_copies_keeps_the_stored_files(blobs: BlobStore) -> None:
+    with blobs.writer("abc", UPLOAD) as f:
+        f.write(b"upload bytes")
+    assert blobs.local_path("abc", UPLOAD).read_bytes() == b"upload bytes"
+    blobs.drop_local_copies("abc")
+    if isinstance(blobs, S3BlobStore):  # the scratch copy is gone from this host...
+        assert not (blobs.cache / "abc").exists()
+    assert blobs.exists("abc", UPLOAD)  # ...the stored file is not
+    with blobs.open("abc", UPLOAD) as f:
+        assert f.read() == b"upload bytes"
+    if isinstance(blobs, S3BlobStore):  # open streams: it leaves no copy either
+        assert not (blobs.cache / "abc").exists()
+    assert blobs.local_path("abc", UPLOAD).read_bytes() == b"upload bytes"
+    blobs.drop_local_copies("never-existed")  # no error
+
+
 def test_a_file_past_the_multipart_threshold_round_trips(blobs: BlobStore) -> None:
     """On S3 a file over ``MULTIPART_THRESHOLD`` goes up as a multipart upload: it reads back
     whole, byte for byte."""

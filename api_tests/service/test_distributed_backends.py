@@ -40,6 +40,8 @@ def test_submit_and_read_back_on_postgres_and_s3(
         ready = api.client.get("/readyz").json()
         assert ready["checks"]["database"] == "ok" and ready["checks"]["objects"] == "ok"
         assert api.queued_job_ids() == [job_id]
+        # The upload was checked from a scratch copy, which is gone once the job is accepted.
+        assert not (settings.data_dir / "blob-cache" / job_id).exists()
 
 
 def test_database_and_object_store_down_answer_503(
@@ -86,6 +88,19 @@ def test_model_download_from_s3_streams_or_redirects_to_a_presigned_url(
                 ranged = api.client.get(f"/v1/jobs/{record.id}/model",
                                         headers={"Range": "bytes=0-4"})
                 assert ranged.status_code == 206 and ranged.content == payload[:5]
+                assert ranged.headers["content-range"] == f"bytes 0-4/{len(payload)}"
+                tail = api.client.get(f"/v1/jobs/{record.id}/model",
+                                      headers={"Range": "bytes=-7"})
+                assert tail.status_code == 206 and tail.content == payload[-7:]
+                past = api.client.get(f"/v1/jobs/{record.id}/model",
+                                      headers={"Range": f"bytes={len(payload)}-"})
+                assert past.status_code == 416
+                assert past.headers["content-range"] == f"bytes */{len(payload)}"
+                assert response.headers["content-length"] == str(len(payload))
+                assert response.headers["accept-ranges"] == "bytes"
+                assert f"{record.id}-pruned.pt" in response.headers["content-disposition"]
+                # Streamed from the object store: the API host kept no copy of the model.
+                assert not (settings.data_dir / "blob-cache" / record.id).exists()
             else:
                 assert response.status_code == 307
                 location = response.headers["location"]

@@ -33,6 +33,7 @@ from service.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.downloads import blob_response
 from service.errors import (
     AUTH_ERRORS,
     BrokerUnavailable,
@@ -200,13 +201,16 @@ def _finished_files(record: JobRecord) -> None:
     responses={200: {"content": {"application/json": {}}, "description": "The Report JSON."},
                **problem_responses(NotFound, JobNotFinished, NoModel, Gone, *AUTH_ERRORS)},
 )
-def get_report(job_id: str, who: ReadDep, store: StoreDep, blobs: BlobsDep) -> FileResponse:
+def get_report(
+    job_id: str, who: ReadDep, store: StoreDep, blobs: BlobsDep,
+    range_: Annotated[str | None, Header(alias="range", include_in_schema=False)] = None,
+) -> Response:
     """The engine's report: sparsity per tensor, accuracy before/after, timings."""
     record = load_job(store, job_id, who.tenant)
     _finished_files(record)
     if not blobs.exists(job_id, REPORT):
         raise Gone(f"the report of job {job_id} is no longer stored")
-    return FileResponse(blobs.local_path(job_id, REPORT), media_type="application/json")
+    return blob_response(blobs, job_id, REPORT, range_, media_type="application/json")
 
 
 def _etag_matches(if_none_match: str | None, sha: str) -> bool:
@@ -241,6 +245,7 @@ def get_model(
         description="Default: the primary format the job produced (see model.format)."
     )] = None,
     if_none_match: Annotated[str | None, Header()] = None,
+    range_: Annotated[str | None, Header(alias="range", include_in_schema=False)] = None,
 ) -> Response:
     """Download the pruned model (default: the format the job produced)."""
     record = load_job(store, job_id, who.tenant)
@@ -254,6 +259,8 @@ def get_model(
         raise NotFound(f"job {job_id} has no {fmt} model; available: {', '.join(available)}",
                        extra={"available_formats": available})
     sha = _model_sha(record, blobs, fmt)
+    if not blobs.files_are_local:  # a new hash sidecar was written through this host's cache
+        blobs.drop_local_copies(job_id)
     headers = {"ETag": f'"{sha}"', "X-Content-SHA256": sha}
     if _etag_matches(if_none_match, sha):
         return Response(status_code=304, headers=headers)
@@ -261,8 +268,8 @@ def get_model(
     url = blobs.download_url(job_id, name, filename)
     if url is not None:  # object storage with presigning on: the client fetches it there
         return RedirectResponse(url, status_code=307, headers=headers)
-    return FileResponse(blobs.local_path(job_id, name), media_type="application/octet-stream",
-                        filename=filename, headers=headers)
+    return blob_response(blobs, job_id, name, range_, media_type="application/octet-stream",
+                         filename=filename, headers=headers)
 
 
 @router.post(
