@@ -12,7 +12,10 @@
   in every job, twice (before and after), so the warm-up and the timed runs of each batch size
   each stop after ``BUDGET_S`` seconds (at least 1 warm-up and ``MIN_RUNS`` timed runs): about
   8 s per job at most for models whose forward pass takes under ~0.3 s, and the number of
-  timed runs is reported.
+  timed runs is reported. When the model came out physically smaller (shrink), the speedup
+  must not depend on how busy the machine was at the start versus the end of the job: both
+  models are then timed again at the end, in alternation (``measure_latency_pair``), and those
+  figures replace the two sequential ones.
 """
 
 from __future__ import annotations
@@ -159,6 +162,61 @@ def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device) -> 
             images = example_batch(spec, batch, device)
             latency[f"batch_{batch}"] = time_runs(functools.partial(model, images), device)
     return latency
+
+
+def time_pair(first: Callable[[], object], second: Callable[[], object],
+              device: torch.device) -> tuple[Latency, Latency]:
+    """Both callables timed in alternation (one run of each per round, the order swapped
+    every round), so a change in the machine's load in the meantime falls on both alike."""
+    def timed(run: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1000
+
+    warm_start = time.perf_counter()
+    for _ in range(WARMUP_RUNS):
+        timed(first), timed(second)
+        if time.perf_counter() - warm_start > 2 * BUDGET_S:
+            break
+    times: tuple[list[float], list[float]] = ([], [])
+    started = time.perf_counter()
+    while len(times[0]) < TIMED_RUNS and (
+        len(times[0]) < MIN_RUNS or time.perf_counter() - started < 2 * BUDGET_S
+    ):
+        if len(times[0]) % 2:
+            times[1].append(timed(second))
+            times[0].append(timed(first))
+        else:
+            times[0].append(timed(first))
+            times[1].append(timed(second))
+    first_ms, second_ms = sorted(times[0]), sorted(times[1])
+    return (Latency(p50=_percentile(first_ms, 0.5), p90=_percentile(first_ms, 0.9),
+                    runs=len(first_ms)),
+            Latency(p50=_percentile(second_ms, 0.5), p90=_percentile(second_ms, 0.9),
+                    runs=len(second_ms)))
+
+
+def measure_latency_pair(
+    first: nn.Module, second: nn.Module, spec: InputSpec, device: torch.device
+) -> tuple[dict[str, Latency], dict[str, Latency]]:
+    """Latency of two models on the same batches, interleaved (``time_pair``): what a speedup
+    of one over the other is computed from."""
+    latency: tuple[dict[str, Latency], dict[str, Latency]] = ({}, {})
+    with _evaluating(first), _evaluating(second):
+        for batch in BATCHES:
+            images = example_batch(spec, batch, device)
+            a, b = time_pair(functools.partial(first, images),
+                             functools.partial(second, images), device)
+            latency[0][f"batch_{batch}"], latency[1][f"batch_{batch}"] = a, b
+    return latency
+
+
+def paired_method(device: torch.device) -> str:
+    return (latency_method(device).replace("per batch size", "per batch size and model")
+            + "; timed in alternation with the other model (before vs after) at the end of "
+            "the job, one run of each per round")
 
 
 def latency_method(device: torch.device) -> str:

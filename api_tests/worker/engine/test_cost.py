@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.cost import Cost, Latency
@@ -71,6 +72,30 @@ def test_latency_runs_are_bounded_by_count_and_budget(monkeypatch: pytest.Monkey
     slow = cost.time_runs(lambda: calls.append(1), CPU)
     assert slow.runs == cost.MIN_RUNS  # past the budget: the minimum, never fewer
     assert len(calls) == 1 + cost.MIN_RUNS  # and a single warm-up run
+
+
+def test_paired_timing_alternates_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+    a, b = cost.time_pair(lambda: order.append("a"), lambda: order.append("b"), CPU)
+    assert a.runs == b.runs == cost.TIMED_RUNS
+    timed = order[2 * cost.WARMUP_RUNS:]
+    assert len(timed) == 2 * cost.TIMED_RUNS
+    rounds = [timed[i:i + 2] for i in range(0, len(timed), 2)]
+    assert rounds == [["a", "b"], ["b", "a"]] * (cost.TIMED_RUNS // 2)  # order swapped
+    monkeypatch.setattr(cost, "BUDGET_S", 0.0)
+    a, b = cost.time_pair(lambda: None, lambda: None, CPU)
+    assert a.runs == b.runs == cost.MIN_RUNS
+
+
+def test_paired_timing_tells_a_slower_model_from_a_faster_one() -> None:
+    fast, slow = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(64, 64) for _ in range(20)])
+    spec = InputSpec(flatten=True)
+    first = nn.Sequential(nn.Linear(784, 64), slow)
+    second = nn.Sequential(nn.Linear(784, 64), fast)
+    slow_ms, fast_ms = cost.measure_latency_pair(first, second, spec, CPU)
+    assert set(slow_ms) == set(fast_ms) == {"batch_1", "batch_256"}
+    assert slow_ms["batch_256"].p50 > fast_ms["batch_256"].p50
+    assert "alternation" in cost.paired_method(CPU)
 
 
 def test_measure_fills_every_field(tmp_path: Path) -> None:

@@ -12,9 +12,11 @@ import torch
 from core.settings import Settings
 from core.spec import JobSpec
 from worker.engine import cli, registry
+from worker.engine import cost as cost_module
 from worker.engine.pipeline import run_job
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+CPU = torch.device("cpu")
 
 
 def test_cost_is_present_and_consistent(engine_settings: Settings, tmp_path: Path) -> None:
@@ -72,3 +74,7 @@ def test_a_shrunk_model_reports_fewer_flops_and_a_speedup(
     assert set(report.cost.speedup) == {"batch_1", "batch_256"}
     for key, ratio in report.cost.speedup.items():
         assert ratio == pytest.approx(before.latency_ms[key].p50 / after.latency_ms[key].p50)
+    # Both timed at the end of the job, in alternation: the same number of runs each.
+    assert before.latency_method == after.latency_method == cost_module.paired_method(CPU)
+    for key in ("batch_1", "batch_256"):
+        assert before.latency_ms[key].runs == after.latency_ms[key].runs
