@@ -36,14 +36,25 @@ def _check(model: Any, report: dict[str, Any], amount: float,
     assert validation["size"] == 5000 and validation["after_finetune"]["split"] == "validation"
 
 
-def test_agp_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize("distill", [None, {"temperature": 2.0}], ids=["plain", "distilled"])
+def test_agp_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any, Any],
+                 distill: dict[str, float] | None) -> None:
+    finetune: dict[str, Any] = {"epochs": 1, "batch_size": 128, "lr_schedule": "cosine"}
+    if distill is not None:
+        finetune["distill"] = distill
     spec = {"pruning": {"amount": 0.8, "schedule": {"kind": "agp", "end": 0.6,
                                                      "every_steps": 40}},
-            "finetune": {"epochs": 1, "batch_size": 128, "lr_schedule": "cosine"}}
+            "finetune": finetune}
     model, report = _run(stack, trained_mlp, spec)
     _check(model, report, 0.8, mnist_test)
     assert report["spec"]["pruning"]["schedule"]["kind"] == "agp"
     assert report["accuracy"]["after_finetune"]["accuracy"] > 0.9
+    if distill is None:
+        assert report["spec"]["finetune"]["distill"] is None
+        assert "teacher" not in report["timings_s"]
+    else:  # the dense upload taught the pruned model: its targets were computed once
+        assert report["spec"]["finetune"]["distill"] == {"weight": 0.5, "temperature": 2.0}
+        assert report["timings_s"]["teacher"] > 0
 
 
 def test_search_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any, Any]) -> None:

@@ -232,7 +232,9 @@ class _Analysis:
         source = self.states.get(ins[0])
         if conv and not plain_conv(node, ins):
             if source is not None:
-                self.block(source.group, f"{node.kind()} with groups != 1 or transposed", node)
+                layer = weight.rsplit(".", 1)[0]
+                self.block(source.group, f"{node.kind()} with groups != 1 or transposed "
+                           f"(layer {layer})", node)
             return
         if source is not None:
             self.consume(node, source, shape, weight, conv)

@@ -53,7 +53,7 @@ def location(node: torch._C.Node) -> str:
     'model.py(15): forward'. Only the text inside the archive is quoted: the paths are the
     uploader's and are never opened here."""
     text = str(node.sourceRange())
-    match = re.search(r'File "([^"]+)", line (\d+)', text) or re.match(r"(.+?)\((\d+)\): ", text)
+    match = re.search(r'File "([^"]+)", line (\d+)', text) or _traced_frame(text)
     if match is None:
         return "unknown location"
     where = f"{match.group(1)[-120:]}:{match.group(2)}"
@@ -61,6 +61,18 @@ def location(node: torch._C.Node) -> str:
     here = next((i for i, ln in enumerate(lines) if "<--- HERE" in ln), 0)
     code = lines[here - 1].strip()[:160] if here > 0 else ""
     return f"{where}: {code}" if code else where
+
+
+_TORCH_FILE = re.compile(r"(^|[/\\])torch[/\\]")
+
+
+def _traced_frame(text: str) -> re.Match[str] | None:
+    """A traced node's Python stack, innermost first: the first frame in the uploader's own
+    code (an op inside ``nn.Conv2d`` is reported where the model calls the layer), else the
+    innermost."""
+    frames = [m for line in text.splitlines() if (m := re.match(r"(.+?)\((\d+)\): ", line))]
+    own = next((m for m in frames if not _TORCH_FILE.search(m.group(1))), None)
+    return own or (frames[0] if frames else None)
 
 
 def is_number(value: torch._C.Value) -> bool:

@@ -116,3 +116,30 @@ class NoAffine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.bn(self.conv(x)), 1))
+
+
+class Depthwise(nn.Module):
+    """A depthwise conv (groups = channels) after conv1: removing one of conv1's channels
+    would also remove a whole depthwise filter, a coupling the pass does not follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.dw(F.relu(self.conv1(x)))), 1))
+
+
+class Transposed(nn.Module):
+    """A transposed conv keeps its input channels in weight dim 0, not dim 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.fc = nn.Linear(4 * 56 * 56, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.up(F.relu(self.conv1(x))), 1))

@@ -180,6 +180,25 @@ def test_refuses_concatenation_and_non_zero_preserving_activations() -> None:
     assert "aten::batch_norm (BatchNorm without affine weight and bias)" in no_affine.message
 
 
+@pytest.mark.parametrize(("build", "compile_", "says"), [
+    (models.Depthwise, "script", "aten::conv2d with groups != 1 or transposed (layer dw)"),
+    (models.Depthwise, "trace", "aten::_convolution with groups != 1 or transposed (layer dw)"),
+    (models.Transposed, "script", "aten::conv_transpose2d (an op the channel analysis"),
+    (models.Transposed, "trace", "aten::_convolution with groups != 1 or transposed (layer up)"),
+])
+def test_refuses_grouped_and_transposed_convolutions(build: type[nn.Module], compile_: str,
+                                                     says: str) -> None:
+    module = build()
+    model = (torch.jit.script(module) if compile_ == "script"
+             else torch.jit.trace(module, torch.zeros(2, 1, 28, 28)))
+    error = _refusal(model)
+    assert error.code is JobErrorCode.UNSUPPORTED_MODEL
+    assert error.message.startswith("cannot remove channels of conv1 (asked for by conv1.weight)")
+    assert says in error.message
+    if compile_ == "trace":  # the stack's first frame in the model's own code, not torch's
+        assert "shrink/models.py:" in error.message and "conv.py" not in error.message
+
+
 def test_refusal_leaves_the_model_untouched() -> None:
     model = torch.jit.script(models.FixedView())
     before = {k: v.clone() for k, v in model.state_dict().items()}
