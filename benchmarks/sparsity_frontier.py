@@ -9,7 +9,11 @@ results are rewritten after every run, so a stopped benchmark still leaves what 
 
     PYTHONPATH=. PRUNER_MNIST_ROOT=/work/shared/datasets python benchmarks/sparsity_frontier.py
 
-Writes benchmarks/results/sparsity_frontier.json and docs/sparsity_frontier.md.
+Writes benchmarks/results/sparsity_frontier.json and docs/sparsity_frontier.md. The dense
+models stay in a temporary folder (its path is printed): ``--resume DIR`` finishes a stopped run on
+them, ``--distill-variants DIR`` runs the second attempts with distillation (separate files).
+Run one process at a time: two processes of two OpenMP threads each on two cores ran ~20x
+slower here (threads spin waiting for each other), so wall times from such a run mean little.
 """
 
 from __future__ import annotations
@@ -188,8 +192,10 @@ def write(result: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Sparsity frontier (benchmarks/sparsity_frontier.py)", "",
              "Dense models: " + "; ".join(
-                 f"{d['architecture']} {d['test_error'] or 0:.2%} test error "
-                 f"({d['epochs']} epochs)" for d in result["dense"]) + ".",
+                 f"{d['architecture']} {d['test_error']:.2%} test error ({d['epochs']} epochs)"
+                 if d["test_error"] is not None else
+                 f"{d['architecture']} as trained by the full run ({d['epochs']} epochs, "
+                 f"results/sparsity_frontier.json)" for d in result["dense"]) + ".",
              "Sparsity: over the targeted weights. Test error: MNIST test split, reported only."
              " Validation accuracy: the 5000 held-out train images, which the search decides on.",
              "", "| architecture | run | sparsity | test error | val accuracy | wall s |",
@@ -214,6 +220,9 @@ def main() -> None:
     parser.add_argument("--distill-variants", type=Path, metavar="DENSE_DIR",
                         help="only the second attempts with distillation, on the dense models "
                         "a full run left in DENSE_DIR (separate files)")
+    parser.add_argument("--resume", type=Path, metavar="DENSE_DIR",
+                        help="finish a stopped full run: keep the runs already in the results "
+                        "file and run the rest on the dense models it left in DENSE_DIR")
     parser.add_argument("--holdout", type=int, default=5000,
                         help="--search-variant: validation images (the dense model never "
                         "trains on them)")
@@ -246,6 +255,10 @@ def main() -> None:
         for arch in ("lenet_300_100", "lenet5"):
             result["dense"].append({"architecture": arch, "epochs": 20, "holdout": 5000,
                                     "test_error": None, "from": str(folder)})
+    if args.resume:
+        folder, dense = args.resume, ()
+        result = json.loads(RESULTS.read_text())
+        result.setdefault("resumed", []).append(machine())
     for arch, epochs in dense:
         result["dense"].append(dense_model(arch, 1 if args.quick else epochs, settings, folder,
                                            args.holdout))
@@ -254,7 +267,11 @@ def main() -> None:
     chosen = variants() if args.variants else search_variant(args.holdout) \
         if args.search_variant else lenet5_variant() if args.lenet5_variant \
         else distill_variants() if args.distill_variants else runs(args.quick)
+    print("dense models in", folder, flush=True)
+    done = {(r["label"], r["architecture"]) for r in result["runs"]}
     for label, arch, spec in chosen:
+        if (label, arch) in done:
+            continue
         try:
             result["runs"].append(one_run(label, arch, spec, folder, settings))
         except Exception as exc:  # record and go on: one failed run must not lose the rest
