@@ -180,9 +180,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "shrink", "machine": machine(CPU)}
-    result["machine"]["note"] = ("shared 2-core CPU: eight engineers' tests and benchmarks "
-                                 "ran on it at the same time, so absolute times are noisy; "
-                                 "dense and shrunk are timed interleaved in one process")
+    result["machine"]["note"] = ("2-core CPU VM that other work may share (see the load "
+                                 "averages): absolute times are noisy; dense and shrunk are "
+                                 "timed interleaved in one process")
     result["gpu"] = ("not measured: no GPU machine was lent to this session "
                      "(device tool: not drawn)")
     with tempfile.TemporaryDirectory() as tmp:
