@@ -57,6 +57,11 @@ def split_blob_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def _missing(exc: ClientError) -> bool:
+    """Whether S3 answered that the object does not exist (HEAD: 404; GET: NoSuchKey)."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 def _body_chunks(body: Any) -> Iterator[bytes]:
     try:
         yield from body.iter_chunks(READ_CHUNK)
@@ -138,7 +143,7 @@ class S3BlobStore:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(job_id, name))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _missing(exc):
                 return None
             raise StoreUnavailable(f"object store: {exc}") from exc
         except BotoCoreError as exc:
@@ -158,7 +163,7 @@ class S3BlobStore:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, name),
                                           **extra)["Body"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _missing(exc):
                 raise FileNotFoundError(f"{job_id}/{name}") from exc
             raise StoreUnavailable(f"object store: {exc}") from exc
         except BotoCoreError as exc:

@@ -211,8 +211,7 @@ async def submit(
         await run_in_threadpool(blobs.delete_job_files, job_id)  # the original job has its own
         return stored, False
     await _enqueue_or_forget(store, blobs, celery, settings, job_id)
-    if not blobs.files_are_local:  # the upload is in the object store; the checks are done
-        await run_in_threadpool(blobs.drop_local_copies, job_id)
+    await run_in_threadpool(blobs.drop_local_copies, job_id)  # the checks' scratch copy
     return stored, True
 
 

@@ -259,8 +259,7 @@ def get_model(
         raise NotFound(f"job {job_id} has no {fmt} model; available: {', '.join(available)}",
                        extra={"available_formats": available})
     sha = _model_sha(record, blobs, fmt)
-    if not blobs.files_are_local:  # a new hash sidecar was written through this host's cache
-        blobs.drop_local_copies(job_id)
+    blobs.drop_local_copies(job_id)  # a remote store's hash sidecar went through the cache
     headers = {"ETag": f'"{sha}"', "X-Content-SHA256": sha}
     if _etag_matches(if_none_match, sha):
         return Response(status_code=304, headers=headers)

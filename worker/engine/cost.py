@@ -14,18 +14,19 @@
   8 s per job at most for models whose forward pass takes under ~0.3 s, and the number of
   timed runs is reported. When the model came out physically smaller (shrink), the speedup
   must not depend on how busy the machine was at the start versus the end of the job: both
-  models are then timed again at the end, in alternation (``measure_latency_pair``), and those
+  models are then timed again at the end, in alternation (``measure_latencies``), and those
   figures replace the two sequential ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,42 +133,14 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 
 def time_runs(run: Callable[[], object], device: torch.device) -> Latency:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    warm_start = time.perf_counter()
-    for _ in range(WARMUP_RUNS):  # at least one; a slow model stops warming after BUDGET_S
-        run()
-        sync()
-        if time.perf_counter() - warm_start > BUDGET_S:
-            break
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < TIMED_RUNS and (
-        len(times) < MIN_RUNS or time.perf_counter() - started < BUDGET_S
-    ):
-        t0 = time.perf_counter()
-        run()
-        sync()
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return Latency(p50=_percentile(times, 0.5), p90=_percentile(times, 0.9), runs=len(times))
+    return time_alternating([run], device)[0]
 
 
-def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device) -> dict[str, Latency]:
-    latency: dict[str, Latency] = {}
-    with _evaluating(model):
-        for batch in BATCHES:
-            images = example_batch(spec, batch, device)
-            latency[f"batch_{batch}"] = time_runs(functools.partial(model, images), device)
-    return latency
-
-
-def time_pair(first: Callable[[], object], second: Callable[[], object],
-              device: torch.device) -> tuple[Latency, Latency]:
-    """Both callables timed in alternation (one run of each per round, the order swapped
-    every round), so a change in the machine's load in the meantime falls on both alike."""
+def time_alternating(runs: Sequence[Callable[[], object]], device: torch.device) -> list[Latency]:
+    """Each callable timed, in rounds of one run each (the order reversed every other round),
+    so a change in the machine's load falls on all of them alike: what a speedup of one model
+    over another is computed from. Warm-up and timed rounds each stop after ``BUDGET_S`` per
+    callable (at least one warm-up round and ``MIN_RUNS`` timed ones)."""
     def timed(run: Callable[[], object]) -> float:
         t0 = time.perf_counter()
         run()
@@ -175,41 +148,42 @@ def time_pair(first: Callable[[], object], second: Callable[[], object],
             torch.cuda.synchronize(device)
         return (time.perf_counter() - t0) * 1000
 
+    budget = BUDGET_S * len(runs)
     warm_start = time.perf_counter()
-    for _ in range(WARMUP_RUNS):
-        timed(first), timed(second)
-        if time.perf_counter() - warm_start > 2 * BUDGET_S:
+    for _ in range(WARMUP_RUNS):  # at least one; a slow model stops warming after the budget
+        for run in runs:
+            timed(run)
+        if time.perf_counter() - warm_start > budget:
             break
-    times: tuple[list[float], list[float]] = ([], [])
+    times: list[list[float]] = [[] for _ in runs]
     started = time.perf_counter()
-    while len(times[0]) < TIMED_RUNS and (
-        len(times[0]) < MIN_RUNS or time.perf_counter() - started < 2 * BUDGET_S
-    ):
-        if len(times[0]) % 2:
-            times[1].append(timed(second))
-            times[0].append(timed(first))
-        else:
-            times[0].append(timed(first))
-            times[1].append(timed(second))
-    first_ms, second_ms = sorted(times[0]), sorted(times[1])
-    return (Latency(p50=_percentile(first_ms, 0.5), p90=_percentile(first_ms, 0.9),
-                    runs=len(first_ms)),
-            Latency(p50=_percentile(second_ms, 0.5), p90=_percentile(second_ms, 0.9),
-                    runs=len(second_ms)))
+    rounds = 0
+    while rounds < TIMED_RUNS and (rounds < MIN_RUNS or time.perf_counter() - started < budget):
+        order = range(len(runs)) if rounds % 2 == 0 else reversed(range(len(runs)))
+        for i in order:
+            times[i].append(timed(runs[i]))
+        rounds += 1
+    return [Latency(p50=_percentile(sorted(ms), 0.5), p90=_percentile(sorted(ms), 0.9),
+                    runs=len(ms)) for ms in times]
 
 
-def measure_latency_pair(
-    first: nn.Module, second: nn.Module, spec: InputSpec, device: torch.device
-) -> tuple[dict[str, Latency], dict[str, Latency]]:
-    """Latency of two models on the same batches, interleaved (``time_pair``): what a speedup
-    of one over the other is computed from."""
-    latency: tuple[dict[str, Latency], dict[str, Latency]] = ({}, {})
-    with _evaluating(first), _evaluating(second):
+def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device) -> dict[str, Latency]:
+    return measure_latencies([model], spec, device)[0]
+
+
+def measure_latencies(
+    models: Sequence[nn.Module], spec: InputSpec, device: torch.device
+) -> list[dict[str, Latency]]:
+    """Latency per batch size of each model on the same batches, timed in alternation."""
+    latency: list[dict[str, Latency]] = [{} for _ in models]
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(_evaluating(model))
         for batch in BATCHES:
             images = example_batch(spec, batch, device)
-            a, b = time_pair(functools.partial(first, images),
-                             functools.partial(second, images), device)
-            latency[0][f"batch_{batch}"], latency[1][f"batch_{batch}"] = a, b
+            timed = time_alternating([functools.partial(m, images) for m in models], device)
+            for per_model, measured in zip(latency, timed, strict=True):
+                per_model[f"batch_{batch}"] = measured
     return latency
 
 

@@ -52,16 +52,16 @@ class Split:
         order = torch.randperm(len(self), generator=generator).to(self.labels.device)
         images = self.images.new_empty((batch_size, *self.images.shape[1:]))
         labels = self.labels.new_empty(batch_size)
-        teacher = (None if self.teacher is None
-                   else self.teacher.new_empty((batch_size, *self.teacher.shape[1:])))
+        source = self.teacher
+        teacher = None if source is None else source.new_empty((batch_size, *source.shape[1:]))
         for start in range(0, len(self), batch_size):
             index = order[start:start + batch_size]
             n = len(index)
             yield (
                 torch.index_select(self.images, 0, index, out=images[:n]),
                 torch.index_select(self.labels, 0, index, out=labels[:n]),
-                None if self.teacher is None or teacher is None
-                else torch.index_select(self.teacher, 0, index, out=teacher[:n]),
+                None if source is None or teacher is None
+                else torch.index_select(source, 0, index, out=teacher[:n]),
             )
 
 

@@ -284,8 +284,8 @@ def _paired_latency(
     dense: torch.nn.Module, shrunk: torch.nn.Module, before: Cost, after: Cost, spec: JobSpec,
     device: torch.device,
 ) -> tuple[Cost, Cost]:
-    """``before`` and ``after`` with latencies re-timed in alternation (cost.time_pair)."""
-    dense_ms, shrunk_ms = cost.measure_latency_pair(dense, shrunk, spec.input, device)
+    """``before`` and ``after`` with latencies re-timed in alternation."""
+    dense_ms, shrunk_ms = cost.measure_latencies([dense, shrunk], spec.input, device)
     method = cost.paired_method(device)
     return (before.model_copy(update={"latency_ms": dense_ms, "latency_method": method}),
             after.model_copy(update={"latency_ms": shrunk_ms, "latency_method": method}))

@@ -76,14 +76,14 @@ def test_latency_runs_are_bounded_by_count_and_budget(monkeypatch: pytest.Monkey
 
 def test_paired_timing_alternates_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
-    a, b = cost.time_pair(lambda: order.append("a"), lambda: order.append("b"), CPU)
+    a, b = cost.time_alternating([lambda: order.append("a"), lambda: order.append("b")], CPU)
     assert a.runs == b.runs == cost.TIMED_RUNS
     timed = order[2 * cost.WARMUP_RUNS:]
     assert len(timed) == 2 * cost.TIMED_RUNS
     rounds = [timed[i:i + 2] for i in range(0, len(timed), 2)]
     assert rounds == [["a", "b"], ["b", "a"]] * (cost.TIMED_RUNS // 2)  # order swapped
     monkeypatch.setattr(cost, "BUDGET_S", 0.0)
-    a, b = cost.time_pair(lambda: None, lambda: None, CPU)
+    a, b = cost.time_alternating([lambda: None, lambda: None], CPU)
     assert a.runs == b.runs == cost.MIN_RUNS
 
 
@@ -92,7 +92,7 @@ def test_paired_timing_tells_a_slower_model_from_a_faster_one() -> None:
     spec = InputSpec(flatten=True)
     first = nn.Sequential(nn.Linear(784, 64), slow)
     second = nn.Sequential(nn.Linear(784, 64), fast)
-    slow_ms, fast_ms = cost.measure_latency_pair(first, second, spec, CPU)
+    slow_ms, fast_ms = cost.measure_latencies([first, second], spec, CPU)
     assert set(slow_ms) == set(fast_ms) == {"batch_1", "batch_256"}
     assert slow_ms["batch_256"].p50 > fast_ms["batch_256"].p50
     assert "alternation" in cost.paired_method(CPU)
