@@ -61,3 +61,11 @@ def test_the_client_imports_no_torch_celery_or_fastapi() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_core_is_packages_by_domain() -> None:
+    """Only the settings and the broker contract sit at core/'s top; the rest is a package."""
+    loose = sorted(p.name for p in (ROOT / "core").glob("*.py"))
+    assert loose == ["__init__.py", "queue.py", "settings.py"]
+    packages = sorted(p.parent.name for p in (ROOT / "core").glob("*/__init__.py"))
+    assert packages == ["jobs", "storage", "tenants", "uploads", "webhooks"]

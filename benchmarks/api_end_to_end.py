@@ -4,7 +4,7 @@ in-process, in the same run.
     .venv/bin/python -m benchmarks.api_end_to_end [ROUNDS]      # prints JSON
 
 Model: the 784-256-128-10 MLP (state_dict, ``architecture: mnist_mlp``) trained one epoch
-here; spec: ``core.spec.REFERENCE_RECIPE`` (30% global L1, fine-tune 2 epochs with Adam, lr
+here; spec: ``core.jobs.spec.REFERENCE_RECIPE`` (30% global L1, fine-tune 2 epochs with Adam, lr
 1e-3, batch 64), on the CPU.
 
 - ``in_process``: a fresh Python that has already imported torch calls ``run_job`` once and
@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 
 from benchmarks.api_latency import machine
-from core.spec import REFERENCE_RECIPE
+from core.jobs.spec import REFERENCE_RECIPE
 from stack.local import Stack, local_stack
 from worker.job_process import STANDBY_READY
 
@@ -51,7 +51,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 from core.settings import Settings
-from core.spec import JobSpec
+from core.jobs.spec import JobSpec
 from worker.engine.pipeline import run_job
 model, spec, out, mnist = sys.argv[1:5]
 settings = Settings(mnist_root=Path(mnist), worker_device="cpu")

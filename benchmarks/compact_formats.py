@@ -9,7 +9,7 @@ tensors (checked with torch.equal) with the documented plain-PyTorch lines:
 - ``csr_int32_state_dict``: every 2-D weight as a torch.sparse_csr tensor with int32 indices,
   torch.save; read: ``{k: v.to_dense() for k, v in torch.load(p, weights_only=True).items()}``
   (torch validates the indices of sparse tensors on every weights_only load);
-- ``bitmask_safetensors``: the shipped ``sparse_safetensors`` (worker/engine/compact.py);
+- ``bitmask_safetensors``: the shipped ``sparse_safetensors`` (worker/engine/sparse_layout.py);
 - ``gzip:<format>``: HTTP ``Content-Encoding: gzip`` on a format (zlib level 6, what
   Starlette's GZipMiddleware uses): the wire bytes; the client's decompression is timed in the
   load, the server's compression is reported as ``encode_ms`` (paid per download unless cached).
@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from worker.engine import compact, registry
+from worker.engine import registry
+from worker.engine import sparse_layout as compact
 
 SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.99)
 REPEATS = 15

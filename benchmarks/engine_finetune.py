@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
+from core.jobs.spec import FinetuneSpec, InputSpec, PruningSpec
 from core.settings import get_settings
-from core.spec import FinetuneSpec, InputSpec, PruningSpec
 from worker.engine import data, pruning, registry, training
 
 LAYERS = [(784, 256), (256, 128), (128, 10)]

@@ -34,8 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from api_tests.worker.engine.shrink.models import ResidualNet
 from benchmarks.engine_finetune import machine
+from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
 from core.settings import get_settings
-from core.spec import FinetuneSpec, InputSpec, JobSpec
 from worker.engine import data, registry, training
 from worker.engine.pipeline import RunResult, run_job
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
+from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
 from core.settings import Settings
-from core.spec import FinetuneSpec, InputSpec, JobSpec
 from worker.engine import data, registry, training
 from worker.engine.pipeline import run_job
 

@@ -31,10 +31,10 @@ from client.errors import ApiError, JobCancelled, JobFailed
 from client.events import parse_events
 from client.retry import RETRY_STATUSES, RetryPolicy
 from client.settings import ClientSettings
-from core.jobs import JobStatus
-from core.public import JobPublic, JobsPublic
-from core.report import Report
-from core.spec import JobSpec
+from core.jobs.public import JobPublic, JobsPublic
+from core.jobs.record import JobStatus
+from core.jobs.report import Report
+from core.jobs.spec import JobSpec
 
 JOBS = "/v1/jobs"
 STREAM_READ_TIMEOUT_S = 60.0  # the event stream sends a keep-alive every 15 s

@@ -24,8 +24,8 @@ import httpx
 from client.api import PrunerClient
 from client.errors import ApiError, JobCancelled, JobFailed
 from client.progress import ProgressView, describe
-from core.jobs import JobStatus
-from core.public import JobPublic
+from core.jobs.public import JobPublic
+from core.jobs.record import JobStatus
 
 EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 2, 3, 130
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from core.public import JobPublic
+from core.jobs.public import JobPublic
 
 
 class ApiError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from core.public import JobPublic
+from core.jobs.public import JobPublic
 
 BAR_WIDTH = 24
 # Where each phase starts on the bar; fine-tuning fills the space up to "saving".

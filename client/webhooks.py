@@ -24,6 +24,6 @@ With FastAPI/Starlette: ``verify(SECRET, request.headers, await request.body())`
 (``tolerance_s=``), which stops replays of an old delivery.
 """
 
-from core.webhook_signing import WebhookVerificationError, verify
+from core.webhooks.signing import WebhookVerificationError, verify
 
 __all__ = ["WebhookVerificationError", "verify"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from core.jobs import PRUNE_TASK
+from core.jobs.record import PRUNE_TASK
 from core.settings import Settings
 
 # Each worker sets ``HEARTBEAT_PREFIX + hostname`` in Redis with a TTL of

@@ -22,8 +22,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from core.accounts import ALL_SCOPES, LOCAL_TENANT, Scope, grants
-from core.lifecycle import utcnow
+from core.jobs.lifecycle import utcnow
+from core.tenants.accounts import ALL_SCOPES, LOCAL_TENANT, Scope, grants
 from service.errors import Forbidden, Unauthorized
 
 KEY_COOKIE = "pruner_key"

@@ -21,14 +21,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core import tenancy
-from core.accounts_store import AccountStore
-from core.backends import open_blob_store, open_job_store
-from core.deliveries import DeliveryStore
 from core.queue import celery_config
 from core.settings import Settings
-from core.store import BlobStore, JobStore
-from core.tenancy import auth_pepper
+from core.storage.backends import open_blob_store, open_job_store
+from core.storage.protocols import BlobStore, JobStore
+from core.tenants import tenancy
+from core.tenants.store import AccountStore
+from core.tenants.tenancy import auth_pepper
+from core.webhooks.deliveries import DeliveryStore
 
 # A Redis that is down must answer 503 fast (connection refused, or no connection within
 # 1 s); a busy one must not: under a burst, requests queue for one of a few connections

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from core.store import BlobStore
+from core.storage.protocols import BlobStore
 
 _ONE_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 

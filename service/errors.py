@@ -2,7 +2,7 @@
 
 A route raises an ``ApiError`` subclass; FastAPI's own errors (request validation, unknown
 route, wrong method) and anything unexpected are rendered the same way, each with a stable
-``code`` from ``core.errors.ProblemCode``. Routes list the errors they raise with
+``code`` from ``core.jobs.error_codes.ProblemCode``. Routes list the errors they raise with
 ``problem_responses(...)`` so that they appear in the OpenAPI document.
 """
 
@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import ProblemCode
-from core.store import StoreUnavailable
+from core.jobs.error_codes import ProblemCode
+from core.storage.protocols import StoreUnavailable
 from core.uploads import RejectKind, UploadRejected
 
 PROBLEM_JSON = "application/problem+json"

@@ -18,12 +18,12 @@ import argparse
 import json
 import sys
 
-from core import tenancy
-from core.accounts import TenantLimits, parse_scopes
-from core.accounts_store import TenantExists, UnknownTenant
-from core.backends import open_job_store
-from core.lifecycle import utcnow
+from core.jobs.lifecycle import utcnow
 from core.settings import get_settings
+from core.storage.backends import open_job_store
+from core.tenants import tenancy
+from core.tenants.accounts import TenantLimits, parse_scopes
+from core.tenants.store import TenantExists, UnknownTenant
 
 
 def _limits(args: argparse.Namespace) -> TenantLimits:

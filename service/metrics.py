@@ -16,10 +16,10 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from core.jobs import JobStatus
+from core.jobs.record import JobStatus
 from core.settings import Settings
-from core.store import Histogram, JobStore
-from core.tenancy_sql import counts_by_tenant
+from core.storage.protocols import Histogram, JobStore
+from core.tenants.scheduling import counts_by_tenant
 from service.deps import ApiMetrics
 
 DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)

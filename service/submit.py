@@ -8,9 +8,7 @@ broker refuses, the record and files are removed and the client gets 503 + Retry
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from celery import Celery
@@ -20,27 +18,26 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from core import tenancy
-from core.accounts import Notify
-from core.estimate import estimate, too_long
-from core.formats import UploadFormat
-from core.jobs import JobRecord, JobStatus, new_job_id
-from core.lifecycle import utcnow
+from core.jobs.estimate import estimate, too_long
+from core.jobs.formats import UploadFormat
+from core.jobs.lifecycle import utcnow
+from core.jobs.record import JobRecord, JobStatus, new_job_id
+from core.jobs.report import Progress
+from core.jobs.spec import JobSpec
 from core.queue import enqueue_job
-from core.report import Progress
 from core.settings import Settings
-from core.spec import JobSpec
-from core.store import (
+from core.storage.protocols import (
     UPLOAD,
     BlobStore,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
-    Quota,
-    QuotaExceeded,
-    QuotaKind,
 )
+from core.tenants import tenancy
+from core.tenants.accounts import Notify
+from core.tenants.quotas import Quota, QuotaExceeded, QuotaKind
 from core.uploads import UploadRejected, check_upload
+from core.webhooks.addresses import notify_url_problem
 from service.errors import (
     ApiError,
     BrokerUnavailable,
@@ -125,26 +122,8 @@ def check_duration(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_notify_url(notify: Notify, settings: Settings, source: str) -> None:
-    """422 for a webhook URL that can never be delivered: not https (http only to an
-    allow-listed host), credentials in it, or an address literal that is not public. Names
-    are resolved, and checked again, at each delivery (worker/notify/safe_http.py)."""
-    url = urlsplit(notify.url)
-    host = (url.hostname or "").lower()
-    reason = None
-    if url.scheme not in ("https", "http") or not host:
-        reason = "must be an https:// URL with a host"
-    elif url.username is not None or url.password is not None:
-        reason = "must not carry credentials"
-    elif host not in settings.webhook_allowed:
-        if url.scheme != "https":
-            reason = "must be https (http only to hosts on the webhook allow-list)"
-        else:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                address = None
-            if address is not None and not address.is_global:
-                reason = f"{address} is not a public address (loopback, private, link-local)"
+    """422 for a webhook URL that can never be delivered (``core.webhooks.addresses``)."""
+    reason = notify_url_problem(notify.url, settings.webhook_allowed)
     if reason is not None:
         loc = ["body", SPEC_FIELD, "notify", "url"] if source == "spec" else ["tenant", "notify"]
         error = FieldError(loc=loc, msg=f"webhook url {reason}", type="value_error")

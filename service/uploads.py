@@ -22,7 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from core.store import UPLOAD, BlobStore
+from core.storage.protocols import UPLOAD, BlobStore
 from service.errors import (
     FieldError,
     InsufficientStorage,

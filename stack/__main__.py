@@ -18,7 +18,7 @@ from types import FrameType
 from urllib.parse import urlparse
 
 from core.settings import Settings, get_settings
-from core.tenancy import ADMIN_KEY_FILE, local_admin_key
+from core.tenants.tenancy import ADMIN_KEY_FILE, local_admin_key
 from stack.keeper import Keeper, say
 from stack.processes import redis_ping, start_api, start_redis, start_worker, wait_until_ready
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from core.settings import Settings
-from core.tenancy import local_admin_key
+from core.tenants.tenancy import local_admin_key
 from stack import processes as P
 
 
@@ -126,7 +126,7 @@ def local_stack(root: Path, values: dict[str, Any], workers: int = 1,
         values["auth_pepper"] = secrets.token_urlsafe(32)
     settings = Settings.of(**values)
     env = settings.as_env()
-    api_key, _ = local_admin_key(settings)  # made on the first start (core/tenancy.py)
+    api_key, _ = local_admin_key(settings)  # made on the first start (core/tenants/tenancy.py)
     log_dir = root / "logs"
     started = [P.start_redis(redis_port, root / "redis", log_dir)]
     try:

@@ -43,7 +43,7 @@ def _log_level(logger: logging.Logger, **_: Any) -> None:
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start_janitor(sender: Any = None, **_: Any) -> None:
-    from core.backends import open_job_store
+    from core.storage.backends import open_job_store
     from worker.janitor import start_janitor
     from worker.notify.dispatcher import start_dispatcher
 

@@ -24,12 +24,12 @@ from datetime import timedelta
 import redis
 from celery import Celery
 
-from core.backends import open_blob_store, open_job_store
-from core.jobs import JobRecord, JobStatus
-from core.lifecycle import lease_expired, requeue, utcnow
+from core.jobs.lifecycle import lease_expired, requeue, utcnow
+from core.jobs.record import JobRecord, JobStatus
 from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key
 from core.settings import Settings
-from core.store import BlobStore, JobStore
+from core.storage.backends import open_blob_store, open_job_store
+from core.storage.protocols import BlobStore, JobStore
 
 log = logging.getLogger("worker.janitor")
 

@@ -16,9 +16,9 @@ It writes its own outcome into the job record:
 - ``Cancelled``: running -> cancelled, no model offered;
 - anything else: running -> failed ``internal_error`` (or ``resource_limit`` on MemoryError).
 Exit code 0 means "the record holds my terminal status". When the process dies without
-writing one (killed by a signal), the supervisor settles it (core/lifecycle.py).
+writing one (killed by a signal), the supervisor settles it (core/jobs/lifecycle.py).
 
-Fencing: every write goes through its ``Claim`` (core/lifecycle.py), which checks that the
+Fencing: every write goes through its ``Claim`` (core/jobs/lifecycle.py), which checks that the
 record is still ``running`` with this process's attempt number. A process whose claim was
 taken away (its job re-queued after a lost lease) writes nothing and exits ``EXIT_LOST``.
 """
@@ -34,13 +34,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from core.backends import open_blob_store, open_job_store
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus
-from core.lifecycle import Claim
-from core.report import Progress
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.lifecycle import Claim
+from core.jobs.record import JobError, JobRecord, JobStatus
+from core.jobs.report import Progress
 from core.settings import Settings, get_settings
-from core.store import REPORT, UPLOAD, BlobStore, model_file
+from core.storage.backends import open_blob_store, open_job_store
+from core.storage.protocols import REPORT, UPLOAD, BlobStore, model_file
 from worker.sandbox import is_resource_limit_error
 
 EXIT_OK = 0
@@ -206,11 +206,11 @@ def warm_up(settings: Settings) -> None:
     memory, normalised for the default input spec, whatever the worker's device (a GPU job
     then only copies the tensors to its device). No upload is opened and CUDA is not
     initialised here."""
-    from core.spec import InputSpec
-    from worker.engine import cost, pipeline  # noqa: F401  (the import is the warm-up)
+    from core.jobs.spec import InputSpec
+    from worker.engine import measure, pipeline  # noqa: F401  (the import is the warm-up)
     from worker.engine.data import preload
 
-    cost.warm_up()  # the FLOP counter's first dispatch mode imports torch._dynamo
+    measure.warm_up()  # the FLOP counter's first dispatch mode imports torch._dynamo
     try:
         preload(settings.mnist_root, InputSpec(), download=False)
     except Exception:  # e.g. MNIST missing: the job itself reports it with its code

@@ -31,7 +31,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 from core.settings import MiB, Settings
 
 AS_FACTOR = 4

@@ -1,10 +1,10 @@
 """Supervise job processes: one ``Supervisor`` per worker process runs each claimed job in a
 fresh ``python -m worker.job_process`` and keeps the next one warming up as a standby.
 
-A delivery goes: claim the job (core/lifecycle.py), start its job process (the waiting
+A delivery goes: claim the job (core/jobs/lifecycle.py), start its job process (the waiting
 standby, or a fresh one), watch it (renew the lease every third of it; kill it past the
 job's wall-clock limit, when the lease is lost, when it ignores a cancel request, or when the
-worker is stopping), then settle how it ended (core/lifecycle.py) and start the next standby.
+worker is stopping), then settle how it ended (core/jobs/lifecycle.py) and start the next standby.
 
 The job process runs inside the sandbox limits (worker/sandbox.py), in a session of its own,
 and dies with its worker (PR_SET_PDEATHSIG), so a re-queued job never has a live twin. Only
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.lifecycle import (
+from core.jobs.lifecycle import (
     Claim,
     Enqueue,
     Outcome,
@@ -38,8 +38,8 @@ from core.lifecycle import (
     wall_clock_limit_s,
 )
 from core.settings import Settings
-from core.store import JobStore
-from core.tenancy import running_limits
+from core.storage.protocols import JobStore
+from core.tenants.tenancy import running_limits
 from worker import sandbox
 
 log = logging.getLogger("worker.supervisor")

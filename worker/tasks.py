@@ -1,7 +1,7 @@
 """The prune task: the thin Celery adapter around the supervisor (worker/supervisor.py).
 
 The task gets the job id only and never imports torch. It is idempotent by job id: only a
-``queued`` job is claimed (core/lifecycle.py), so a duplicate delivery (Redis redelivery, a
+``queued`` job is claimed (core/jobs/lifecycle.py), so a duplicate delivery (Redis redelivery, a
 janitor re-enqueue) of a job that runs elsewhere or has finished is a no-op. Acknowledgement
 after the task (``acks_late``, ``reject_on_worker_lost``) is set once, app-wide, in
 ``core.queue.celery_config``.
@@ -13,11 +13,11 @@ import os
 from functools import lru_cache, partial
 from typing import Any
 
-from core.backends import open_job_store
-from core.jobs import PRUNE_TASK
+from core.jobs.record import PRUNE_TASK
 from core.queue import enqueue_job
 from core.settings import get_settings
-from core.store import JobStore
+from core.storage.backends import open_job_store
+from core.storage.protocols import JobStore
 from worker.celery_app import app, supervisor
 
 

@@ -18,11 +18,11 @@ from client import ApiError, JobFailed, PrunerClient, RetryPolicy
 from client.events import Event, parse_events
 from client.progress import ProgressView, fraction
 from client.retry import retry_after_s
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobStatus
-from core.public import JobPublic
-from core.report import Progress
-from core.spec import JobSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.public import JobPublic
+from core.jobs.record import JobError, JobStatus
+from core.jobs.report import Progress
+from core.jobs.spec import JobSpec
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from api_tests.core.store_backends import BACKENDS, Backend
-from core.store import JobStore
+from core.storage.protocols import JobStore
 
 
 @pytest.fixture(params=sorted(BACKENDS))

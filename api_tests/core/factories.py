@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from core.jobs import JobRecord, JobStatus, UploadFormat, new_job_id
-from core.spec import REFERENCE_RECIPE
+from core.jobs.record import JobRecord, JobStatus, UploadFormat, new_job_id
+from core.jobs.spec import REFERENCE_RECIPE
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

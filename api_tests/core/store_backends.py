@@ -12,9 +12,9 @@ from typing import Protocol
 
 import pytest
 
-from core.store import JobStore
-from core.store_postgres import PostgresJobStore
-from core.store_sqlite import SqliteJobStore
+from core.storage.postgres import PostgresJobStore
+from core.storage.protocols import JobStore
+from core.storage.sqlite import SqliteJobStore
 
 
 class Backend(Protocol):

@@ -17,7 +17,10 @@ from datetime import timedelta
 import pytest
 
 from api_tests.core.factories import T0, make_record
-from core.accounts import (
+from core.jobs.record import JobRecord, JobStatus
+from core.storage.protocols import JobStore
+from core.storage.sql import SqlAccess, SqlConn
+from core.tenants.accounts import (
     ALL_SCOPES,
     KEY_PREFIX,
     Notify,
@@ -29,8 +32,8 @@ from core.accounts import (
     new_key,
     parse_scopes,
 )
-from core.accounts_store import LAST_USED_EVERY_US, AccountStore, TenantExists, UnknownTenant
-from core.deliveries import (
+from core.tenants.store import LAST_USED_EVERY_US, AccountStore, TenantExists, UnknownTenant
+from core.webhooks.deliveries import (
     ATTEMPT_LEASE_US,
     MAX_ATTEMPTS_KEPT,
     Attempt,
@@ -38,9 +41,6 @@ from core.deliveries import (
     DeliveryStore,
     backoff_s,
 )
-from core.jobs import JobRecord, JobStatus
-from core.sql import SqlAccess, SqlConn
-from core.store import JobStore
 
 PEPPER = "test-pepper"
 HOOK = Notify(url="https://hooks.example.com/pruner")

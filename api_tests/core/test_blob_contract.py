@@ -1,4 +1,4 @@
-"""The ``BlobStore`` contract (core/store.py), run against every backend: atomic writes,
+"""The ``BlobStore`` contract (core/storage/protocols.py), run against every backend: atomic writes,
 safe names, put_file, deletion, and the sha256 kept beside a stored file.
 
 A new backend (S3...) joins by one more entry in ``BACKENDS``: a function that makes an
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core.blobs import LocalBlobStore
-from core.blobs_s3 import S3BlobStore
-from core.digest import stored_sha256
 from core.settings import Settings
-from core.store import REPORT, UPLOAD, BlobStore, model_file
+from core.storage.blobs import LocalBlobStore
+from core.storage.blobs_s3 import S3BlobStore
+from core.storage.digest import stored_sha256
+from core.storage.protocols import REPORT, UPLOAD, BlobStore, model_file
 
 
 def _s3(request: pytest.FixtureRequest, tmp: Path) -> BlobStore:
@@ -146,7 +146,7 @@ def test_drop_local_copies_keeps_the_stored_files(blobs: BlobStore) -> None:
 def test_a_file_past_the_multipart_threshold_round_trips(blobs: BlobStore) -> None:
     """On S3 a file over ``MULTIPART_THRESHOLD`` goes up as a multipart upload: it reads back
     whole, byte for byte."""
-    from core.blobs_s3 import MULTIPART_THRESHOLD
+    from core.storage.blobs_s3 import MULTIPART_THRESHOLD
 
     chunk = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB of varied bytes
     size = MULTIPART_THRESHOLD + 3 * len(chunk) + 17

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.blobs import LocalBlobStore
-from core.store import REPORT, UPLOAD
+from core.storage.blobs import LocalBlobStore
+from core.storage.protocols import REPORT, UPLOAD
 
 
 @pytest.fixture()

@@ -1,13 +1,13 @@
-"""Model formats, defined once (core.formats), and the spec's output_format built on them."""
+"""Model formats, defined once (core.jobs.formats), and the spec's output_format built on them."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from core.formats import FORMAT_FILES, ModelFormat, UploadFormat
-from core.spec import JobSpec
-from core.store import model_file
+from core.jobs.formats import FORMAT_FILES, ModelFormat, UploadFormat
+from core.jobs.spec import JobSpec
+from core.storage.protocols import model_file
 
 
 def test_every_format_has_one_file_name_and_extension() -> None:

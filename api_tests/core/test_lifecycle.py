@@ -1,4 +1,4 @@
-"""The job lifecycle (core/lifecycle.py) on a real SQLite store, no broker: duplicate
+"""The job lifecycle (core/jobs/lifecycle.py) on a real SQLite store, no broker: duplicate
 deliveries are no-ops, attempts are counted and capped, cancels win over queued, a lost claim
 writes nothing, and how a job process ended decides between re-queue and failure."""
 
@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from api_tests.core.factories import make_record
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus
-from core.lifecycle import (
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.lifecycle import (
     CancelResult,
     Claim,
     Outcome,
@@ -27,8 +26,9 @@ from core.lifecycle import (
     requeue,
     settle,
 )
+from core.jobs.record import JobError, JobRecord, JobStatus
 from core.settings import Settings
-from core.store_sqlite import SqliteJobStore
+from core.storage.sqlite import SqliteJobStore
 
 
 @pytest.fixture

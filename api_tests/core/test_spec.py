@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from core.spec import REFERENCE_RECIPE, JobSpec
+from core.jobs.spec import REFERENCE_RECIPE, JobSpec
 
 
 def test_defaults_are_the_reference_recipe() -> None:

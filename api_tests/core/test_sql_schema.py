@@ -1,11 +1,11 @@
-"""The tables both databases share are written once (core/sql.py SHARED_SCHEMA): SQLite runs
+"""The tables both databases share are written once (core/storage/sql.py SHARED_SCHEMA): SQLite runs
 it at open, PostgreSQL's migration 0002 holds it word for word (a released migration never
 changes, so the two must not drift)."""
 
 from __future__ import annotations
 
-from core.pg_migrate import migration_files
-from core.sql import SHARED_SCHEMA, TENANT_COLUMNS, statements
+from core.storage.pg_migrate import migration_files
+from core.storage.sql import SHARED_SCHEMA, TENANT_COLUMNS, statements
 
 
 def test_migration_0002_holds_the_shared_schema_word_for_word() -> None:

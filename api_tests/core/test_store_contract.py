@@ -1,4 +1,4 @@
-"""The ``JobStore`` contract (core/store.py), run against every backend: round trips,
+"""The ``JobStore`` contract (core/storage/protocols.py), run against every backend: round trips,
 compare-and-set, idempotency races (threads and processes), the queue limit, pagination,
 the reconciler's and the metrics' queries.
 
@@ -15,10 +15,10 @@ import pytest
 
 from api_tests.core.factories import T0, make_record
 from api_tests.core.store_backends import Backend
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus
-from core.report import Progress
-from core.store import IdempotencyConflict, JobStore, QueueLimitReached
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.record import JobError, JobRecord, JobStatus
+from core.jobs.report import Progress
+from core.storage.protocols import IdempotencyConflict, JobStore, QueueLimitReached
 
 
 def test_create_get_round_trip_and_reopen(backend: Backend, store: JobStore) -> None:

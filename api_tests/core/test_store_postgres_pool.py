@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.store_postgres import PostgresJobStore
+from core.storage.postgres import PostgresJobStore
 
 pytestmark = pytest.mark.slow  # restarts the session's PostgreSQL: out of the inner loop
 

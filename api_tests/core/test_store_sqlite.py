@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from api_tests.core.factories import T0, make_record
-from core.jobs import JobStatus
-from core.store_sqlite import SqliteJobStore
+from core.jobs.record import JobStatus
+from core.storage.sqlite import SqliteJobStore
 
 
 def test_opens_a_database_without_started_us(tmp_path: Path) -> None:

@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 
 from api_tests.core.factories import T0, make_record
-from core import tenancy
-from core.accounts import TenantLimits
-from core.jobs import JobStatus
-from core.lifecycle import claim, claim_next
+from core.jobs.lifecycle import claim, claim_next
+from core.jobs.record import JobStatus
 from core.settings import Settings
-from core.store import (
-    IdempotencyConflict,
-    JobStore,
-    Quota,
-    QuotaExceeded,
-    QuotaKind,
-    RunningLimits,
-)
-from core.tenancy_sql import MAX_TENANT_LABELS, counts_by_tenant
+from core.storage.protocols import IdempotencyConflict, JobStore
+from core.tenants import tenancy
+from core.tenants.accounts import TenantLimits
+from core.tenants.quotas import Quota, QuotaExceeded, QuotaKind, RunningLimits
+from core.tenants.scheduling import MAX_TENANT_LABELS, counts_by_tenant
 
 NO_LIMIT: RunningLimits = lambda tenants: {}  # noqa: E731
 

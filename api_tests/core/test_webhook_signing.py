@@ -10,7 +10,7 @@ import pytest
 
 from client.webhooks import WebhookVerificationError as ClientError
 from client.webhooks import verify as client_verify
-from core.webhook_signing import (
+from core.webhooks.signing import (
     WebhookVerificationError,
     new_signing_secret,
     sign,

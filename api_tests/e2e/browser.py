@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import uvicorn
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Request
 
-from core.blobs import LocalBlobStore
 from core.settings import Settings
-from core.store_sqlite import SqliteJobStore
-from core.tenancy import ensure_local_admin
+from core.storage.blobs import LocalBlobStore
+from core.storage.sqlite import SqliteJobStore
+from core.tenants.tenancy import ensure_local_admin
 from service.auth import KEY_COOKIE
 from service.main import create_app
 from stack.processes import free_port

@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 
 from api_tests.conftest import REPO_ROOT, mnist_root
-from core.jobs import JobRecord
+from core.jobs.record import JobRecord
 from core.settings import Settings
-from core.store_sqlite import SqliteJobStore
-from core.tenancy import ADMIN_KEY_FILE
+from core.storage.sqlite import SqliteJobStore
+from core.tenants.tenancy import ADMIN_KEY_FILE
 from stack import processes as P
 
 

@@ -26,7 +26,7 @@ from api_tests.conftest import (
 from api_tests.e2e.test_chaos import MID, QUICK, job_of, post_job, wait_gone
 from api_tests.e2e.test_jobs_e2e import _check_against_report, _download, _load
 from api_tests.security import hostile as h
-from core.store_postgres import PostgresJobStore
+from core.storage.postgres import PostgresJobStore
 from stack import processes as P
 from stack.local import Stack, host_env, local_stack
 

@@ -24,7 +24,7 @@ from api_tests.e2e.stack_command import (
     submit_job,
     wait_job,
 )
-from core.jobs import JobStatus
+from core.jobs.record import JobStatus
 from stack import processes as P
 
 pytestmark = pytest.mark.e2e

@@ -17,8 +17,8 @@ import pytest
 
 from api_tests.conftest import REPO_ROOT, assert_problem, start_stack, submit, wait_for
 from api_tests.e2e.stack_command import random_mlp
-from core.accounts import KEY_PREFIX
-from core.tenancy import ADMIN_KEY_FILE
+from core.tenants.accounts import KEY_PREFIX
+from core.tenants.tenancy import ADMIN_KEY_FILE
 from stack.local import Stack
 
 pytestmark = pytest.mark.e2e

@@ -17,9 +17,9 @@ from api_tests.conftest import TrainedMLP, wait_for
 from api_tests.core.factories import make_record
 from api_tests.e2e.browser import ServedApp, launch, served_app, watched_page
 from api_tests.report_html.factories import HOSTILE, HOSTILE_ATTR, full_report
-from core.jobs import JobStatus
-from core.report import Progress
-from core.store import REPORT
+from core.jobs.record import JobStatus
+from core.jobs.report import Progress
+from core.storage.protocols import REPORT
 from stack.local import Stack
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from core.spec import REFERENCE_RECIPE
+from core.jobs.spec import REFERENCE_RECIPE
 
 HOSTILE = "<script>alert(1)</script>"
 # Breaks out of an attribute, then out of the SVG, if anything is left unescaped.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from api_tests.security import hostile as h
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 from core.settings import Settings
 from worker.engine import registry
 from worker.engine.audit import audit_torchscript, check_tensors, find_disallowed

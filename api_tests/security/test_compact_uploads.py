@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.errors import JobErrorCode
-from core.formats import ModelFormat
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import RejectKind, UploadRejected, check_upload
-from worker.engine import compact, loading
+from worker.engine import loading
+from worker.engine import sparse_layout as compact
 from worker.engine.errors import EngineError
 
 META = {"format": "pt", "pruner.layout": "bitmask-v1"}

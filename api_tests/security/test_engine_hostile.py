@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from api_tests.security import hostile as h
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import FinetuneSpec, JobSpec
 from core.settings import Settings
-from core.spec import FinetuneSpec, JobSpec
 from worker.engine import registry
 from worker.engine.errors import EngineError
 from worker.engine.pipeline import run_job

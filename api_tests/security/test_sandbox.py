@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 from core.settings import GiB, MiB, Settings
 from worker import sandbox
 

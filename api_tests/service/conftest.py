@@ -20,10 +20,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from core.backends import open_blob_store, open_job_store
 from core.settings import Settings
-from core.store import BlobStore, JobStore, StoreUnavailable
-from core.tenancy import ensure_local_admin
+from core.storage.backends import open_blob_store, open_job_store
+from core.storage.protocols import BlobStore, JobStore, StoreUnavailable
+from core.tenants.tenancy import ensure_local_admin
 from service.main import create_app
 from stack import processes as P
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from api_tests.core.factories import make_record
 from api_tests.service.conftest import Api
-from core.jobs import JobStatus
-from core.store import REPORT, model_file
+from core.jobs.record import JobStatus
+from core.storage.protocols import REPORT, model_file
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REPORT_BODY = {"report_version": 1, "note": "stored as written by the worker"}

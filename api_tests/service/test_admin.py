@@ -22,11 +22,11 @@ from api_tests.core.factories import make_record
 from api_tests.service.conftest import Api, ModelFiles, make_settings, running_api
 from api_tests.service.factories import NOW
 from api_tests.service.test_auth_matrix import add_tenant, bearer, submit_as
-from core.accounts import Scope, key_digest
-from core.accounts_store import AccountStore
-from core.jobs import JobStatus
+from core.jobs.record import JobStatus
 from core.settings import Settings
-from core.tenancy import auth_pepper, ensure_local_admin
+from core.tenants.accounts import Scope, key_digest
+from core.tenants.store import AccountStore
+from core.tenants.tenancy import auth_pepper, ensure_local_admin
 
 KEY = re.compile(r"^prn_live_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 

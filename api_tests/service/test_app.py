@@ -9,9 +9,9 @@ from pathlib import Path
 
 from api_tests.conftest import assert_problem
 from api_tests.service.conftest import REFERENCE, Api
-from core.architectures import ARCHITECTURES
+from core.jobs.architectures import ARCHITECTURES
+from core.jobs.spec import REFERENCE_RECIPE, JobSpec
 from core.settings import Settings
-from core.spec import REFERENCE_RECIPE, JobSpec
 from service.main import create_app
 
 

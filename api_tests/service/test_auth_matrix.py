@@ -31,13 +31,13 @@ from api_tests.core.factories import make_record
 from api_tests.report_html.factories import full_report
 from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings, running_api
 from api_tests.service.factories import MODEL_BYTES, NOW
-from core import tenancy
-from core.accounts import KEY_PREFIX, LOCAL_TENANT, Scope, TenantLimits
-from core.jobs import JobRecord, JobStatus, new_job_id
-from core.lifecycle import utcnow
+from core.jobs.lifecycle import utcnow
+from core.jobs.record import JobRecord, JobStatus, new_job_id
 from core.queue import heartbeat_key
 from core.settings import Settings
-from core.store import REPORT, model_file
+from core.storage.protocols import REPORT, model_file
+from core.tenants import tenancy
+from core.tenants.accounts import KEY_PREFIX, LOCAL_TENANT, Scope, TenantLimits
 
 # --- helpers (shared with test_quotas.py and test_admin.py) -----------------------------------
 

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from api_tests.conftest import assert_problem
 from api_tests.service.conftest import Api
 from api_tests.service.factories import finished_job
-from core.store import model_file
-from worker.engine import compact
+from core.storage.protocols import model_file
+from worker.engine import sparse_layout as compact
 
 META = {"format": "pt", "pruner.layout": "bitmask-v1"}
 

@@ -12,10 +12,10 @@ import httpx
 from api_tests.conftest import assert_problem
 from api_tests.core.factories import T0, make_record
 from api_tests.service.conftest import ModelFiles, make_settings, running_api
-from core.digest import sha256_file
-from core.formats import ModelFormat
-from core.jobs import JobStatus
-from core.store import UPLOAD, model_file
+from core.jobs.formats import ModelFormat
+from core.jobs.record import JobStatus
+from core.storage.digest import sha256_file
+from core.storage.protocols import UPLOAD, model_file
 from stack.processes import free_port
 
 

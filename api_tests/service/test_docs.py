@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import JobErrorCode, ProblemCode
+from core.jobs.error_codes import JobErrorCode, ProblemCode
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def test_the_readme_sample_report_is_a_whole_current_report() -> None:
     the fields a report has (none missing, none that no longer exist)."""
     import json
 
-    from core.report import Report
+    from core.jobs.report import Report
 
     section = README.split("## A sample report", 1)[1]
     sample = json.loads(section.split("```json", 1)[1].split("```", 1)[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
 from api_tests.service.conftest import Api, ModelFiles, make_settings, running_api
-from core.jobs import JobStatus
+from core.jobs.record import JobStatus
 from core.queue import heartbeat_key
 from stack.processes import free_port
 

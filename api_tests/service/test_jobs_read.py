@@ -16,10 +16,10 @@ from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
 from api_tests.service.conftest import Api, ModelFiles
 from api_tests.service.factories import MODEL_BYTES, NOW, REPORT_BODY, finished_job
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobStatus
-from core.report import Progress
-from core.store import model_file
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.record import JobError, JobStatus
+from core.jobs.report import Progress
+from core.storage.protocols import model_file
 from service.routes.jobs import EVENTS_POLL_S
 
 

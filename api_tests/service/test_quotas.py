@@ -17,8 +17,8 @@ from api_tests.conftest import assert_problem
 from api_tests.service.conftest import Api, ModelFiles, make_settings, running_api
 from api_tests.service.factories import NOW
 from api_tests.service.test_auth_matrix import Tenant, add_tenant, stored, submit_as
-from core.accounts import Scope
-from core.jobs import JobStatus
+from core.jobs.record import JobStatus
+from core.tenants.accounts import Scope
 
 RW = (Scope.JOBS_READ, Scope.JOBS_WRITE)
 

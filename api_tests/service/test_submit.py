@@ -17,9 +17,9 @@ import pytest
 from api_tests.conftest import assert_problem
 from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings
 from api_tests.service.conftest import running_api as running
-from core.blobs import LocalBlobStore
-from core.jobs import JobStatus
-from core.store import UPLOAD
+from core.jobs.record import JobStatus
+from core.storage.blobs import LocalBlobStore
+from core.storage.protocols import UPLOAD
 
 
 def _job_dirs(api: Api) -> list[str]:

@@ -17,7 +17,7 @@ from api_tests.service.big_upload import (
     written_bytes,
 )
 from core.settings import Settings
-from core.tenancy import local_admin_key
+from core.tenants.tenancy import local_admin_key
 from stack import processes as P
 
 UPLOAD_MIB = 256

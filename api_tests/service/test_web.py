@@ -12,10 +12,10 @@ from api_tests.core.factories import make_record
 from api_tests.report_html.factories import HOSTILE, full_report
 from api_tests.service.conftest import REFERENCE, Api, ModelFiles
 from api_tests.service.factories import NOW, finished_job
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobStatus
-from core.report import Progress
-from core.store import REPORT
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.record import JobError, JobStatus
+from core.jobs.report import Progress
+from core.storage.protocols import REPORT
 
 RUNNING = Progress(phase="finetuning", epoch=2, epochs=2, step=469, steps=938, loss=0.1234)
 

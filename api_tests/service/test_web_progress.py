@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from core.jobs import JobStatus
-from core.report import Progress
+from core.jobs.record import JobStatus
+from core.jobs.report import Progress
 from service.web.pages import progress_fraction, progress_text
 
 
 class ScheduleProgress(Progress):
-    """Progress with the schedule/search fields the sparsity branch adds to core.report."""
+    """Progress with the schedule/search fields the sparsity branch adds to core.jobs.report."""
 
     round: int | None = None
     rounds: int | None = None

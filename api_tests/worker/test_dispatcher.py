@@ -18,14 +18,14 @@ import pytest
 from api_tests.core.factories import make_record
 from api_tests.webhook_receiver import Received, WebhookReceiver
 from client.webhooks import verify
-from core import tenancy
-from core.accounts import Notify, Scope, Tenant
-from core.backends import open_job_store
-from core.deliveries import Delivery, DeliveryState
-from core.jobs import JobRecord, JobStatus
-from core.lifecycle import utcnow
+from core.jobs.lifecycle import utcnow
+from core.jobs.record import JobRecord, JobStatus
 from core.settings import Settings
-from core.store import JobStore
+from core.storage.backends import open_job_store
+from core.storage.protocols import JobStore
+from core.tenants import tenancy
+from core.tenants.accounts import Notify, Scope, Tenant
+from core.webhooks.deliveries import Delivery, DeliveryState
 from stack import processes as P
 from worker.notify.dispatcher import Dispatcher, start_dispatcher, stop_dispatcher
 

@@ -14,10 +14,10 @@ import redis
 from celery import Celery
 
 from api_tests.core.factories import make_record
-from core.jobs import JobRecord, JobStatus
+from core.jobs.record import JobRecord, JobStatus
 from core.queue import BROKER_MARKER_KEY, celery_config, enqueue_job, heartbeat_key
 from core.settings import Settings
-from core.store import REPORT, UPLOAD
+from core.storage.protocols import REPORT, UPLOAD
 from stack import processes as P
 from worker.janitor import Janitor
 
@@ -131,7 +131,7 @@ def test_retention_deletes_the_objects_on_s3_and_postgres(
 ) -> None:
     """Several hosts: retention expires the record in PostgreSQL and deletes the job's
     objects in S3, not just a local copy."""
-    from core.backends import open_blob_store, open_job_store
+    from core.storage.backends import open_blob_store, open_job_store
 
     settings = Settings.of(data_dir=tmp_path, redis_url=redis_url, retention_s=3600,
                            database_url=postgres_server.url(), **s3_server.settings())

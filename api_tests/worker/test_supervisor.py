@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from api_tests.core.factories import make_record
-from core.jobs import JobStatus
-from core.lifecycle import Outcome, Stop, claim
+from core.jobs.lifecycle import Outcome, Stop, claim
+from core.jobs.record import JobStatus
 from core.settings import Settings
-from core.store_sqlite import SqliteJobStore
+from core.storage.sqlite import SqliteJobStore
 from worker.supervisor import Supervisor
 
 

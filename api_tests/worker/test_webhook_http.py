@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from core.webhook_signing import new_signing_secret, signature_headers, verify
+from core.webhooks.signing import new_signing_secret, signature_headers, verify
 from worker.notify.safe_http import (
     DeliveryResult,
     Destination,

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
-from core.formats import ModelFormat
+from core.jobs.formats import ModelFormat
 from core.settings import MiB, Settings
 from core.uploads.allowlists import check_state_dict_globals
 from core.uploads.pickle_scan import scan_pickle

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.formats import ModelFormat, UploadFormat
+from core.jobs.formats import ModelFormat, UploadFormat
 from core.settings import Settings
 from core.uploads.archive import check_zip
 from core.uploads.rejection import RejectKind, UploadRejected, too_large

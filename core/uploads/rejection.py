@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 
 
 class RejectKind(StrEnum):

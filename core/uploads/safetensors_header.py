@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from core.formats import ModelFormat
+from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads.allowlists import FLOAT_SAFETENSORS_CODES, SAFETENSORS_ITEMSIZE
 from core.uploads.compact import check_compact_safetensors

@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from core.accounts import (
+from core.jobs.lifecycle import utcnow
+from core.tenants.accounts import (
     TENANT_NAME,
     ApiKey,
     CreatedKey,
@@ -21,9 +22,8 @@ from core.accounts import (
     Tenant,
     TenantLimits,
 )
-from core.accounts_store import TenantExists, UnknownTenant
-from core.lifecycle import utcnow
-from core.tenancy import auth_pepper, effective_limits
+from core.tenants.store import TenantExists, UnknownTenant
+from core.tenants.tenancy import auth_pepper, effective_limits
 from service.auth import AdminDep
 from service.deps import AccountsDep, SettingsDep
 from service.errors import AUTH_ERRORS, Conflict, NotFound, ValidationFailed, problem_responses

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from core.architectures import ARCHITECTURES, ArchitectureInfo
-from core.public import ArchitecturesPublic
+from core.jobs.architectures import ARCHITECTURES, ArchitectureInfo
+from core.jobs.public import ArchitecturesPublic
 from service.auth import ReadDep
 from service.errors import AUTH_ERRORS, NotFound, problem_responses
 

@@ -10,10 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from core.public import Health, Readiness
+from core.jobs.public import Health, Readiness
 from core.queue import HEARTBEAT_PREFIX
 from core.settings import Settings
-from core.store import BlobStore, JobStore, StoreUnavailable
+from core.storage.protocols import BlobStore, JobStore, StoreUnavailable
 from service.auth import AdminDep
 from service.deps import BlobsDep, MetricsDep, RedisDep, SettingsDep, StoreDep
 from service.errors import AUTH_ERRORS, NotReady, problem_responses

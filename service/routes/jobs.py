@@ -10,11 +10,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.digest import stored_sha256
-from core.formats import ModelFormat
-from core.jobs import JobRecord, JobStatus
-from core.lifecycle import CancelResult, cancel
-from core.public import (
+from core.jobs.formats import ModelFormat
+from core.jobs.lifecycle import CancelResult, cancel
+from core.jobs.public import (
     JOBS_PATH,
     SPEC_EXAMPLES,
     DeliveriesPublic,
@@ -22,7 +20,9 @@ from core.public import (
     JobsPublic,
     PageLinks,
 )
-from core.store import REPORT, BlobStore, JobStore, model_file
+from core.jobs.record import JobRecord, JobStatus
+from core.storage.digest import stored_sha256
+from core.storage.protocols import REPORT, BlobStore, JobStore, model_file
 from service.auth import ReadDep, WriteDep
 from service.deps import (
     BlobsDep,
@@ -55,6 +55,7 @@ from service.errors import (
     ValidationFailed,
     problem_responses,
 )
+from service.job_access import finished_files, load_job
 from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
@@ -98,14 +99,6 @@ def _json(public: JobPublic | JobsPublic, status_code: int = 200, **headers: str
     # Serialised once by pydantic-core; FastAPI's response_model still documents the shape.
     return Response(public.model_dump_json(), status_code=status_code,
                     media_type="application/json", headers=headers)
-
-
-def load_job(store: JobStore, job_id: str, tenant: str | None) -> JobRecord:
-    """The caller's job, or 404 exactly as if it did not exist (another tenant's job too)."""
-    record = store.get(job_id, tenant=tenant)
-    if record is None:
-        raise NotFound(f"no job {job_id!r}")
-    return record
 
 
 @router.post(
@@ -185,17 +178,6 @@ async def get_job(job_id: str, who: ReadDep, store: StoreDep) -> Response:
         await run_in_threadpool(load_job, store, job_id, who.tenant)))
 
 
-def _finished_files(record: JobRecord) -> None:
-    """Raise unless the job succeeded and its files are still kept."""
-    if record.files_expired_at is not None:
-        raise Gone(f"the files of job {record.id} expired at "
-                   f"{record.files_expired_at.isoformat()} (retention)")
-    if not record.status.terminal:
-        raise JobNotFinished(f"job {record.id} is {record.status.value}; poll it until it ends")
-    if record.status is not JobStatus.SUCCEEDED:
-        raise NoModel(f"job {record.id} ended {record.status.value}: it has no report or model")
-
-
 @router.get(
     "/{job_id}/report",
     responses={200: {"content": {"application/json": {}}, "description": "The Report JSON."},
@@ -207,7 +189,7 @@ def get_report(
 ) -> Response:
     """The engine's report: sparsity per tensor, accuracy before/after, timings."""
     record = load_job(store, job_id, who.tenant)
-    _finished_files(record)
+    finished_files(record)
     if not blobs.exists(job_id, REPORT):
         raise Gone(f"the report of job {job_id} is no longer stored")
     return blob_response(blobs, job_id, REPORT, range_, media_type="application/json")
@@ -249,7 +231,7 @@ def get_model(
 ) -> Response:
     """Download the pruned model (default: the format the job produced)."""
     record = load_job(store, job_id, who.tenant)
-    _finished_files(record)
+    finished_files(record)
     fmt = format or record.model_format or ModelFormat.TORCHSCRIPT
     name = model_file(fmt)
     if not blobs.exists(job_id, name):

@@ -18,10 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
-from core.accounts import Scope, grants
-from core.jobs import JobStatus
-from core.public import JOBS_PATH, JobPublic
-from core.store import BlobStore, JobStore
+from core.jobs.public import JOBS_PATH, JobPublic
+from core.jobs.record import JobStatus
+from core.storage.protocols import BlobStore, JobStore
+from core.tenants.accounts import Scope, grants
 from report_html import render_report, report_context
 from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep
 from service.deps import (
@@ -44,7 +44,7 @@ from service.errors import (
     Problem,
     problem_responses,
 )
-from service.routes.jobs import _finished_files, load_job
+from service.job_access import finished_files, load_job
 from service.submit import submit
 from service.web.pages import (
     HTML_HEADERS,
@@ -215,7 +215,7 @@ def get_report_html(job_id: str, who: ReadDep, store: StoreDep,
                     blobs: BlobsDep) -> HTMLResponse:
     """The report as a self-contained HTML page, for reading and sharing offline."""
     record = load_job(store, job_id, who.tenant)
-    _finished_files(record)
+    finished_files(record)
     view = load_report(blobs, job_id)
     if view is None:
         raise Gone(f"the report of job {job_id} is no longer stored")

@@ -14,9 +14,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
-from core.jobs import JobRecord, JobStatus
-from core.report import Progress
-from core.store import REPORT, BlobStore
+from core.jobs.record import JobRecord, JobStatus
+from core.jobs.report import Progress
+from core.storage.protocols import REPORT, BlobStore
 from report_html import ReportView, environment, read_report_json
 
 TEMPLATES: Environment = environment(PackageLoader("service.web", "templates"))
@@ -30,7 +30,7 @@ HTML_HEADERS = {"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "
                 "Referrer-Policy": "same-origin"}
 
 
-# Progress fields of schedules, search and sensitivity (added to core.report.Progress by the
+# Progress fields of schedules, search and sensitivity (added to core.jobs.report.Progress by the
 # sparsity branch); read with getattr so that this works before and after they exist.
 _COUNTERS = (("round", "rounds"), ("trial", "trials"))
 
@@ -125,6 +125,6 @@ def report_summary(blobs: BlobStore, record: JobRecord) -> ReportSummary | None:
 
 
 def example_spec() -> str:
-    from core.public import SPEC_EXAMPLES
+    from core.jobs.public import SPEC_EXAMPLES
 
     return json.dumps(SPEC_EXAMPLES["reference"]["value"], indent=2)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 from core.settings import Settings
 from core.uploads.allowlists import ACCEPTED_DTYPES, FLOAT_DTYPE_NAMES
 from worker.engine.errors import EngineError

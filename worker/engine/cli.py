@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.cost import Cost, CostReport
-from core.formats import SAME_FORMAT, ModelFormat
-from core.report import Progress, Report
+from core.jobs.cost import Cost, CostReport
+from core.jobs.formats import SAME_FORMAT, ModelFormat
+from core.jobs.report import Progress, Report
+from core.jobs.spec import JobSpec, Method, Scope
 from core.settings import get_settings
-from core.spec import JobSpec, Method, Scope
 
 EXIT_SPEC = 2  # the spec is invalid (pydantic) or impossible (EngineError)
 EXIT_CANCELLED = 130

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from core.errors import JobErrorCode
-from core.spec import InputSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import InputSpec
 from worker.engine.errors import EngineError
 
 

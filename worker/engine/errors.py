@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 
 
 class EngineError(Exception):

@@ -20,11 +20,11 @@ from typing import assert_never
 import torch
 from torch import nn
 
-from core.errors import JobErrorCode
-from core.formats import ModelFormat
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import UploadRejected, check_upload
-from worker.engine import audit, compact, registry
+from worker.engine import audit, registry, sparse_layout
 from worker.engine.errors import EngineError
 
 
@@ -127,7 +127,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _decode_compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     try:
-        return compact.decode(tensors)
+        return sparse_layout.decode(tensors)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise EngineError(JobErrorCode.INVALID_MODEL, f"not a valid compact file: {exc}") from exc
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from core.cost import Cost
-from core.errors import JobErrorCode
-from core.formats import SAME_FORMAT, ModelFormat
-from core.report import Accuracy, Evaluation, Phase, Progress, Report, ValidationAccuracy
+from core.jobs.cost import Cost
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.formats import SAME_FORMAT, ModelFormat
+from core.jobs.report import Accuracy, Evaluation, Phase, Progress, Report, ValidationAccuracy
+from core.jobs.spec import JobSpec, OutputFormat, PruningSpec, SensitivitySpec
 from core.settings import Settings, get_settings
-from core.spec import JobSpec, OutputFormat, PruningSpec, SensitivitySpec
-from worker.engine import cost, data, pruning, saving, sensitivity, shrink, training
+from worker.engine import data, measure, pruning, saving, sensitivity, shrink, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.loading import LoadedModel, load_model
@@ -208,8 +208,8 @@ def run_job(
         seed=spec.seed,
         input=input_info,
         output=output_info,
-        cost=cost.report(cost_before, cost_after.model_copy(
-            update={"bytes": cost.file_bytes(outputs)})),
+        cost=measure.report(cost_before, cost_after.model_copy(
+            update={"bytes": measure.file_bytes(outputs)})),
         sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
         search=searched.report if searched is not None else None,
         shrink=shrunk.report if shrunk is not None else None,
@@ -274,10 +274,10 @@ def _cost(
     """The model's cost now; ``saved=None``: measure its bytes by writing it under
     ``scratch`` (the job's output folder: a killed job leaves nothing elsewhere)."""
     if saved is None:
-        saved = cost.bytes_as_saved(
+        saved = measure.bytes_as_saved(
             model, lambda m, folder: saving.save_all(m, primary, folder), device, scratch
         )
-    return cost.measure(model, spec.input, device, device_name(device), saved)
+    return measure.measure(model, spec.input, device, device_name(device), saved)
 
 
 def _paired_latency(
@@ -285,8 +285,8 @@ def _paired_latency(
     device: torch.device,
 ) -> tuple[Cost, Cost]:
     """``before`` and ``after`` with latencies re-timed in alternation."""
-    dense_ms, shrunk_ms = cost.measure_latencies([dense, shrunk], spec.input, device)
-    method = cost.paired_method(device)
+    dense_ms, shrunk_ms = measure.measure_latencies([dense, shrunk], spec.input, device)
+    method = measure.paired_method(device)
     return (before.model_copy(update={"latency_ms": dense_ms, "latency_method": method}),
             after.model_copy(update={"latency_ms": shrunk_ms, "latency_method": method}))
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.report import TensorReport, Totals
-from core.spec import Method, PruningSpec, Scope
+from core.jobs.report import TensorReport, Totals
+from core.jobs.spec import Method, PruningSpec, Scope
 from worker.engine.methods import PruningMethod, global_masks, make_method
 from worker.engine.nm import kernel_eligibility, nm_mask, pattern_holds
 

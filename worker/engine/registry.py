@@ -1,6 +1,6 @@
 """The built-in architectures a state_dict/safetensors upload is loaded into.
 
-Each module's ``state_dict`` matches ``core/architectures.py`` key for key and shape for
+Each module's ``state_dict`` matches ``core/jobs/architectures.py`` key for key and shape for
 shape (a test checks it), so the API can serve the table without importing torch.
 Parameter names follow the plain scripts users write (``self.fc1 = nn.Linear(784, 256)``),
 so their state_dicts load as they are.
@@ -81,7 +81,7 @@ class SmallCNNBN(nn.Module):
 
 
 # Each builder takes its hidden widths as keyword arguments named after the layer whose
-# output they size (``LeNet5(conv1=3, conv2=8)``), as core/architectures.py documents.
+# output they size (``LeNet5(conv1=3, conv2=8)``), as core/jobs/architectures.py documents.
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mnist_mlp": MnistMLP,
     "lenet_300_100": LeNet300100,

@@ -14,10 +14,10 @@ from typing import assert_never
 import torch
 from torch import nn
 
-from core.digest import sha256_file
-from core.formats import ModelFormat
-from core.report import FileInfo
-from worker.engine import compact
+from core.jobs.formats import ModelFormat
+from core.jobs.report import FileInfo
+from core.storage.digest import sha256_file
+from worker.engine import sparse_layout
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -56,7 +56,7 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
 
         save_file(cpu_state_dict(module), str(path), metadata={"format": "pt"})
     elif fmt is ModelFormat.SPARSE_SAFETENSORS:
-        compact.save(cpu_state_dict(module), path)
+        sparse_layout.save(cpu_state_dict(module), path)
     else:  # a format without a writer: mypy says so when a member is added
         assert_never(fmt)
     return path

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.errors import JobErrorCode
-from core.report import Progress
-from core.spec import Agp, FinetuneSpec, Iterative, PruningSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.report import Progress
+from core.jobs.spec import Agp, FinetuneSpec, Iterative, PruningSpec
 from worker.engine import pruning, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.errors import JobErrorCode
-from core.report import Evaluation, Progress, Search, Sensitivity, Trial
-from core.spec import FinetuneSpec, PruningSpec, SearchSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.report import Evaluation, Progress, Search, Sensitivity, Trial
+from core.jobs.spec import FinetuneSpec, PruningSpec, SearchSpec
 from worker.engine import pruning, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 
-from core.errors import JobErrorCode
-from core.report import Progress, Sensitivity, TensorSensitivity
-from core.spec import Method, PruningSpec, Scope
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.report import Progress, Sensitivity, TensorSensitivity
+from core.jobs.spec import Method, PruningSpec, Scope
 from worker.engine import pruning, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError

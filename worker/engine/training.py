@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import JobErrorCode
-from core.report import Evaluation, Progress
-from core.spec import DistillSpec, FinetuneSpec, InputSpec, Optimizer
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.report import Evaluation, Progress
+from core.jobs.spec import DistillSpec, FinetuneSpec, InputSpec, Optimizer
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled, EngineError
 

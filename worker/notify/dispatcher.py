@@ -1,5 +1,5 @@
 """The webhook dispatcher: a thread in each worker's main process, every
-``webhook_interval_s``; rows and rules in core/deliveries.py.
+``webhook_interval_s``; rows and rules in core/webhooks/deliveries.py.
 
 Each pass:
 1. every terminal job whose webhook is due becomes one delivery row (when its status is one
@@ -22,13 +22,13 @@ import threading
 import time
 from datetime import timedelta
 
-from core import tenancy
-from core.accounts_store import AccountStore
-from core.deliveries import Attempt, Delivery, DeliveryState, DeliveryStore, backoff_s
-from core.lifecycle import utcnow
+from core.jobs.lifecycle import utcnow
 from core.settings import Settings
-from core.store import JobStore
-from core.webhook_signing import signature_headers
+from core.storage.protocols import JobStore
+from core.tenants import tenancy
+from core.tenants.store import AccountStore
+from core.webhooks.deliveries import Attempt, Delivery, DeliveryState, DeliveryStore, backoff_s
+from core.webhooks.signing import signature_headers
 from worker.notify.safe_http import DestinationRefused, post_json, resolve_destination
 
 log = logging.getLogger("worker.notify")

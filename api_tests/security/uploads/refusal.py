@@ -9,7 +9,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from core.errors import JobErrorCode, ProblemCode
+from core.jobs.error_codes import JobErrorCode, ProblemCode
 from core.settings import Settings
 from core.uploads import RejectKind, UploadRejected, check_upload
 from service.errors import upload_rejected

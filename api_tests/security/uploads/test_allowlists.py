@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from api_tests.security import hostile as h
 from api_tests.security.uploads.refusal import rejected
-from core.formats import ModelFormat
+from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import check_upload
 from core.uploads.allowlists import ACCEPTED_DTYPES, ALLOWED_STATE_DICT_GLOBALS

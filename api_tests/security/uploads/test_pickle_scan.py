@@ -13,7 +13,7 @@ import torch
 
 from api_tests.security import hostile as h
 from api_tests.security.uploads.refusal import mlp_state_dict, rejected
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
 from core.settings import Settings
 from core.uploads.archive import pickle_globals
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.formats import ModelFormat
+from core.jobs.formats import ModelFormat
 from core.settings import Settings
-from worker.engine import compact, loading, registry, saving
+from worker.engine import loading, registry, saving
+from worker.engine import sparse_layout as compact
 
 
 def sparse_mlp(amount: float = 0.9) -> torch.nn.Module:

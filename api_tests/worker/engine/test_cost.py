@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.cost import Cost, Latency
-from core.formats import ModelFormat
-from core.spec import InputSpec
-from worker.engine import cost, registry, saving
+from core.jobs.cost import Cost, Latency
+from core.jobs.formats import ModelFormat
+from core.jobs.spec import InputSpec
+from worker.engine import measure as cost
+from worker.engine import registry, saving
 
 CPU = torch.device("cpu")
 

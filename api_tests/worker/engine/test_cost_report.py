@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.jobs.spec import JobSpec
 from core.settings import Settings
-from core.spec import JobSpec
 from worker.engine import cli, registry
 from worker.engine import cost as cost_module
 from worker.engine.pipeline import run_job

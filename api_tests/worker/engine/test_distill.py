@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from core.spec import DistillSpec, FinetuneSpec, JobSpec, PruningSpec
+from core.jobs.spec import DistillSpec, FinetuneSpec, JobSpec, PruningSpec
 from worker.engine import pruning, training
 from worker.engine.data import Split
 

@@ -11,9 +11,9 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import JobSpec
 from core.settings import Settings
-from core.spec import JobSpec
 from worker.engine import registry
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.pipeline import run_job

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.jobs.spec import JobSpec
 from core.settings import Settings
-from core.spec import JobSpec
 from worker.engine import registry
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_job

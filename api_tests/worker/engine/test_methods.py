@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from core.spec import Method, PruningSpec, Scope
+from core.jobs.spec import Method, PruningSpec, Scope
 from worker.engine import methods, pruning
 from worker.engine.methods import PruningError
 

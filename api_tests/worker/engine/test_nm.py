@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.spec import PruningSpec
+from core.jobs.spec import PruningSpec
 from worker.engine import pruning
 from worker.engine.nm import kernel_eligibility, nm_mask, pattern_holds
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from api_tests.conftest import TrainedMLP
 from api_tests.models import Split, UserMLP, accuracy
-from core.report import Progress, Report
+from core.jobs.report import Progress, Report
+from core.jobs.spec import JobSpec
 from core.settings import Settings
-from core.spec import JobSpec
 from worker.engine import cli, registry
 from worker.engine.pipeline import run_job
 

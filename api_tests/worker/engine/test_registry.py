@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.architectures import ARCHITECTURES
-from core.spec import PruningSpec
+from core.jobs.architectures import ARCHITECTURES
+from core.jobs.spec import PruningSpec
 from worker.engine import registry
 from worker.engine.pruning import find_targets
 

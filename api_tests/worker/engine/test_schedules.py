@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.report import Progress
-from core.spec import FinetuneSpec, JobSpec, PruningSpec
+from core.jobs.report import Progress
+from core.jobs.spec import FinetuneSpec, JobSpec, PruningSpec
 from worker.engine import pruning, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled
@@ -54,7 +54,7 @@ def test_lr_factor_hand_computed() -> None:
 
 
 def test_agp_window() -> None:
-    from core.spec import Agp
+    from core.jobs.spec import Agp
     assert agp_window(Agp(kind="agp", start=0.1, end=0.75), 200) == (20, 150)
     assert agp_window(Agp(kind="agp", start=0.0, end=0.01), 10) == (0, 1)  # at least a step
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from api_tests.conftest import TrainedMLP
-from core.errors import JobErrorCode
-from core.report import Sensitivity, TensorSensitivity
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.report import Sensitivity, TensorSensitivity
+from core.jobs.spec import FinetuneSpec, JobSpec, PruningSpec
 from core.settings import Settings
-from core.spec import FinetuneSpec, JobSpec, PruningSpec
 from worker.engine import data, pipeline, pruning, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.errors import JobErrorCode
-from core.spec import FinetuneSpec, Optimizer, PruningSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import FinetuneSpec, Optimizer, PruningSpec
 from worker.engine import pruning, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError

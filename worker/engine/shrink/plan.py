@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.spec import PruningSpec
+from core.jobs.spec import PruningSpec
 from worker.engine.methods import PruningError, amount_to_count, make_method, smallest_k
 from worker.engine.shrink.graph import ChannelGraph, Group
 

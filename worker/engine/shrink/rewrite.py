@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.architectures import ARCHITECTURES
+from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
 from worker.engine.shrink.plan import GroupPlan
 

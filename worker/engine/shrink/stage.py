@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.errors import JobErrorCode
-from core.report import ShapeChange, ShrinkGroup, ShrinkReport, TensorReport
-from core.spec import PruningSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.report import ShapeChange, ShrinkGroup, ShrinkReport, TensorReport
+from core.jobs.spec import PruningSpec
 from worker.engine import pruning
 from worker.engine.errors import EngineError
 from worker.engine.methods import PruningError

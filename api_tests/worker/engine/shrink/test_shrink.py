@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from api_tests.worker.engine.shrink import models
-from core.architectures import state_dict_table
-from core.errors import JobErrorCode
-from core.spec import PruningSpec
+from core.jobs.architectures import state_dict_table
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import PruningSpec
 from worker.engine import registry
 from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from api_tests.models import accuracy
 from api_tests.worker.engine.shrink import models
-from core.errors import JobErrorCode
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import JobSpec
 from core.settings import Settings
-from core.spec import JobSpec
 from worker.engine import cli, registry
 from worker.engine.errors import EngineError
 from worker.engine.pipeline import run_job

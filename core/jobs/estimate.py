@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.spec import JobSpec
+from core.jobs.spec import JobSpec
 
 
 @dataclass(frozen=True)

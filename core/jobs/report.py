@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from core.cost import CostReport
-from core.formats import ModelFormat
-from core.spec import JobSpec
+from core.jobs.cost import CostReport
+from core.jobs.formats import ModelFormat
+from core.jobs.spec import JobSpec
 
 REPORT_VERSION = 1
 
@@ -175,7 +175,7 @@ class Report(BaseModel):
     seed: int
     input: FileInfo
     output: FileInfo
-    cost: CostReport | None = None  # measured by the worker (core/cost.py)
+    cost: CostReport | None = None  # measured by the worker (core/jobs/cost.py)
     shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed
     sensitivity: Sensitivity | None = None
     search: Search | None = None

@@ -4,7 +4,7 @@ Why not Alembic: our schema is one table written in plain SQL, we have no ORM mo
 Alembic to diff against, and the API image would gain SQLAlchemy and Alembic for what is a
 loop over files. The runner below is the whole mechanism:
 
-- ``core/migrations/NNNN_name.sql``, applied in number order; ``schema_migrations`` records
+- ``core/storage/migrations/NNNN_name.sql``, applied in number order; ``schema_migrations`` records
   each applied version, so a file never runs twice and a new file runs once on the next start.
 - Every process (API, each worker, each job process) calls ``migrate`` at start. They may start
   at once: the first takes a transaction-scoped advisory lock (``pg_advisory_xact_lock``), the
@@ -27,7 +27,7 @@ _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 def migration_files() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration, in version order."""
-    folder = resources.files("core").joinpath("migrations")
+    folder = resources.files("core.storage").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
         match = _FILE.match(entry.name)

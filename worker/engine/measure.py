@@ -35,9 +35,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from core.cost import Cost, CostReport, Latency
-from core.formats import ModelFormat
-from core.spec import InputSpec
+from core.jobs.cost import Cost, CostReport, Latency
+from core.jobs.formats import ModelFormat
+from core.jobs.spec import InputSpec
 
 BATCHES = (1, 256)
 WARMUP_RUNS = 3

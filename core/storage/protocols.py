@@ -7,8 +7,9 @@ interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the
 without touching routes or tasks. File paths are derived from job ids (which we generate),
 never from client-supplied names.
 
-Implementations: ``core/store_sqlite.py`` and ``core/store_postgres.py`` (records),
-``core/blobs.py`` and ``core/blobs_s3.py`` (files); ``core/backends.py`` picks them from the
+Implementations: ``core/storage/sqlite.py`` and ``core/storage/postgres.py`` (records),
+``core/storage/blobs.py`` and ``core/storage/blobs_s3.py`` (files); ``core/storage/backends.py``
+picks them from the
 settings. Every implementation must pass the contract tests,
 api_tests/core/test_store_contract.py and test_blob_contract.py: add a backend as one more
 fixture parameter there.
@@ -17,17 +18,16 @@ fixture parameter there.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from core.formats import ModelFormat
-from core.jobs import JobRecord, JobStatus
-from core.sql import SqlAccess
+from core.jobs.formats import ModelFormat
+from core.jobs.record import JobRecord, JobStatus
+from core.storage.sql import SqlAccess
+from core.tenants.quotas import Quota, RunningLimits
 
 # A duration histogram: cumulative counts per bucket upper bound, count, sum (the Prometheus
 # histogram shape).
@@ -39,7 +39,7 @@ REPORT = "report.json"
 
 
 def model_file(fmt: ModelFormat | str) -> str:
-    """File name of the pruned model in a given format (``core.formats`` holds the table)."""
+    """File name of the pruned model in a given format (``core.jobs.formats`` holds the table)."""
     return ModelFormat(fmt).file_name
 
 
@@ -67,36 +67,6 @@ class QueueLimitReached(Exception):
     def __init__(self, queued: int) -> None:
         super().__init__(f"{queued} jobs are queued")
         self.queued = queued
-
-
-class QuotaKind(StrEnum):
-    """Which tenant limit a submission hit (the problem's ``code``)."""
-
-    QUEUED = "quota_queued"
-    STORAGE = "quota_storage"
-    RATE = "quota_rate"
-
-
-@dataclass(frozen=True)
-class Quota:
-    """A tenant's limits that ``create`` enforces inside its transaction (None: no limit)."""
-
-    max_queued: int | None = None
-    max_stored_bytes: int | None = None
-    submissions_per_minute: int | None = None
-
-
-class QuotaExceeded(Exception):
-    def __init__(self, kind: QuotaKind, limit: int, current: int, retry_after_s: int) -> None:
-        super().__init__(f"{kind.value}: {current} of {limit}")
-        self.kind = kind
-        self.limit = limit
-        self.current = current
-        self.retry_after_s = retry_after_s
-
-
-# Given the tenants that have queued jobs, their running-jobs limits (absent or 0: none).
-RunningLimits = Callable[[Sequence[str]], Mapping[str, int]]
 
 
 class JobStore(Protocol):
@@ -134,7 +104,7 @@ class JobStore(Protocol):
         ...
 
     def next_queued(self, running_limits: RunningLimits) -> str | None:
-        """The queued job fair scheduling runs next (core/tenancy_sql.py), or None."""
+        """The queued job fair scheduling runs next (core/tenants/scheduling.py), or None."""
         ...
 
     def notify_due(self) -> builtins.list[JobRecord]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from core.store import BlobStore
+from core.storage.protocols import BlobStore
 
 CHUNK = 1 << 20
 

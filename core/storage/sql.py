@@ -1,12 +1,13 @@
 """One SQL surface over SQLite and PostgreSQL, for the tables both stores share.
 
-The job stores (``core/store_sqlite.py``, ``core/store_postgres.py``) each hand out an
+The job stores (``core/storage/sqlite.py``, ``core/storage/postgres.py``) each hand out an
 ``SqlAccess``: ``write()`` is one transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a
 transaction on a pooled connection), ``read()`` a plain connection. Statements are written
 once, with ``?`` placeholders and SQL that both engines accept (``ON CONFLICT DO NOTHING``,
 partial indexes, integer flags, microsecond integers for times); the PostgreSQL side turns
-``?`` into ``%s``. The tenant, key and webhook-delivery tables (``core/accounts_store.py``,
-``core/deliveries.py``) and the tenant-aware job queries (``core/tenancy_sql.py``) use it.
+``?`` into ``%s``. The tenant, key and webhook-delivery tables (``core/tenants/store.py``,
+``core/webhooks/deliveries.py``) and the tenant-aware job queries (``core/tenants/scheduling.py``)
+use it.
 """
 
 from __future__ import annotations

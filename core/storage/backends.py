@@ -10,24 +10,24 @@ install needs neither psycopg nor boto3 (``pip install -e '.[distributed]'``).
 from __future__ import annotations
 
 from core.settings import Settings
-from core.store import BlobStore, JobStore
+from core.storage.protocols import BlobStore, JobStore
 
 
 def open_job_store(settings: Settings) -> JobStore:
     if settings.database_url:
-        from core.store_postgres import PostgresJobStore
+        from core.storage.postgres import PostgresJobStore
 
         return PostgresJobStore(settings.database_url)
-    from core.store_sqlite import SqliteJobStore
+    from core.storage.sqlite import SqliteJobStore
 
     return SqliteJobStore.from_settings(settings)
 
 
 def open_blob_store(settings: Settings) -> BlobStore:
     if settings.blob_url:
-        from core.blobs_s3 import S3BlobStore
+        from core.storage.blobs_s3 import S3BlobStore
 
         return S3BlobStore.from_settings(settings)
-    from core.blobs import LocalBlobStore
+    from core.storage.blobs import LocalBlobStore
 
     return LocalBlobStore.from_settings(settings)

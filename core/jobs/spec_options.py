@@ -1,7 +1,7 @@
 """The parts of a job spec beside pruning and fine-tuning's own fields: how MNIST is fed, the
 job's own limits, distillation, the sensitivity scan and the accuracy-budget search.
-``core/spec.py`` assembles them into ``JobSpec`` (and re-exports them, so
-``from core.spec import InputSpec`` works)."""
+``core/jobs/spec.py`` assembles them into ``JobSpec`` (and re-exports them, so
+``from core.jobs.spec import InputSpec`` works)."""
 
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.accounts import ALL_SCOPES, LOCAL_TENANT, EffectiveLimits, TenantLimits
-from core.accounts_store import AccountStore
-from core.deliveries import DeliveryStore
 from core.settings import Settings
-from core.store import JobStore, Quota, RunningLimits
+from core.storage.protocols import JobStore
+from core.tenants.accounts import ALL_SCOPES, LOCAL_TENANT, EffectiveLimits, TenantLimits
+from core.tenants.quotas import Quota, RunningLimits
+from core.tenants.store import AccountStore
+from core.webhooks.deliveries import DeliveryStore
 
 PEPPER_FILE = "auth_pepper"
 ADMIN_KEY_FILE = "admin.key"
@@ -70,7 +71,7 @@ def ensure_local_admin(settings: Settings, store: JobStore) -> tuple[str, bool]:
     """The embedded stack's admin key for the ``local`` tenant, kept in
     ``data_dir/admin.key`` (mode 0600); made on first start. Returns it and whether it is
     new."""
-    from core.lifecycle import utcnow
+    from core.jobs.lifecycle import utcnow
 
     path = settings.data_dir / ADMIN_KEY_FILE
     account_store = accounts(store)
@@ -99,7 +100,7 @@ def running_limits(settings: Settings, store: JobStore) -> RunningLimits:
 
 def local_admin_key(settings: Settings) -> tuple[str, bool]:
     """``ensure_local_admin`` on a store of its own (``python -m stack``, test stacks)."""
-    from core.backends import open_job_store
+    from core.storage.backends import open_job_store
 
     store = open_job_store(settings)
     try:

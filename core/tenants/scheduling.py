@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-from core.jobs import JobRecord, JobStatus
-from core.sql import SqlConn, micros
-from core.store import Quota, QuotaExceeded, QuotaKind, RunningLimits
+from core.jobs.record import JobRecord, JobStatus
+from core.storage.sql import SqlConn, micros
+from core.tenants.quotas import Quota, QuotaExceeded, QuotaKind, RunningLimits
 
 MINUTE_US = 60_000_000
 

@@ -1,7 +1,7 @@
 """``report.cost``: what the model costs before and after pruning, measured by the worker.
 
 Plain pydantic (the API and web page read it without torch). The engine fills it in
-``worker/engine/cost.py``; the fields are documented in docs/engine.md ("The cost").
+``worker/engine/measure.py``; the fields are documented in docs/engine.md ("The cost").
 """
 
 from __future__ import annotations

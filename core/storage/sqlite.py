@@ -1,4 +1,4 @@
-"""Job records in SQLite: the ``JobStore`` of ``core/store.py``.
+"""Job records in SQLite: the ``JobStore`` of ``core/storage/protocols.py``.
 
 One database file (``data_dir/jobs.sqlite3``) in WAL mode is opened by every process that
 touches jobs: the API, the Celery worker and each job process. WAL lets readers run while a
@@ -24,20 +24,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import tenancy_sql
-from core.jobs import JobRecord, JobStatus
+from core.jobs.record import JobRecord, JobStatus
 from core.settings import Settings
-from core.sql import SHARED_SCHEMA, TENANT_COLUMNS, SqlAccess, SqlConn, micros, statements
-from core.store import (
+from core.storage.protocols import (
     Histogram,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
-    Quota,
-    RunningLimits,
     StoreUnavailable,
     merge_fields,
 )
+from core.storage.sql import SHARED_SCHEMA, TENANT_COLUMNS, SqlAccess, SqlConn, micros, statements
+from core.tenants import scheduling as tenancy_sql
+from core.tenants.quotas import Quota, RunningLimits
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 30_000

@@ -1,4 +1,4 @@
-"""Job files in S3-compatible object storage: the ``BlobStore`` of ``core/store.py`` for
+"""Job files in S3-compatible object storage: the ``BlobStore`` of ``core/storage/protocols.py`` for
 several hosts (``PRUNER_BLOB_URL=s3://bucket/prefix``; AWS S3, MinIO, SeaweedFS...).
 
 Objects are ``<prefix>/<job id>/<name>``. Nothing is shared between hosts but the bucket:
@@ -36,7 +36,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.settings import Settings
-from core.store import BlobStore, StoreUnavailable
+from core.storage.protocols import BlobStore, StoreUnavailable
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")

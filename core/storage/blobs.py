@@ -1,4 +1,5 @@
-"""Job files on a local (or shared, mounted) directory: the ``BlobStore`` of ``core/store.py``.
+"""Job files on a local (or shared, mounted) directory: the ``BlobStore`` of
+``core/storage/protocols.py``.
 
 Layout: ``<data_dir>/jobs/<job id>/<name>``. Job ids are ours (``new_job_id``) and names
 are our constants (``UPLOAD``, ``REPORT``, ``model_file(fmt)``); both are still checked, so
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from core.settings import Settings
-from core.store import BlobStore, StoreUnavailable
+from core.storage.protocols import BlobStore, StoreUnavailable
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")

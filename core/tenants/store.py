@@ -1,4 +1,4 @@
-"""Tenants and API keys in the job store's database (``core/sql.py``: SQLite or PostgreSQL).
+"""Tenants and API keys in the job store's database (``core/storage/sql.py``: SQLite or PostgreSQL).
 
 ``authenticate`` is the hot path (every request): one primary-key read of the key's row and a
 digest compare in constant time; it writes nothing. ``touch`` records ``last_used``, which the
@@ -14,7 +14,8 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 
-from core.accounts import (
+from core.storage.sql import SqlAccess, from_micros, micros
+from core.tenants.accounts import (
     KEY_PREFIX,
     ApiKey,
     CreatedKey,
@@ -28,8 +29,7 @@ from core.accounts import (
     new_key,
     valid_tenant,
 )
-from core.sql import SqlAccess, from_micros, micros
-from core.webhook_signing import new_signing_secret
+from core.webhooks.signing import new_signing_secret
 
 LAST_USED_EVERY_US = 60_000_000
 # What ``_key`` reads, in its order.

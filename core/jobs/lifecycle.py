@@ -32,13 +32,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from core.errors import JobErrorCode
-from core.jobs import JobError, JobRecord, JobStatus
-from core.report import Progress
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.record import JobError, JobRecord, JobStatus
+from core.jobs.report import Progress
 from core.settings import Settings
-from core.store import JobStore, RunningLimits
+from core.storage.protocols import JobStore
+from core.tenants.quotas import RunningLimits
 
-log = logging.getLogger("core.lifecycle")
+log = logging.getLogger("core.jobs.lifecycle")
 
 Enqueue = Callable[[str], None]  # puts a job id on the broker
 
@@ -170,7 +171,7 @@ def claim(store: JobStore, job_id: str, settings: Settings, worker: str) -> Clai
 
 def claim_next(store: JobStore, settings: Settings, worker: str,
                running_limits: RunningLimits) -> Claim | None:
-    """Claim the job that fair scheduling across tenants runs next (core/tenancy_sql.py).
+    """Claim the job that fair scheduling across tenants runs next (core/tenants/scheduling.py).
 
     A task's job id is a turn, not an order: every queued job has its own task, so every job
     gets a turn, but whose turn it is follows the rule, so that one tenant's burst cannot

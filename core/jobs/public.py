@@ -8,13 +8,13 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from core.accounts import Notify
-from core.architectures import ArchitectureInfo
-from core.deliveries import Delivery
-from core.formats import ModelFormat, UploadFormat
-from core.jobs import JobError, JobRecord, JobStatus
-from core.report import Progress
-from core.spec import JobSpec
+from core.jobs.architectures import ArchitectureInfo
+from core.jobs.formats import ModelFormat, UploadFormat
+from core.jobs.record import JobError, JobRecord, JobStatus
+from core.jobs.report import Progress
+from core.jobs.spec import JobSpec
+from core.tenants.accounts import Notify
+from core.webhooks.deliveries import Delivery
 
 JOBS_PATH = "/v1/jobs"
 

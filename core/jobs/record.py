@@ -8,12 +8,12 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from core.accounts import LOCAL_TENANT, Notify
-from core.errors import JobErrorCode
-from core.formats import ModelFormat
-from core.formats import UploadFormat as UploadFormat  # re-exported: records and tests name it
-from core.report import Progress
-from core.spec import JobSpec
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.formats import ModelFormat
+from core.jobs.formats import UploadFormat as UploadFormat  # re-exported: records and tests name it
+from core.jobs.report import Progress
+from core.jobs.spec import JobSpec
+from core.tenants.accounts import LOCAL_TENANT, Notify
 
 # Celery task names: the API sends tasks by name, with the job id only.
 PRUNE_TASK = "worker.tasks.prune_job"
@@ -64,6 +64,6 @@ class JobRecord(BaseModel):
     tenant: str = LOCAL_TENANT  # whose job: every read path filters on it
     output_bytes: int = 0  # bytes of the stored results (the tenant's storage quota)
     # The webhook (the spec's notify, else the tenant's default at submission) and whether its
-    # delivery was recorded (core/deliveries.py).
+    # delivery was recorded (core/webhooks/deliveries.py).
     notify: Notify | None = None
     notified: bool = False

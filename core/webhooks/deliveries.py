@@ -25,8 +25,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from core.jobs import JobRecord
-from core.sql import SqlAccess, from_micros, micros
+from core.jobs.record import JobRecord
+from core.storage.sql import SqlAccess, from_micros, micros
 
 ATTEMPT_LEASE_US = 60_000_000  # an attempt's lease: well over the delivery timeout
 MAX_ATTEMPTS_KEPT = 50

@@ -33,15 +33,15 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from core.accounts import Notify
-from core.formats import SAME_FORMAT, ModelFormat
-from core.spec_options import AnalysisSpec as AnalysisSpec
-from core.spec_options import DistillSpec as DistillSpec
-from core.spec_options import InputSpec as InputSpec
-from core.spec_options import LimitsSpec as LimitsSpec
-from core.spec_options import SearchSpec as SearchSpec
-from core.spec_options import SensitivitySpec as SensitivitySpec
-from core.spec_options import SpecModel
+from core.jobs.formats import SAME_FORMAT, ModelFormat
+from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
+from core.jobs.spec_options import DistillSpec as DistillSpec
+from core.jobs.spec_options import InputSpec as InputSpec
+from core.jobs.spec_options import LimitsSpec as LimitsSpec
+from core.jobs.spec_options import SearchSpec as SearchSpec
+from core.jobs.spec_options import SensitivitySpec as SensitivitySpec
+from core.jobs.spec_options import SpecModel
+from core.tenants.accounts import Notify
 
 SPEC_VERSION = 1
 

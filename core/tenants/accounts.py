@@ -7,7 +7,7 @@ pepper is a per-deployment secret from the settings (``PRUNER_AUTH_PEPPER``, els
 embedded stack creates under ``data_dir``), so a stolen database alone cannot be used to test
 guesses. Checking compares digests with ``hmac.compare_digest`` (constant time).
 
-Plain pydantic and stdlib; the rows live in ``core/accounts_store.py``.
+Plain pydantic and stdlib; the rows live in ``core/tenants/store.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Job records in PostgreSQL: the ``JobStore`` of ``core/store.py`` for several hosts.
+"""Job records in PostgreSQL: the ``JobStore`` of ``core/storage/protocols.py`` for several hosts.
 
-Selected by ``PRUNER_DATABASE_URL=postgresql://...`` (``core/backends.py``). The semantics are
+Selected by ``PRUNER_DATABASE_URL=postgresql://...`` (``core/storage/backends.py``). The semantics
+are
 the SQLite store's, kept by the same contract tests (api_tests/core/test_store_contract.py):
 
 - compare-and-set: ``transition`` and ``update`` read the row ``FOR UPDATE`` and write it in
@@ -17,7 +18,7 @@ handed out (``_checkout``: no round trip), so after a PostgreSQL restart the fir
 fresh connection rather than a dead one. A pool belongs to the process that opened it: a
 forked child opens its own.
 A database that cannot be reached raises ``StoreUnavailable`` (the API answers 503).
-The schema migrations (``core/pg_migrate.py``) run on the first connection a process makes.
+The schema migrations (``core/storage/pg_migrate.py``) run on the first connection a process makes.
 """
 
 from __future__ import annotations
@@ -34,21 +35,20 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from core import tenancy_sql
-from core.jobs import JobRecord, JobStatus
-from core.pg_migrate import migrate
-from core.sql import PgConn, SqlAccess, SqlConn, micros
-from core.store import (
+from core.jobs.record import JobRecord, JobStatus
+from core.storage.pg_migrate import migrate
+from core.storage.protocols import (
     Histogram,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
-    Quota,
-    RunningLimits,
     StoreUnavailable,
     merge_fields,
 )
-from core.store_sqlite import MAX_PAGE, decode_cursor, encode_cursor
+from core.storage.sql import PgConn, SqlAccess, SqlConn, micros
+from core.storage.sqlite import MAX_PAGE, decode_cursor, encode_cursor
+from core.tenants import scheduling as tenancy_sql
+from core.tenants.quotas import Quota, RunningLimits
 
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 5  # a database that is down answers fast, not after the default minutes

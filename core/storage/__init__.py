@@ -1,0 +1,1 @@
+"""Storage: the store protocols, the SQL job store and its backends, migrations, blob stores."""

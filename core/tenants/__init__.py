@@ -1,0 +1,1 @@
+"""Tenants: keys, accounts and their store, limits and quotas, fair scheduling."""

@@ -1,0 +1,1 @@
+"""Webhooks: durable delivery rows and backoff, signing, the notify-URL policy."""
