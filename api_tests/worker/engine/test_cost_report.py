@@ -12,7 +12,7 @@ import torch
 from core.jobs.spec import JobSpec
 from core.settings import Settings
 from worker.engine import cli, registry
-from worker.engine import cost as cost_module
+from worker.engine import measure as cost_module
 from worker.engine.pipeline import run_job
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -1,0 +1,211 @@
+"""The phases of a job, in the order ``run_job`` calls them; each returns one result object.
+
+The pruning itself (shrink, search or a schedule) is ``strategies.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.jobs.cost import Cost
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.formats import SAME_FORMAT, ModelFormat
+from core.jobs.report import (
+    Accuracy,
+    Evaluation,
+    Report,
+    Sensitivity,
+    ValidationAccuracy,
+)
+from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec
+from core.settings import Settings
+from worker.engine import data, measure, pruning, saving, sensitivity, shrink, training
+from worker.engine.data import Split
+from worker.engine.errors import EngineError
+from worker.engine.job import Job, device_name
+from worker.engine.loading import load_model
+from worker.engine.results import Costs, Dense, Pruned, Saved, Splits, Tuned, Upload
+
+
+def load(job: Job, model_path: Path) -> Upload:
+    with job.timed("load", synced=False):
+        loaded = load_model(model_path, job.spec.architecture, job.settings)
+        model = loaded.module.to(job.device)
+        applied = pruning.effective_spec(job.spec.pruning)
+        shrinking = (shrink.prepare(model, applied, job.spec.architecture, job.spec.seed)
+                     if applied.shrink else None)
+    requested = job.spec.output_format
+    primary = loaded.format if requested == SAME_FORMAT else ModelFormat(requested)
+    return Upload(model_path, loaded, model, applied, [], shrinking, primary)
+
+
+def load_data(job: Job, upload: Upload) -> Splits:
+    torch.manual_seed(job.spec.seed)  # the model's own randomness (dropout), for determinism
+    with job.timed("data"):
+        test, train, validation = _mnist(job.spec, job.settings, job.device)
+        training.check_io_contract(upload.model, test, job.spec.input)
+    return Splits(test, train, validation)
+
+
+def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
+    """Cost and accuracy of the model as uploaded; with distillation, its soft targets."""
+    with job.timed("cost"):
+        cost = _cost(job, upload.model, upload.primary, saved=None)
+    job.enter("evaluating")
+    with job.timed("evaluate"):
+        test = training.evaluate(upload.model, splits.test, job.should_cancel)
+        validation = _evaluate_validation(job, upload.model, splits.validation)
+    if job.spec.finetune.distill is not None and splits.train is not None:
+        with job.timed("teacher"):  # the dense model's soft targets, once
+            splits.train = splits.train.with_teacher(training.teacher_targets(
+                upload.model, splits.train, job.spec.finetune.distill, job.should_cancel))
+    upload.targets = _targets(upload.model, upload.pruning)
+    return Dense(cost, test, validation)
+
+
+def scan_sensitivity(job: Job, upload: Upload, splits: Splits) -> Sensitivity | None:
+    """Per-tensor accuracy curves on validation, when the spec asks (or per-layer search)."""
+    spec = job.spec
+    wanted = (spec.analysis is not None and spec.analysis.sensitivity is not None) or (
+        spec.search is not None and spec.search.per_layer)
+    if splits.validation is None or not wanted:
+        return None
+    job.enter("sensitivity")
+    with job.timed("sensitivity"):
+        return sensitivity.scan(
+            upload.targets, upload.pruning, _scan_amounts(spec), upload.model, splits.validation,
+            seed=spec.seed, on_progress=job.on_progress, should_cancel=job.should_cancel)
+
+
+def evaluate_final(job: Job, dense: Dense, pruned: Pruned, splits: Splits) -> Tuned:
+    job.enter("evaluating")
+    with job.timed("evaluate"):
+        test = (training.evaluate(pruned.model, splits.test, job.should_cancel)
+                if splits.train is not None else pruned.after_pruning)
+        after = _evaluate_validation(job, pruned.model, splits.validation)
+    checked = None
+    if dense.validation is not None and after is not None and splits.validation is not None:
+        checked = ValidationAccuracy(size=len(splits.validation), before=dense.validation,
+                                     after_finetune=after)
+    return Tuned(test, checked)
+
+
+def measure_cost(job: Job, dense: Dense, pruned: Pruned) -> Costs:
+    """The cost after; a physically smaller model is timed again against its dense twin,
+    in alternation, so the speedup does not depend on the machine's load over the job."""
+    with job.timed("cost"):
+        after = _cost(job, pruned.model, ModelFormat.STATE_DICT, saved={})  # bytes: at saving
+        before = dense.cost
+        if pruned.dense_twin is not None:
+            dense_ms, shrunk_ms = measure.measure_latencies(
+                [pruned.dense_twin, pruned.model], job.spec.input, job.device)
+            method = measure.paired_method(job.device)
+            before = before.model_copy(update={"latency_ms": dense_ms, "latency_method": method})
+            after = after.model_copy(update={"latency_ms": shrunk_ms, "latency_method": method})
+            pruned.dense_twin = None
+    return Costs(before, after)
+
+
+def save(job: Job, upload: Upload, pruned: Pruned) -> Saved:
+    job.enter("saving")
+    primary = upload.primary
+    with job.timed("save", synced=False):
+        outputs = dict(saving.save_all(pruned.model, primary, job.output_dir))
+        return Saved(outputs, primary, saving.file_info(upload.path, upload.loaded.format),
+                     saving.file_info(outputs[primary], primary))
+
+
+def report(job: Job, upload: Upload, dense: Dense, scan: Sensitivity | None, pruned: Pruned,
+           tuned: Tuned, costs: Costs, saved: Saved) -> Report:
+    spec = job.spec
+    rows = pruned.rows()
+    after = costs.after.model_copy(update={"bytes": measure.file_bytes(saved.outputs)})
+    return Report(
+        spec=spec.model_copy(update={"pruning": pruned.pruning}),
+        tensors=rows,
+        targeted=pruning.totals([(r.elements, r.zeros) for r in rows]),
+        all_parameters=pruning.parameter_totals(pruned.model),
+        accuracy=_accuracy(dense, pruned.after_pruning, tuned),
+        timings_s=job.clock.done(),
+        device=device_name(job.device),
+        torch_version=torch.__version__,
+        seed=spec.seed,
+        input=saved.input,
+        output=saved.output,
+        cost=measure.report(costs.before, after),
+        sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
+        search=pruned.search,
+        shrink=pruned.shrink,
+    )
+
+
+def _mnist(
+    spec: JobSpec, settings: Settings, device: torch.device
+) -> tuple[Split, Split | None, Split | None]:
+    """The test split; the train split when there is fine-tuning to do (less the validation
+    images when ``finetune.validation_size`` > 0); the validation split, or None."""
+    def split(train: bool) -> Split:
+        return data.load_split(settings.mnist_root, train, device, spec.input,
+                               download=settings.mnist_download)
+
+    test = split(False)
+    needs_validation = spec.analysis is not None or spec.search is not None
+    if spec.finetune.epochs == 0 and not needs_validation:
+        return test, None, None
+    train = split(True)
+    validation = None
+    if spec.finetune.validation_size > 0:
+        train, validation = data.hold_out(train, spec.finetune.validation_size, spec.seed)
+    return test, train if spec.finetune.epochs > 0 else None, validation
+
+
+def _evaluate_validation(job: Job, model: nn.Module, validation: Split | None
+                         ) -> Evaluation | None:
+    if validation is None:
+        return None
+    return training.evaluate(model, validation, job.should_cancel).model_copy(
+        update={"split": "validation"})
+
+
+def _scan_amounts(spec: JobSpec) -> list[float]:
+    if spec.analysis is not None and spec.analysis.sensitivity is not None:
+        return spec.analysis.sensitivity.amounts
+    return SensitivitySpec().amounts
+
+
+def _targets(model: nn.Module, spec: PruningSpec) -> list[pruning.Target]:
+    targets = pruning.find_targets(model, spec)
+    if not targets:
+        names = [n for n, _ in model.named_parameters()]
+        raise EngineError(
+            JobErrorCode.NO_PRUNABLE_TENSORS,
+            "no parameter is targeted: by default the weights of Linear and Conv layers, "
+            "narrowed by include/exclude. The model's parameters: "
+            + (", ".join(names[:50]) + (" ..." if len(names) > 50 else "") or "none"),
+        )
+    return targets
+
+
+def _cost(job: Job, model: nn.Module, primary: ModelFormat, saved: dict[str, int] | None
+          ) -> Cost:
+    """The model's cost now; ``saved=None``: measure its bytes by writing it under the job's
+    output folder (a killed job leaves nothing elsewhere)."""
+    if saved is None:
+        saved = measure.bytes_as_saved(
+            model, lambda m, folder: saving.save_all(m, primary, folder), job.device,
+            job.output_dir)
+    return measure.measure(model, job.spec.input, job.device, device_name(job.device), saved)
+
+
+def _accuracy(dense: Dense, pruned: Evaluation, tuned: Tuned) -> Accuracy:
+    return Accuracy(
+        before=dense.test,
+        after_pruning=pruned,
+        after_finetune=tuned.test,
+        delta_pruning=pruned.accuracy - dense.test.accuracy,
+        delta_total=tuned.test.accuracy - dense.test.accuracy,
+        validation=tuned.validation,
+    )

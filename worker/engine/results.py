@@ -1,0 +1,98 @@
+"""The result objects of a job's phases: what each phase hands to the next.
+
+``run_job`` (``pipeline.py``) passes them along; ``phases.py`` and ``strategies.py`` make them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from core.jobs.cost import Cost
+from core.jobs.formats import ModelFormat
+from core.jobs.report import (
+    Evaluation,
+    FileInfo,
+    Search,
+    ShrinkReport,
+    TensorReport,
+    ValidationAccuracy,
+)
+from core.jobs.spec import PruningSpec
+from worker.engine import pruning, shrink
+from worker.engine.data import Split
+from worker.engine.loading import LoadedModel
+from worker.engine.pruning import Target
+
+
+@dataclass
+class Upload:
+    """The uploaded model on the job's device, what will be pruned, and the shrink plan."""
+
+    path: Path
+    loaded: LoadedModel
+    model: nn.Module
+    pruning: PruningSpec  # the spec's pruning with its defaults resolved
+    targets: list[Target]
+    shrinking: shrink.Prepared | None  # planned before any work, so a refusal comes first
+    primary: ModelFormat  # the spec's output_format, "same" resolved to the upload's
+
+
+@dataclass
+class Splits:
+    test: Split
+    train: Split | None  # None: no fine-tuning
+    validation: Split | None  # None: no decision needs one
+
+
+@dataclass
+class Dense:
+    """The uploaded model as it came: its cost and accuracy."""
+
+    cost: Cost
+    test: Evaluation
+    validation: Evaluation | None
+
+
+@dataclass
+class Tuned:
+    """Accuracy after fine-tuning: the test split, and validation beside the dense model's."""
+
+    test: Evaluation
+    validation: ValidationAccuracy | None
+
+
+@dataclass
+class Costs:
+    before: Cost
+    after: Cost  # its bytes are counted once the files are written
+
+
+@dataclass
+class Saved:
+    outputs: dict[ModelFormat, Path]
+    primary: ModelFormat
+    input: FileInfo
+    output: FileInfo
+
+
+@dataclass
+class Pruned:
+    """The model after the pruning strategy and its fine-tuning, with what the report needs."""
+
+    model: nn.Module
+    pruning: PruningSpec  # as applied (a search's chosen trial)
+    after_pruning: Evaluation  # test split, right after the (first) pruning
+    targets: list[Target] = field(default_factory=list)  # masked tensors, if any
+    shrunk_rows: list[TensorReport] | None = None  # shrink: the rows as masked, with shapes
+    search: Search | None = None
+    shrink: ShrinkReport | None = None
+    dense_twin: nn.Module | None = None  # shrink: the speedup is timed against it
+
+    def rows(self) -> list[TensorReport]:
+        """Per targeted tensor: its zeros counted in the weights as they are now."""
+        if self.shrunk_rows is not None:
+            return self.shrunk_rows
+        return pruning.tensor_reports(self.targets, self.pruning)
