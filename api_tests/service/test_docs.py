@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from core.jobs.error_codes import JobErrorCode, ProblemCode
+from core.jobs.public import JobLinks, JobPublic
 from core.jobs.report import Report
 from core.settings import Settings
 from service.errors import ApiError
@@ -78,8 +79,15 @@ def _subclasses(cls: type[ApiError]) -> list[type[ApiError]]:
     return [s for sub in cls.__subclasses__() for s in (sub, *_subclasses(sub))]
 
 
-def test_every_job_error_code_is_in_api_md() -> None:
-    assert [c.value for c in JobErrorCode if f"`{c.value}`" not in API] == []
+def test_every_job_error_code_has_a_row_in_api_md() -> None:
+    documented = [row[0].strip("`") for row in _table_rows(API, "| `code` | When |")]
+    assert sorted(documented) == sorted(c.value for c in JobErrorCode)
+
+
+def test_every_field_of_the_job_is_in_api_md() -> None:
+    section = API.split("### The job", 1)[1].split("\n#", 1)[0]
+    assert [f for f in JobPublic.model_fields if f"`{f}`" not in section] == []
+    assert [f for f in JobLinks.model_fields if f"`{f}`" not in section] == []
 
 
 def test_the_endpoint_table_is_the_openapi_document(tmp_path: Path) -> None:
