@@ -172,7 +172,8 @@ class Settings(BaseSettings):
         "rounds and trials) would exceed job_soft_time_limit_s is refused with 422.",
     )
     job_memory_limit_bytes: int = Field(
-        default=16 * GiB, ge=64 * MiB, description="Address-space limit of a job process."
+        default=16 * GiB, ge=64 * MiB, description="Data-segment limit (RLIMIT_DATA) of a job "
+        "process; on CPU-only workers also an address-space limit (RLIMIT_AS) of 4 times it."
     )
     job_cpu_time_limit_s: int = Field(
         default=4 * 3600, ge=1, description="CPU-seconds limit of a job process."

@@ -1,7 +1,7 @@
-"""The configuration table of README.md, generated from ``core.settings.Settings``.
+"""The configuration table of docs/configuration.md, generated from ``core.settings.Settings``.
 
     .venv/bin/python docs/settings_table.py           # print it
-    .venv/bin/python docs/settings_table.py --write   # rewrite it between README's CONFIG markers
+    .venv/bin/python docs/settings_table.py --write   # rewrite it between the page's CONFIG markers
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 from core.settings import Settings  # noqa: E402
 
 START, END = "<!-- CONFIG -->", "<!-- /CONFIG -->"
+PAGE = ROOT / "docs" / "configuration.md"
 
 
 def rows() -> list[str]:
@@ -27,11 +28,11 @@ def rows() -> list[str]:
     return out
 
 
-def write(readme: Path = ROOT / "README.md") -> None:
-    text = readme.read_text()
+def write(page: Path = PAGE) -> None:
+    text = page.read_text()
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
-    readme.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
+    page.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,14 @@ def field_error(loc: tuple[str | int, ...], message: str) -> ValidationError:
 
 
 class PruningSpec(SpecModel):
-    method: Method = Method.L1_UNSTRUCTURED
+    """Which weights are zeroed, how many and how."""
+
+    method: Method = Field(
+        default=Method.L1_UNSTRUCTURED,
+        description="l1_/random_unstructured: single weights, by magnitude or at random; "
+        "ln_/random_structured: whole slices along `dim`; semi_structured: N of every M (`nm`), "
+        "with scope layerwise, the one_shot schedule and no overrides.",
+    )
     scope: Scope = Field(
         default=Scope.GLOBAL,
         description="global: one threshold across all targeted tensors; layerwise: per tensor. "
@@ -251,8 +258,10 @@ class Optimizer(StrEnum):
 
 
 class FinetuneSpec(SpecModel):
+    """Training on MNIST after pruning, with the pruned weights held at exactly zero."""
+
     epochs: int = Field(default=2, ge=0, le=100, description="0: prune and evaluate only.")
-    optimizer: Optimizer = Optimizer.ADAM
+    optimizer: Optimizer = Field(default=Optimizer.ADAM, description="sgd: with `momentum`.")
     lr: float = Field(default=1e-3, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD only.")
     batch_size: int = Field(default=64, ge=1, le=65536)
