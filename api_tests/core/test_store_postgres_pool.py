@@ -1,5 +1,5 @@
 """The PostgreSQL store's pool after the server restarts: the idle connections it cut are
-noticed when handed out (no round trip: core/store_postgres._checkout) and replaced, so the
+noticed when handed out (no round trip: core/storage/postgres._checkout) and replaced, so the
 first read after a restart answers rather than failing on a dead connection."""
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ interfaces are narrow on purpose: an S3-compatible ``BlobStore`` can replace the
 without touching routes or tasks. File paths are derived from job ids (which we generate),
 never from client-supplied names.
 
-Implementations: ``core/storage/sqlite.py`` and ``core/storage/postgres.py`` (records),
-``core/storage/blobs.py`` and ``core/storage/blobs_s3.py`` (files); ``core/storage/backends.py``
-picks them from the
+Implementations: ``core/storage/jobs_sql.py`` with its backends ``core/storage/sqlite.py``
+and ``core/storage/postgres.py`` (records), ``core/storage/blobs.py`` and
+``core/storage/blobs_s3.py`` (files); ``core/storage/backends.py`` picks them from the
 settings. Every implementation must pass the contract tests,
 api_tests/core/test_store_contract.py and test_blob_contract.py: add a backend as one more
 fixture parameter there.

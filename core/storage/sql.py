@@ -1,6 +1,7 @@
 """One SQL surface over SQLite and PostgreSQL, for the tables both stores share.
 
-The job stores (``core/storage/sqlite.py``, ``core/storage/postgres.py``) each hand out an
+The job store (``core/storage/jobs_sql.py``) is written over it once, and each of its
+backends (``core/storage/sqlite.py``, ``core/storage/postgres.py``) hands out an
 ``SqlAccess``: ``write()`` is one transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a
 transaction on a pooled connection), ``read()`` a plain connection. Statements are written
 once, with ``?`` placeholders and SQL that both engines accept (``ON CONFLICT DO NOTHING``,
