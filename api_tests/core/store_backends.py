@@ -31,7 +31,7 @@ class SqliteBackend:
 
 @dataclass(frozen=True)
 class PostgresBackend:
-    url: str  # its own schema on the session's PostgreSQL (real_services.PostgresServer)
+    url: str  # its own schema on the session's PostgreSQL (testkit.servers.PostgresServer)
 
     def open(self) -> JobStore:
         return PostgresJobStore(self.url, pool_max=4)

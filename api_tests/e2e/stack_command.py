@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from api_tests.conftest import REPO_ROOT, mnist_root
+from api_tests.support.stacks import REPO_ROOT, mnist_root
 from core.jobs.record import JobRecord
 from core.settings import Settings
 from core.storage.sqlite import SqliteJobStore

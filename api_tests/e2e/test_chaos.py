@@ -18,16 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api_tests.conftest import (
-    Stack,
-    TrainedMLP,
-    assert_problem,
-    start_stack,
-    submit,
-    wait_for,
-    wait_running,
-)
+from api_tests.support.problems import assert_problem
+from api_tests.support.stacks import TrainedMLP, start_stack, submit, wait_for, wait_running
 from stack import processes as P
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from api_tests.conftest import REPO_ROOT, wait_for
 from api_tests.e2e.stack_command import random_mlp
+from api_tests.support.stacks import REPO_ROOT, wait_for
 from client.cli import main
 from stack.local import Stack
 

@@ -15,17 +15,11 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import (
-    TEST_SETTINGS,
-    TrainedMLP,
-    assert_problem,
-    mnist_root,
-    submit,
-    wait_for,
-)
 from api_tests.e2e.test_chaos import MID, QUICK, job_of, post_job, wait_gone
 from api_tests.e2e.test_jobs_e2e import _check_against_report, _download, _load
 from api_tests.security import hostile as h
+from api_tests.support.problems import assert_problem
+from api_tests.support.stacks import TEST_SETTINGS, TrainedMLP, mnist_root, submit, wait_for
 from core.storage.postgres import PostgresJobStore
 from stack import processes as P
 from stack.local import Stack, host_env, local_stack
@@ -52,7 +46,7 @@ def records(dist: Stack) -> Iterator[PostgresJobStore]:
 
 
 def objects(stack: Stack, job_id: str) -> list[str]:
-    from api_tests.real_services import s3_client
+    from testkit.servers import s3_client
 
     bucket, prefix = stack.settings.blob_url.removeprefix("s3://").split("/", 1)
     listed = s3_client(stack.settings).list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{job_id}/")

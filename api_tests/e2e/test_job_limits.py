@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_spec_timeout_fails_the_job_at_its_own_limit(stack: Stack, tmp_path: Path) -> None:
     model = random_mlp(tmp_path / "mlp.pt")
     spec = {"architecture": "mnist_mlp", "finetune": {"epochs": 20, "batch_size": 32},
-            "limits": {"timeout_s": 3}}  # the server's limit is 240 s (api_tests/conftest.py)
+            "limits": {"timeout_s": 3}}  # the server's limit is 240 s (support/stacks.py)
     with PrunerClient(stack.base_url, stack.api_key) as pruner:
         job = pruner.submit(model, spec)
         with pytest.raises(JobFailed) as raised:

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import Stack, submit, wait_for
 from api_tests.models import accuracy
+from api_tests.support.stacks import submit, wait_for
+from stack.local import Stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::FutureWarning")]
+pytestmark = pytest.mark.e2e
 
 
 def test_shrink_job_on_a_torchscript_upload(stack: Stack, tmp_path: Path,

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import Stack, TrainedMLP, submit, wait_for
 from api_tests.e2e.test_jobs_e2e import TARGETED_ELEMENTS, TARGETS, _download, _load
 from api_tests.models import accuracy
+from api_tests.support.stacks import TrainedMLP, submit, wait_for
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 

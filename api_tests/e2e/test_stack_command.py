@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_tests.conftest import REPO_ROOT, mnist_root
+from api_tests.support.stacks import REPO_ROOT, mnist_root
 from core.settings import Settings
 from stack import processes as P
 

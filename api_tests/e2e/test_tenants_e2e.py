@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from api_tests.conftest import REPO_ROOT, assert_problem, start_stack, submit, wait_for
 from api_tests.e2e.stack_command import random_mlp
+from api_tests.support.problems import assert_problem
+from api_tests.support.stacks import REPO_ROOT, start_stack, submit, wait_for
 from core.tenants.accounts import KEY_PREFIX
 from core.tenants.tenancy import ADMIN_KEY_FILE
 from stack.local import Stack

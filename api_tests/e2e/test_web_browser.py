@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
-from api_tests.conftest import TrainedMLP, wait_for
 from api_tests.core.factories import make_record
 from api_tests.e2e.browser import ServedApp, launch, served_app, watched_page
 from api_tests.report_html.factories import HOSTILE, HOSTILE_ATTR, full_report
+from api_tests.support.servers import server_missing
+from api_tests.support.stacks import TrainedMLP, wait_for
 from core.jobs.record import JobStatus
 from core.jobs.report import Progress
 from core.storage.protocols import REPORT
@@ -34,7 +36,10 @@ BARS = """svg => [...svg.querySelectorAll('g.bar')].map(g => ({
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        browser = launch(playwright)
+        try:
+            browser = launch(playwright)
+        except (RuntimeError, PlaywrightError) as exc:  # no chromium, or it would not start
+            server_missing("chromium", exc)
         yield browser
         browser.close()
 

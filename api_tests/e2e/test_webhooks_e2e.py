@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import start_stack, submit, wait_for
 from api_tests.e2e.stack_command import random_mlp
+from api_tests.support.stacks import start_stack, submit, wait_for
 from api_tests.webhook_receiver import WebhookReceiver
 from client.webhooks import verify
 from stack import processes as P

@@ -17,15 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.conftest import (
-    Stack,
-    TrainedMLP,
-    assert_problem,
-    start_stack,
-    submit,
-    wait_for,
-)
 from api_tests.security import hostile as h
+from api_tests.support.problems import assert_problem
+from api_tests.support.stacks import TrainedMLP, start_stack, submit, wait_for
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import checks
 
-from api_tests.conftest import Stack
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 

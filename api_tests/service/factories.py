@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api_tests.core.factories import make_record
-from api_tests.service.conftest import Api
+from api_tests.support.api import Api
 from core.jobs.record import JobStatus
 from core.storage.protocols import REPORT, model_file
 

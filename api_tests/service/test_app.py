@@ -1,27 +1,16 @@
-"""The app as a whole: no torch, OpenAPI, uniform errors, architectures."""
+"""The app as a whole: OpenAPI, uniform errors, architectures."""
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import REFERENCE, Api
+from api_tests.support.api import REFERENCE, Api
+from api_tests.support.problems import assert_problem
 from core.jobs.architectures import ARCHITECTURES
 from core.jobs.spec import REFERENCE_RECIPE, JobSpec
 from core.settings import Settings
 from service.main import create_app
-
-
-def test_api_imports_without_torch() -> None:
-    code = ("import sys, service.main; "
-            "bad = [m for m in ('torch', 'torchvision', 'numpy') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_app_logs_at_the_configured_level(tmp_path: Path) -> None:

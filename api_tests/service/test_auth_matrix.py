@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 import pytest
 
-from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
 from api_tests.report_html.factories import full_report
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings, running_api
 from api_tests.service.factories import MODEL_BYTES, NOW
+from api_tests.support.api import REFERENCE, Api, ModelFiles, make_settings, running_api
+from api_tests.support.problems import assert_problem
 from core.jobs.lifecycle import utcnow
 from core.jobs.record import JobRecord, JobStatus, new_job_id
 from core.queue import heartbeat_key

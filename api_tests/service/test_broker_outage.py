@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from kombu.exceptions import OperationalError
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import ModelFiles, make_settings, running_api
 from api_tests.service.factories import MODEL_BYTES, REPORT_BODY, finished_job
+from api_tests.support.api import ModelFiles, make_settings, running_api
+from api_tests.support.problems import assert_problem
 from stack import processes as P
 
 

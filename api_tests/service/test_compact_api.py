@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import Api
 from api_tests.service.factories import finished_job
+from api_tests.support.api import Api
+from api_tests.support.problems import assert_problem
 from core.storage.protocols import model_file
 from worker.engine import sparse_layout as compact
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from api_tests.conftest import assert_problem
 from api_tests.core.factories import T0, make_record
-from api_tests.service.conftest import ModelFiles, make_settings, running_api
+from api_tests.support.api import ModelFiles, make_settings, running_api
+from api_tests.support.problems import assert_problem
 from core.jobs.formats import ModelFormat
 from core.jobs.record import JobStatus
 from core.storage.digest import sha256_file

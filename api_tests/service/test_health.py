@@ -6,9 +6,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
-from api_tests.service.conftest import Api, ModelFiles, make_settings, running_api
+from api_tests.support.api import Api, ModelFiles, make_settings, running_api
+from api_tests.support.problems import assert_problem
 from core.jobs.record import JobStatus
 from core.queue import heartbeat_key
 from stack.processes import free_port

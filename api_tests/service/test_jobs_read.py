@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
-from api_tests.service.conftest import Api, ModelFiles
 from api_tests.service.factories import MODEL_BYTES, NOW, REPORT_BODY, finished_job
+from api_tests.support.api import Api, ModelFiles
+from api_tests.support.problems import assert_problem
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.record import JobError, JobStatus
 from core.jobs.report import Progress

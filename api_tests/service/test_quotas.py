@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import Api, ModelFiles, make_settings, running_api
 from api_tests.service.factories import NOW
 from api_tests.service.test_auth_matrix import Tenant, add_tenant, stored, submit_as
+from api_tests.support.api import Api, ModelFiles, make_settings, running_api
+from api_tests.support.problems import assert_problem
 from core.jobs.record import JobStatus
 from core.tenants.accounts import Scope
 

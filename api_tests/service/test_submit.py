@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings
-from api_tests.service.conftest import running_api as running
+from api_tests.support.api import REFERENCE, Api, ModelFiles, make_settings
+from api_tests.support.api import running_api as running
+from api_tests.support.problems import assert_problem
 from core.jobs.record import JobStatus
 from core.storage.blobs import LocalBlobStore
 from core.storage.protocols import UPLOAD

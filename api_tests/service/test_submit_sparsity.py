@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles, make_settings
-from api_tests.service.conftest import running_api as running
+from api_tests.support.api import REFERENCE, Api, ModelFiles, make_settings
+from api_tests.support.api import running_api as running
+from api_tests.support.problems import assert_problem
 
 BAD = [  # (spec changes, the field the 422 names)
     ({"pruning": {"method": "semi_structured", "scope": "global"}}, ["pruning", "scope"]),

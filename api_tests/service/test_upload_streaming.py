@@ -9,16 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_tests.service.big_upload import (
+from core.settings import Settings
+from core.tenants.tenancy import local_admin_key
+from stack import processes as P
+from testkit.uploads import (
     BOUNDARY,
     CHUNK,
     memory_kib,
     multipart_body,
     written_bytes,
 )
-from core.settings import Settings
-from core.tenants.tenancy import local_admin_key
-from stack import processes as P
 
 UPLOAD_MIB = 256
 

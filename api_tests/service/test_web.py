@@ -7,11 +7,11 @@ import re
 from datetime import timedelta
 from html import unescape
 
-from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
 from api_tests.report_html.factories import HOSTILE, full_report
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles
 from api_tests.service.factories import NOW, finished_job
+from api_tests.support.api import REFERENCE, Api, ModelFiles
+from api_tests.support.problems import assert_problem
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.record import JobError, JobStatus
 from core.jobs.report import Progress

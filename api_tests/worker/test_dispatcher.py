@@ -254,7 +254,7 @@ def _weights(path: Path) -> Path:
 
 def test_the_tenants_default_webhook_is_used_unless_the_spec_has_one(
         tmp_path: Path, redis_url: str) -> None:
-    from api_tests.service.conftest import REFERENCE, make_settings, running_api
+    from api_tests.support.api import REFERENCE, make_settings, running_api
 
     settings = make_settings(tmp_path, redis_url, **FAST)
     model = _weights(tmp_path / "w.safetensors")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_tests.conftest import mnist_root
+from api_tests.support.stacks import mnist_root
 from core.settings import Settings
 
 

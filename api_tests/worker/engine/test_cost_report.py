@@ -15,7 +15,6 @@ from worker.engine import cli, registry
 from worker.engine import measure as cost_module
 from worker.engine.pipeline import run_job
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 CPU = torch.device("cpu")
 
 

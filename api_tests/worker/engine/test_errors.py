@@ -18,8 +18,6 @@ from worker.engine import registry
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.pipeline import run_job
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
 
 def _spec(**fields: object) -> JobSpec:
     return JobSpec.model_validate({"finetune": {"epochs": 0}, "device": "cpu", **fields})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -13,8 +12,6 @@ from core.settings import Settings
 from worker.engine import registry
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_job
-
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 def _state(name: str) -> dict[str, torch.Tensor]:

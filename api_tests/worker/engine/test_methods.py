@@ -11,8 +11,6 @@ from core.jobs.spec import Method, PruningSpec, Scope
 from worker.engine import methods, pruning
 from worker.engine.methods import PruningError
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script
-
 
 def _zeros(mask: torch.Tensor) -> int:
     return int((mask == 0).sum())

@@ -10,15 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from api_tests.conftest import TrainedMLP
 from api_tests.models import Split, UserMLP, accuracy
+from api_tests.support.stacks import TrainedMLP
 from core.jobs.report import Progress, Report
 from core.jobs.spec import JobSpec
 from core.settings import Settings
 from worker.engine import cli, registry
 from worker.engine.pipeline import run_job
-
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 RECIPE = {  # the reference recipe: 30% global L1 over the Linear weights, 2 epochs of Adam
     "pruning": {"method": "l1_unstructured", "scope": "global", "amount": 0.3},

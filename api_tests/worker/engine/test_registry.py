@@ -10,8 +10,6 @@ from core.jobs.spec import PruningSpec
 from worker.engine import registry
 from worker.engine.pruning import find_targets
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script
-
 
 def test_same_names() -> None:
     assert sorted(ARCHITECTURES) == sorted(registry.BUILDERS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.conftest import TrainedMLP
+from api_tests.support.stacks import TrainedMLP
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import Sensitivity, TensorSensitivity
 from core.jobs.spec import FinetuneSpec, JobSpec, PruningSpec
@@ -17,8 +17,6 @@ from worker.engine import data, phases, pipeline, pruning, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.search import next_amount
-
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 def _numbered(n: int) -> Split:

@@ -20,7 +20,7 @@ from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare
 from worker.engine.shrink.rewrite import zero_removed
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 HALF = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0, shrink=True)
 

@@ -19,7 +19,7 @@ from worker.engine import cli, registry
 from worker.engine.errors import EngineError
 from worker.engine.pipeline import run_job
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 SHRINK = {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True}
 

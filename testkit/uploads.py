@@ -1,5 +1,5 @@
-"""A large streamed upload and what it costs the server: shared by the streaming tests and
-``benchmarks/api_upload.py`` (tests never import from ``benchmarks/``)."""
+"""A large streamed upload and what it costs the server: shared by the streaming tests
+(api_tests/service/test_upload_streaming.py) and ``benchmarks/api_upload.py``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,7 @@
+"""What the tests (``api_tests/``) and the benchmarks (``benchmarks/``) both use; neither
+imports from the other. Not part of the installed product.
+
+- ``servers``: a throw-away PostgreSQL and SeaweedFS S3 server, as processes in temp dirs;
+- ``models``: ``ResidualNet``, a small BatchNorm + residual CNN (what shrink follows);
+- ``uploads``: a large streamed multipart upload and what it costs the server.
+"""
