@@ -2,7 +2,9 @@
 
 These tests start their OWN redis-server, API and worker (a module-scoped ``chaos`` stack, not
 the shared session one) and kill or restart only those processes, by pid. Each test leaves
-the stack healthy for the next.
+the stack healthy for the next. A test that must hold on every backend takes ``any_backend``
+and runs on this stack and on the distributed one (PostgreSQL + S3); what only several hosts
+can show is in test_distributed_e2e.py.
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from api_tests.support.chaos import (
+    LONG,
+    MID,
+    QUICK,
+    job_of,
+    post_job,
+    wait_gone,
+    wait_in_append_only_file,
+)
 from api_tests.support.problems import assert_problem
 from api_tests.support.stacks import TrainedMLP, start_stack, submit, wait_for, wait_running
 from stack import processes as P
@@ -25,41 +35,10 @@ from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 
-QUICK = {"finetune": {"epochs": 0}}  # prune and evaluate only: a few seconds
-MID = {"finetune": {"epochs": 1, "batch_size": 256}}  # seconds of fine-tuning to hit
-LONG = {"finetune": {"epochs": 30, "batch_size": 32}}  # minutes: always "mid-job" when hit
-
-
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with start_stack(tmp_path_factory.mktemp("chaos")) as stack:
         yield stack
-
-
-def job_of(stack: Stack, job_id: str) -> dict[str, Any]:
-    response = stack.client.get(f"/v1/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    job: dict[str, Any] = response.json()
-    return job
-
-
-def accepted(response: httpx.Response) -> str:
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
-
-
-def post_job(stack: Stack, model: Path, spec: dict[str, Any]) -> str:
-    """Submit as a well-behaved client does: a 503 carries Retry-After, so retry (a few
-    times, quickly). Known: right after a Redis restart the API's pooled Redis connections
-    are stale and the first submissions may answer 503 (never 500)."""
-    for _ in range(5):
-        response = submit(stack.client, model, spec)
-        if response.status_code != 503:
-            break
-        assert int(response.headers["retry-after"]) > 0
-        time.sleep(0.5)
-    return accepted(response)
 
 
 def job_files(stack: Stack, job_id: str) -> list[str]:
@@ -76,22 +55,6 @@ def assert_succeeded_once(stack: Stack, job_id: str, attempts: int) -> None:
     model = stack.client.get(f"/v1/jobs/{job_id}/model")
     assert model.status_code == 200
     assert model.headers["etag"].strip('"') == job["model"]["sha256"]
-
-
-def wait_gone(pids: list[int], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"processes {pids} still alive")
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
 
 
 # --- killed processes ---------------------------------------------------------------------------
@@ -160,25 +123,37 @@ def test_sigterm_mid_job_hands_the_job_back(chaos: Stack, trained_mlp: TrainedML
 # --- Redis ----------------------------------------------------------------------------------------
 
 
-def test_redis_killed_and_restarted_keeps_every_accepted_job(
-    chaos: Stack, trained_mlp: TrainedMLP
-) -> None:
-    ids = [post_job(chaos, trained_mlp.torchscript, QUICK) for _ in range(3)]
-    time.sleep(1.5)  # appendfsync everysec: what Redis acknowledged a second ago is on disk
-    P.kill(chaos.redis)
+@pytest.fixture(params=["sqlite+files", "postgres+s3"])
+def any_backend(request: pytest.FixtureRequest) -> Stack:
+    """The chaos stack on each backend: this module's own (SQLite and local files), or the
+    distributed one (PostgreSQL and S3, ``dist`` in api_tests/e2e/conftest.py)."""
+    stack: Stack = request.getfixturevalue(
+        {"sqlite+files": "chaos", "postgres+s3": "dist"}[request.param])
+    return stack
 
-    refused = submit(chaos.client, trained_mlp.torchscript, QUICK)
+
+def test_redis_killed_and_restarted_keeps_every_accepted_job(
+    any_backend: Stack, trained_mlp: TrainedMLP
+) -> None:
+    stack = any_backend
+    ids = [post_job(stack, trained_mlp.torchscript, QUICK) for _ in range(3)]
+    wait_in_append_only_file(stack, ids)
+    P.kill(stack.redis)
+
+    refused = submit(stack.client, trained_mlp.torchscript, QUICK)
     assert_problem(refused, 503, "broker_unavailable")
     assert int(refused.headers["retry-after"]) > 0
-    assert job_of(chaos, ids[0])["id"] == ids[0]  # records are still served
-    assert chaos.client.get("/v1/jobs").status_code == 200
-    assert chaos.client.get("/readyz").status_code == 503
+    assert job_of(stack, ids[0])["id"] == ids[0]  # records are still served
+    assert stack.client.get("/v1/jobs").status_code == 200
+    assert stack.client.get("/readyz").status_code == 503
 
-    chaos.restart_redis()
+    stack.restart_redis()
     for job_id in ids:
-        assert wait_for(chaos.client, job_id, timeout=120)["status"] == "succeeded"
-    P.wait_until(lambda: chaos.client.get("/readyz").status_code == 200, "ready", 30)
-    assert_succeeded_once(chaos, post_job(chaos, trained_mlp.torchscript, QUICK), attempts=1)
+        job = wait_for(stack.client, job_id, timeout=120)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1), job
+    P.wait_until(lambda: stack.client.get("/readyz").status_code == 200, "ready", 30)
+    after = wait_for(stack.client, post_job(stack, trained_mlp.torchscript, QUICK))
+    assert (after["status"], after["attempts"]) == ("succeeded", 1), after
 
 
 def test_redis_that_lost_everything_is_reconciled(chaos: Stack, trained_mlp: TrainedMLP) -> None:

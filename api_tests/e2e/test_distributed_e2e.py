@@ -1,10 +1,10 @@
 """The service on PostgreSQL + S3 as on several hosts: the API and two workers, each with a
 data_dir of its own (nothing shared but PostgreSQL, SeaweedFS's S3 and Redis). The reference
-job, hostile uploads, a worker SIGKILLed mid-job, a Redis kill + restart and a PostgreSQL
-crash-restart behave as on the default stack.
+job, hostile uploads, a worker SIGKILLed mid-job and a PostgreSQL crash-restart behave as on
+the default stack (the Redis kill + restart runs on both, test_chaos.py).
 
-The stack is this module's own (it kills and restarts processes), on the session's
-``postgres_server`` and ``s3_server``."""
+The stack (``dist``, api_tests/e2e/conftest.py) is this module's own (it kills and restarts
+processes), on the session's ``postgres_server`` and ``s3_server``."""
 
 from __future__ import annotations
 
@@ -15,26 +15,16 @@ from typing import Any
 
 import pytest
 
-from api_tests.e2e.test_chaos import MID, QUICK, job_of, post_job, wait_gone
 from api_tests.e2e.test_jobs_e2e import _check_against_report, _download, _load
 from api_tests.security import hostile as h
+from api_tests.support.chaos import MID, QUICK, job_of, post_job, wait_gone
 from api_tests.support.problems import assert_problem
-from api_tests.support.stacks import TEST_SETTINGS, TrainedMLP, mnist_root, submit, wait_for
+from api_tests.support.stacks import TrainedMLP, submit, wait_for
 from core.storage.postgres import PostgresJobStore
 from stack import processes as P
-from stack.local import Stack, host_env, local_stack
+from stack.local import Stack, host_env
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory, postgres_server: Any,
-         s3_server: Any) -> Iterator[Stack]:
-    values = {**TEST_SETTINGS, "mnist_root": mnist_root(),
-              "database_url": postgres_server.url(), **s3_server.settings()}
-    root = tmp_path_factory.mktemp("dist")
-    with local_stack(root, values, workers=2, own_data_dirs=True) as stack:
-        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -150,19 +140,3 @@ def test_postgres_crash_restart_mid_job_loses_nothing(
     assert_succeeded_once(dist, queued, attempts=1)
     after = post_job(dist, trained_mlp.torchscript, QUICK)
     assert_succeeded_once(dist, after, attempts=1)
-
-
-def test_redis_killed_and_restarted_keeps_every_accepted_job(
-    dist: Stack, trained_mlp: TrainedMLP
-) -> None:
-    ids = [post_job(dist, trained_mlp.torchscript, QUICK) for _ in range(3)]
-    time.sleep(1.5)  # appendfsync everysec: what Redis acknowledged a second ago is on disk
-    P.kill(dist.redis)
-    refused = submit(dist.client, trained_mlp.torchscript, QUICK)
-    assert_problem(refused, 503, "broker_unavailable")
-    assert int(refused.headers["retry-after"]) > 0
-    assert job_of(dist, ids[0])["id"] == ids[0]  # records are still served, from PostgreSQL
-    dist.restart_redis()
-    for job_id in ids:
-        assert_succeeded_once(dist, job_id, attempts=1)
-    P.wait_until(lambda: dist.client.get("/readyz").status_code == 200, "ready", 30)
