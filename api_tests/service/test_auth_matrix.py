@@ -37,7 +37,7 @@ from core.queue import heartbeat_key
 from core.settings import Settings
 from core.storage.protocols import REPORT, model_file
 from core.tenants import tenancy
-from core.tenants.accounts import KEY_PREFIX, LOCAL_TENANT, Scope, TenantLimits
+from core.tenants.accounts import KEY_PREFIX, LOCAL_TENANT, Scope, TenantLimits, grants
 
 # --- helpers (shared with test_quotas.py and test_admin.py) -----------------------------------
 
@@ -419,7 +419,12 @@ def test_no_job_route_ever_answers_another_tenants_job(world: World) -> None:
                                                     headers=tenants[reader].headers(*scopes))
                     tries += 1
                     successes += response.status_code < 400
-                    assert response.status_code in (403, 404), (route, response.text)
+                    # The route's scope decides: without it 403 before any lookup; with it
+                    # 404, the answer for a job that does not exist.
+                    if grants(frozenset(scopes), route.scope):
+                        assert_problem(response, 404, "not_found")
+                    else:
+                        assert_problem(response, 403, "forbidden")
     assert tries == 2 * len(job_routes) * 2 * 3 and successes == 0
     for finished, queued in jobs.values():
         assert stored(world.api, queued).status is JobStatus.QUEUED
