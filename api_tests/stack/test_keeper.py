@@ -4,6 +4,7 @@ clock."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stack import keeper as K
-from stack.processes import Proc
+from stack.processes import Proc, wait_until
 
 
 class Clock:
@@ -77,8 +78,12 @@ def test_stop_kills_what_ignores_sigterm_within_its_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(K, "STOP_APPS_S", 0.5)
-    started, keeper, _ = starter(tmp_path, ["sh", "-c", "trap '' TERM; sleep 30"])
-    time.sleep(0.2)  # let the shell install its trap
+    ready = tmp_path / "trap-installed"
+    script = f"trap '' TERM; : > {shlex.quote(str(ready))}; sleep 30"
+    started, keeper, _ = starter(tmp_path, ["sh", "-c", script])
+    # SIGTERM before the trap is in place would end the shell (-15): wait for the shell to say
+    # it ignores SIGTERM now.
+    wait_until(ready.exists, "the child's SIGTERM trap", timeout=10, proc=started[0])
     begin = time.monotonic()
     keeper.stop()
     assert started[0].popen.returncode == -9
