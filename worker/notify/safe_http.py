@@ -6,7 +6,8 @@ Two steps, so a caller can refuse before it signs or records anything:
   allow-listed host; no user:password@), resolves the host once, and refuses
   (``DestinationRefused``) when ANY address it resolves to is loopback, private, link-local,
   cloud metadata, multicast, reserved, unspecified, shared (CGNAT) or otherwise not global,
-  including those hidden in IPv4-mapped, 6to4 and NAT64 IPv6 forms. An allow-listed host (an
+  including those hidden in IPv4-mapped, 6to4 and NAT64 IPv6 forms (the policy, shared with
+  the submission check, is ``core/webhooks/addresses.py``). An allow-listed host (an
   operator's own receiver, or a test's 127.0.0.1) skips the address checks, nothing else.
 - ``post_json(destination, body, headers)`` connects to the address chosen then, never
   resolving again (a second lookup could answer differently: DNS rebinding), with the
@@ -30,25 +31,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from core.webhooks.addresses import IPAddress, blocked_kind, normalise_host
+
 Resolver = Callable[..., list[Any]]
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
-_METADATA = frozenset({ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, ...
-                       ipaddress.ip_address("fd00:ec2::254")})  # AWS over IPv6
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598 carrier-grade NAT
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the low 32 bits
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
-_KINDS: tuple[tuple[str, Callable[[IPAddress], bool]], ...] = (
-    ("unspecified", lambda ip: ip.is_unspecified),
-    ("loopback", lambda ip: ip.is_loopback),
-    ("link-local", lambda ip: ip.is_link_local),
-    ("multicast", lambda ip: ip.is_multicast),
-    ("shared (CGNAT)", lambda ip: ip.version == 4 and ip in _SHARED),
-    ("private", lambda ip: ip.is_private),
-    ("reserved", lambda ip: ip.is_reserved),
-    ("non-global", lambda ip: not ip.is_global),  # what the named kinds above missed
-)
 
 
 class DestinationRefused(Exception):
@@ -85,32 +72,6 @@ class DeliveryResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _normalise_host(host: str) -> str:
-    """The form hosts are compared in: lower case, no brackets or trailing dot, IPs canonical."""
-    name = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
-
-
-def blocked_kind(ip: IPAddress) -> str | None:
-    """Why we never connect to ``ip`` ("loopback", "private", ...), or None for a public one."""
-    if ip in _METADATA:
-        return "cloud metadata"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _NAT64_LOCAL:
-            return "local-use NAT64"
-        embedded = ip.ipv4_mapped if ip.ipv4_mapped is not None else ip.sixtofour
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
-        if embedded is not None:
-            # Such an address reaches the IPv4 one inside it: judge that one instead.
-            kind = blocked_kind(embedded)
-            return None if kind is None else f"{kind} (embedded IPv4 {embedded})"
-    return next((kind for kind, test in _KINDS if test(ip)), None)
-
-
 def _parse(url: str, allow_hosts: frozenset[str]) -> tuple[str, str, int, str, bool]:
     """(scheme, host, port, path_and_query, allow-listed) of ``url``, or refuse it."""
     if any(ch <= " " or ch == "\x7f" for ch in url):
@@ -121,15 +82,15 @@ def _parse(url: str, allow_hosts: frozenset[str]) -> tuple[str, str, int, str, b
         raise DestinationRefused(f"scheme {parts.scheme!r} refused: webhook URLs use https")
     if "@" in parts.netloc:
         raise DestinationRefused("credentials in the URL (user:password@) are refused")
-    if not parts.hostname or not _normalise_host(parts.hostname):
+    if not parts.hostname or not normalise_host(parts.hostname):
         raise DestinationRefused("the URL has no host")
-    host = _normalise_host(parts.hostname)
+    host = normalise_host(parts.hostname)
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise DestinationRefused(f"host {parts.hostname!r} is not a valid name") from None
-    allowed = host in {_normalise_host(h) for h in allow_hosts}
+    allowed = host in {normalise_host(h) for h in allow_hosts}
     if scheme == "http" and not allowed:
         raise DestinationRefused(f"http refused for {host}: webhook URLs use https")
     try:
