@@ -30,8 +30,9 @@ class Settings(BaseSettings):
     # --- storage and data -------------------------------------------------------------------
     data_dir: Path = Field(
         default=Path("var/data"),
-        description="Job records (SQLite) and files (uploads, reports, models); shared by the "
-        "API and the workers.",
+        description="Job records (SQLite) and files (uploads, reports, models), shared by the "
+        "API and the workers of one host; with database_url and blob_url, each host's own "
+        "scratch and cache instead (never shared).",
     )
     mnist_root: Path = Field(
         default=Path("var/datasets"),
@@ -99,8 +100,9 @@ class Settings(BaseSettings):
     auth_pepper: str = Field(
         default="",
         repr=False,
-        description="Secret mixed into every stored key digest; the same on every API host. "
-        "Empty: a random one kept in data_dir/auth_pepper (one host).",
+        description="Secret mixed into every stored key digest; the same on every host. "
+        "Empty: a random one kept in data_dir/auth_pepper (one host only: with database_url "
+        "set, an empty pepper refuses to start).",
     )
     tenant_max_queued: int = Field(
         default=1_000, ge=0, description="Default per-tenant limit of queued jobs (429 "
@@ -258,8 +260,16 @@ class Settings(BaseSettings):
                 "broker_visibility_timeout_s must exceed job_hard_time_limit_s, or Redis "
                 "redelivers jobs that are still running"
             )
+        if self.database_url and self.auth == "enabled" and not self.auth_pepper:
+            # Each host would make its own pepper in its own data_dir: a key made on one
+            # host answers 401 on every other.
+            raise ValueError(
+                "database_url is set (hosts share one database) but auth_pepper is empty: set "
+                "PRUNER_AUTH_PEPPER to the same secret for the API, every worker and "
+                "`python -m service.keys` (make one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
         return self
-
 
     @classmethod
     def of(cls, **values: Any) -> Settings:

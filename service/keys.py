@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 
+from pydantic import ValidationError
+
 from core.jobs.lifecycle import utcnow
 from core.settings import get_settings
 from core.storage.backends import open_job_store
@@ -57,7 +59,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # e.g. a shared database without a shared pepper
+        for error in exc.errors(include_url=False):
+            print(f"error: settings: {error['msg']}", file=sys.stderr)
+        return 2
     store = open_job_store(settings)
     accounts = tenancy.accounts(store)
     try:

@@ -18,12 +18,15 @@ from core.storage.digest import sha256_file
 from core.storage.protocols import UPLOAD, model_file
 from stack.processes import free_port
 
+PEPPER = "test-pepper"  # several hosts share a database: each needs the same pepper
+
 
 def test_submit_and_read_back_on_postgres_and_s3(
     tmp_path: Path, redis_url: str, model_files: ModelFiles, postgres_server: Any,
     s3_server: Any,
 ) -> None:
     settings = make_settings(tmp_path, redis_url, database_url=postgres_server.url(),
+                             auth_pepper=PEPPER,
                              **s3_server.settings())
     with running_api(settings) as api:
         response = api.submit(model_files.state_dict)
@@ -48,7 +51,7 @@ def test_database_and_object_store_down_answer_503(
     tmp_path: Path, redis_url: str, model_files: ModelFiles
 ) -> None:
     dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    settings = make_settings(tmp_path, redis_url, database_url=dead_db,
+    settings = make_settings(tmp_path, redis_url, database_url=dead_db, auth_pepper=PEPPER,
                              blob_url="s3://pruner/x",
                              s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
                              s3_access_key_id="k", s3_secret_access_key="s")
@@ -70,7 +73,8 @@ def test_model_download_from_s3_streams_or_redirects_to_a_presigned_url(
 ) -> None:
     payload = b"pruned model bytes " * 1000
     sha = hashlib.sha256(payload).hexdigest()
-    backends = {"database_url": postgres_server.url(), **s3_server.settings()}
+    backends = {"database_url": postgres_server.url(), "auth_pepper": PEPPER,
+                **s3_server.settings()}
     for presign_s in (0, 60):
         settings = make_settings(tmp_path / str(presign_s), redis_url, s3_presign_s=presign_s,
                                  **backends)
@@ -119,6 +123,7 @@ def test_object_store_down_alone_answers_503_and_records_nothing(
     """PostgreSQL up, S3 down: the upload cannot be stored, so no job exists afterwards (not a
     record pointing at a missing object); reading a finished job's model is a 503 too."""
     settings = make_settings(tmp_path, redis_url, database_url=postgres_server.url(),
+                             auth_pepper=PEPPER,
                              blob_url="s3://pruner/x",
                              s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
                              s3_access_key_id="k", s3_secret_access_key="s")

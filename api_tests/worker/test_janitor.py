@@ -134,7 +134,8 @@ def test_retention_deletes_the_objects_on_s3_and_postgres(
     from core.storage.backends import open_blob_store, open_job_store
 
     settings = Settings.of(data_dir=tmp_path, redis_url=redis_url, retention_s=3600,
-                           database_url=postgres_server.url(), **s3_server.settings())
+                           database_url=postgres_server.url(), auth_pepper="test-pepper",
+                           **s3_server.settings())
     store, blobs = open_job_store(settings), open_blob_store(settings)
     janitor = Janitor(settings, Celery("test", config_source=celery_config(settings)),
                       "w1@test", store=store, blobs=blobs)
