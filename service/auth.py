@@ -4,8 +4,13 @@ Every ``/v1`` route depends on one of ``ReadDep`` / ``WriteDep`` / ``AdminDep``;
 and ``/readyz`` stay open, ``/metrics`` needs ``admin``. No key, or a malformed, unknown or
 revoked one: 401 with ``WWW-Authenticate: Bearer``; a valid key without the scope: 403. The
 web pages (``/``, ``/jobs/{id}``) and the event streams they open send the key as the
-``pruner_key`` cookie that the sign-in form sets (HttpOnly, SameSite=Strict: no other
-site's page can make a browser send it).
+``pruner_key`` cookie that the sign-in form sets (HttpOnly, SameSite=Strict). SameSite is
+not enough: browsers count every port of a host as one site, so a page served from another
+port of the same machine gets the cookie sent. A cookie-signed POST, PUT, PATCH or DELETE
+(and the sign-in form's POST) is therefore refused with 403 ``cross_origin`` unless its
+``Origin`` (or, without one, its ``Referer``) is the service's own origin (scheme, host and
+port); a request with ``Authorization: Bearer`` is not checked (no browser adds that header
+on its own).
 
 With ``PRUNER_AUTH=disabled`` every request is the ``local`` tenant with every scope.
 Keys are looked up on every request (no cache), so a revocation holds from the next request
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -24,15 +30,42 @@ from starlette.concurrency import run_in_threadpool
 
 from core.jobs.lifecycle import utcnow
 from core.tenants.accounts import ALL_SCOPES, LOCAL_TENANT, Scope, grants
-from service.errors import Forbidden, Unauthorized
+from service.errors import CrossOrigin, Forbidden, Unauthorized
 
 KEY_COOKIE = "pruner_key"
 _bearer = HTTPBearer(
     auto_error=False, scheme_name="bearer",
     description="An API key: `Authorization: Bearer prn_live_...` (see docs/tenants.md).",
 )
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pruner"'}
 INVALID = {"WWW-Authenticate": 'Bearer realm="pruner", error="invalid_token"'}
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of a URL as an ``Origin`` header writes it, or None."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2].lower()}"
+
+
+def check_same_origin(request: Request) -> None:
+    """403 ``cross_origin`` unless the request's Origin (else its Referer) is this service.
+
+    The service's own origin is the scheme it was reached by (behind a TLS proxy: uvicorn's
+    ``--proxy-headers``) and the ``Host`` the browser sent."""
+    own = f"{request.url.scheme}://{request.headers.get('host', '').lower()}"
+    sent = request.headers.get("origin")
+    claimed = origin_of(sent) if sent and sent != "null" else None
+    if sent is None and request.headers.get("referer"):
+        claimed = origin_of(request.headers["referer"])
+    if claimed != own:
+        raise CrossOrigin(
+            f"a {request.method} signed in with the {KEY_COOKIE} cookie must come from this "
+            f"service's own pages (Origin {sent or 'missing'}, expected {own}); scripts send "
+            "`Authorization: Bearer <key>` instead"
+        )
 
 
 @dataclass(frozen=True)
@@ -55,6 +88,8 @@ async def principal(
     if not token:
         raise Unauthorized("this route needs an API key: Authorization: Bearer <key>",
                            headers=CHALLENGE)
+    if credentials is None and request.method in UNSAFE_METHODS:  # the cookie: a browser
+        check_same_origin(request)
     accounts = state.accounts
     if state.store.reads_are_local:  # one indexed SQLite read: cheaper than a thread hop
         key = accounts.authenticate(token, state.pepper)
@@ -73,7 +108,8 @@ async def page_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal | None:
-    """For the HTML pages: the caller, or None (the page then asks to sign in)."""
+    """For the HTML pages: the caller, or None (the page then asks to sign in). A
+    cross-origin write still raises (403 ``cross_origin``)."""
     try:
         return await principal(request, credentials)
     except Unauthorized:

@@ -136,6 +136,14 @@ class Forbidden(ApiError):
     status, code, title = 403, ProblemCode.FORBIDDEN, "Forbidden"
 
 
+class CrossOrigin(ApiError):
+    status, code, title = 403, ProblemCode.CROSS_ORIGIN, "Cross-origin request refused"
+
+
+class RequestTimeout(ApiError):
+    status, code, title = 408, ProblemCode.REQUEST_TIMEOUT, "Request timeout"
+
+
 class Conflict(ApiError):
     status, code, title = 409, ProblemCode.CONFLICT, "Conflict"
 
@@ -153,7 +161,7 @@ class QuotaRate(ApiError):
 
 
 # Every authenticated route can answer these (problem_responses(..., *AUTH_ERRORS)).
-AUTH_ERRORS: tuple[type[ApiError], ...] = (Unauthorized, Forbidden)
+AUTH_ERRORS: tuple[type[ApiError], ...] = (Unauthorized, Forbidden, CrossOrigin)
 
 
 class NotReady(ApiError):

@@ -54,6 +54,7 @@ class ProblemCode(StrEnum):
     NOT_FOUND = "not_found"
     VALIDATION_ERROR = "validation_error"  # 422: spec or form fields
     PAYLOAD_TOO_LARGE = "payload_too_large"  # 413
+    REQUEST_TIMEOUT = "request_timeout"  # 408: an upload too slow, or longer than allowed
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415: not a zip archive nor safetensors
     INVALID_UPLOAD = "invalid_upload"  # 422: archive structure/safetensors header refused
     JOB_NOT_FINISHED = "job_not_finished"  # 409: report/model of an unfinished job
@@ -70,6 +71,7 @@ class ProblemCode(StrEnum):
     INSUFFICIENT_STORAGE = "insufficient_storage"  # 507: no room left to store the upload
     UNAUTHORIZED = "unauthorized"  # 401: no key, or a malformed, unknown or revoked one
     FORBIDDEN = "forbidden"  # 403: a valid key without the route's scope
+    CROSS_ORIGIN = "cross_origin"  # 403: a cookie-signed write from another origin
     CONFLICT = "conflict"  # 409: e.g. a tenant that already exists
     QUOTA_QUEUED = "quota_queued"  # 429: the tenant's queued-jobs limit
     QUOTA_STORAGE = "quota_storage"  # 429: the tenant's stored-bytes limit

@@ -23,7 +23,7 @@ from core.jobs.record import JobStatus
 from core.storage.protocols import BlobStore, JobStore
 from core.tenants.accounts import Scope, grants
 from report_html import render_report, report_context
-from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep
+from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep, check_same_origin
 from service.deps import (
     AccountsDep,
     BlobsDep,
@@ -110,6 +110,7 @@ def signin_form(next: str = "/") -> HTMLResponse:
 @pages.post("/signin", response_class=HTMLResponse)
 async def signin(request: Request, settings: SettingsDep, accounts: AccountsDep) -> Response:
     """Check the pasted key, then keep it in an HttpOnly, SameSite=Strict cookie."""
+    check_same_origin(request)  # no other page may sign a browser in (to its own key)
     form = await request.form()
     key, next_url = str(form.get("key", "")).strip(), _local_path(str(form.get("next", "/")))
     if settings.auth == "enabled":
@@ -125,7 +126,8 @@ async def signin(request: Request, settings: SettingsDep, accounts: AccountsDep)
 
 
 @pages.post("/signout", response_class=HTMLResponse)
-def signout() -> Response:
+def signout(request: Request) -> Response:
+    check_same_origin(request)
     response = RedirectResponse("/signin", status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/")
     return response
