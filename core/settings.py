@@ -89,6 +89,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=512 * MiB, ge=1, description="Larger uploads answer 413."
     )
+    upload_min_bytes_per_s: int = Field(
+        default=1024, ge=0, description="An upload that brings fewer bytes than this per "
+        "second over any upload_rate_window_s is cut with 408 and its file removed; 0: no "
+        "minimum."
+    )
+    upload_rate_window_s: float = Field(
+        default=30.0, gt=0, description="The window upload_min_bytes_per_s is judged over."
+    )
+    upload_max_s: float = Field(
+        default=3600.0, gt=0, description="An upload still arriving after this many seconds "
+        "is cut with 408 and its file removed."
+    )
 
     # --- tenants, keys and webhooks (docs/tenants.md) ----------------------------------------
     auth: Literal["enabled", "disabled"] = Field(

@@ -42,6 +42,7 @@ REDIS_CONNECTIONS = 32
 class ApiMetrics:
     registry: CollectorRegistry
     upload_bytes: Counter
+    uploads_cut: Counter  # by reason: client_disconnected, too_slow, too_long
 
 
 class ServiceState(TypedDict):

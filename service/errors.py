@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from core.jobs.error_codes import ProblemCode
 from core.storage.protocols import StoreUnavailable
@@ -260,6 +262,12 @@ async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
         headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)}))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up mid-request: nobody reads the answer, and it is no server error
+    (whoever noticed has logged one line, ``service/uploads.py``). No traceback."""
+    return Response(status_code=400, headers={"Connection": "close"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(request, ApiError("an unexpected error occurred; it was logged"))
@@ -270,6 +278,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(StoreUnavailable, _storage_down)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
 

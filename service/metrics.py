@@ -29,7 +29,12 @@ def new_api_metrics() -> ApiMetrics:
     registry = CollectorRegistry(auto_describe=True)
     upload_bytes = Counter("pruner_upload_bytes", "Bytes of model files accepted by this API "
                            "process.", registry=registry)
-    return ApiMetrics(registry=registry, upload_bytes=upload_bytes)
+    uploads_cut = Counter("pruner_uploads_cut", "Uploads this API process stopped receiving "
+                          "before their end: the client disconnected, sent too slowly, or took "
+                          "too long.", ["reason"], registry=registry)
+    for reason in ("client_disconnected", "too_slow", "too_long"):
+        uploads_cut.labels(reason)  # every series from the first scrape, at 0
+    return ApiMetrics(registry=registry, upload_bytes=upload_bytes, uploads_cut=uploads_cut)
 
 
 class _Scrape:

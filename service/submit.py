@@ -53,6 +53,7 @@ from service.errors import (
     upload_rejected,
 )
 from service.uploads import (
+    CLOSE,
     MODEL_FIELD,
     SPEC_FIELD,
     ReceivedForm,
@@ -158,12 +159,20 @@ async def submit(
 ) -> tuple[JobRecord, bool]:
     """Accept a job for ``tenant``; returns the record and whether it is new (False: an
     idempotent replay of the tenant's own earlier submission)."""
-    check_idempotency_key(idempotency_key)
-    check_content_length(request, settings.max_upload_bytes)
-    await check_queue(redis, settings)
+    try:
+        check_idempotency_key(idempotency_key)
+        check_content_length(request, settings.max_upload_bytes)
+        await check_queue(redis, settings)
+    except ApiError as exc:  # answered before the body was read: read none of it
+        exc.headers.update(CLOSE)
+        raise
     job_id = new_job_id()
     try:
-        form = await receive_form(request, blobs, job_id, settings.max_upload_bytes)
+        try:
+            form = await receive_form(request, blobs, job_id, settings)
+        except ApiError as exc:
+            exc.headers.update(CLOSE)
+            raise
         spec = parse_spec(form)
         check_duration(spec, settings)
         account = await run_in_threadpool(tenancy.accounts(store).get_tenant, tenant)

@@ -6,12 +6,20 @@ and then copied again into the job folder. Parsing ``request.stream()`` ourselve
 python-multipart's streaming parser writes each chunk once, to its final place, hashing and
 counting it on the way, and stops the moment the limit is passed. Memory stays at one chunk
 (uvicorn hands us 64 KiB at a time), whatever the upload's size.
+
+The stream is paced (``service/upload_pace.py``): an upload below the minimum rate or past
+the total time is cut with 408. A client that disconnects mid-upload is not a server error:
+one WARNING line, no traceback, and ``pruner_uploads_cut_total{reason="client_disconnected"}``.
+Every answer given before the body was read in full says ``Connection: close``, so the
+server never reads (and discards) the rest of a body it has refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
+import logging
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,8 +28,9 @@ from typing import Any, BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from core.settings import Settings
 from core.storage.protocols import UPLOAD, BlobStore
 from service.errors import (
     FieldError,
@@ -30,12 +39,15 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from service.upload_pace import UploadPace, UploadTooSlow
 
 MODEL_FIELD = "model"
 SPEC_FIELD = "spec"
 MAX_SPEC_BYTES = 256 * 1024
 # Multipart framing and the spec field on top of the model file itself.
 FORM_OVERHEAD_BYTES = MAX_SPEC_BYTES + 64 * 1024
+CLOSE = {"Connection": "close"}  # an answer before the body's end: read no more of it
+log = logging.getLogger("service.uploads")
 
 
 @dataclass
@@ -151,12 +163,42 @@ def check_content_length(request: Request, max_model_bytes: int) -> None:
             raise PayloadTooLarge(
                 f"the request ({declared} bytes) exceeds the upload limit of "
                 f"{max_model_bytes} bytes",
-                extra={"limit_bytes": max_model_bytes},
+                extra={"limit_bytes": max_model_bytes}, headers=dict(CLOSE),
             )
 
 
+async def _paced_chunks(request: Request, pace: UploadPace) -> Any:
+    """``request.stream()``, each chunk awaited no longer than the pace allows.
+
+    The wait for a chunk is a task that a timeout leaves running (cancelling it would end
+    the stream), so a wait that ends a hair before the window does just waits again."""
+    stream = request.stream().__aiter__()
+
+    async def next_chunk() -> bytes:
+        return await anext(stream)
+
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(next_chunk())
+            done, _ = await asyncio.wait({pending}, timeout=pace.wait_s())
+            if not done:
+                pace.check()  # raises once the window or the total time has run out
+                continue
+            arrived, pending = pending, None
+            try:
+                chunk = arrived.result()
+            except StopAsyncIteration:
+                return
+            pace.received(len(chunk))
+            yield chunk
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 async def receive_form(
-    request: Request, blobs: BlobStore, job_id: str, max_model_bytes: int
+    request: Request, blobs: BlobStore, job_id: str, settings: Settings
 ) -> ReceivedForm:
     """Stream the body: the model part into ``UPLOAD`` of ``job_id``, the spec into memory.
 
@@ -164,17 +206,19 @@ async def receive_form(
     The caller must still delete the job's folder when it does not accept the job.
     """
     boundary = multipart_boundary(request)
+    max_model_bytes = settings.max_upload_bytes
     limit = max_model_bytes + FORM_OVERHEAD_BYTES
     files = ExitStack()
+    total = 0
     try:
         receiver = _Receiver(blobs, job_id, max_model_bytes, files)
         parser = MultipartParser(boundary, receiver.callbacks())
-        total = 0
-        async for chunk in request.stream():
+        async for chunk in _paced_chunks(request, UploadPace.of(settings)):
             total += len(chunk)
             if total > limit:
                 raise PayloadTooLarge(f"the request exceeds the upload limit of {limit} bytes",
-                                      extra={"limit_bytes": max_model_bytes})
+                                      extra={"limit_bytes": max_model_bytes},
+                                      headers=dict(CLOSE))
             parser.write(chunk)
         parser.finalize()
         if not receiver.ended:
@@ -185,6 +229,12 @@ async def receive_form(
     except OSError as exc:
         files.__exit__(*sys.exc_info())
         raise _storage_error(exc) from exc
+    except (ClientDisconnect, UploadTooSlow) as exc:
+        files.__exit__(*sys.exc_info())
+        reason = exc.reason if isinstance(exc, UploadTooSlow) else "client_disconnected"
+        request.state.metrics.uploads_cut.labels(reason).inc()
+        log.warning("upload of job %s cut after %d bytes: %s", job_id, total, reason)
+        raise
     except BaseException:
         files.__exit__(*sys.exc_info())
         raise

@@ -51,6 +51,7 @@ from service.errors import (
     QuotaQueued,
     QuotaRate,
     QuotaStorage,
+    RequestTimeout,
     UnsupportedMediaType,
     ValidationFailed,
     problem_responses,
@@ -108,7 +109,8 @@ def _json(public: JobPublic | JobsPublic, status_code: int = 200, **headers: str
     openapi_extra={"requestBody": _SUBMIT_BODY},
     responses={
         200: {"model": JobPublic, "description": "Idempotent replay: the job this key made."},
-        **problem_responses(PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
+        **problem_responses(PayloadTooLarge, RequestTimeout, UnsupportedMediaType,
+                            ValidationFailed,
                             InvalidUpload, IdempotencyKeyReused, QueueFull, QuotaQueued,
                             QuotaStorage, QuotaRate, BrokerUnavailable, InsufficientStorage,
                             *AUTH_ERRORS),
