@@ -10,6 +10,15 @@
   Duplicates are harmless: the task claims only ``queued`` jobs, by compare-and-set.
 - **Retention**: files of jobs finished more than ``retention_s`` ago are deleted and the
   record gets ``files_expired_at`` (the API then answers 410); the record stays.
+- **Local copies**: this host's copies of a job (``data_dir/scratch/<id>``, the job
+  process's folder with its outputs, and a remote store's ``data_dir/blob-cache/<id>``) are
+  removed once the job does not run here, i.e. is not ``running`` under a worker that uses
+  this data dir (each janitor registers its worker in ``data_dir/workers/``). A worker or job
+  process killed with SIGKILL leaves them behind; the janitor's first pass on start and every
+  pass after clear them. A copy touched within the last ``janitor_interval_s`` (one just
+  made, whose record we may have read a moment early) waits for the next pass, and one of a
+  job with no record yet (an upload an API on the same data dir is still receiving or
+  checking) waits ``upload_max_s``.
 
 Several workers may each run a janitor; every step is idempotent.
 """
@@ -17,9 +26,13 @@ Several workers may each run a janitor; every step is idempotent.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import threading
+import time
 from collections.abc import Iterable
 from datetime import timedelta
+from pathlib import Path
 
 import redis
 from celery import Celery
@@ -34,6 +47,7 @@ from core.storage.protocols import BlobStore, JobStore
 log = logging.getLogger("worker.janitor")
 
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, unacknowledged messages
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Janitor:
@@ -49,7 +63,7 @@ class Janitor:
 
     def run_once(self) -> None:
         """One pass; each step survives the others failing (e.g. Redis down)."""
-        for step in (self.heartbeat, self.reconcile, self.sweep):
+        for step in (self.heartbeat, self.reconcile, self.sweep, self.sweep_local_copies):
             try:
                 step()
             except redis.RedisError as exc:
@@ -58,6 +72,7 @@ class Janitor:
                 log.exception("janitor %s failed", step.__name__)
 
     def heartbeat(self) -> None:
+        self._register()
         self.redis.set(heartbeat_key(self.hostname), utcnow().isoformat(),
                        ex=self.settings.worker_heartbeat_ttl_s)
 
@@ -114,6 +129,57 @@ class Janitor:
         if expired:
             log.info("janitor: files of %d job(s) expired", len(expired))
         return expired
+
+
+    # --- local copies -------------------------------------------------------------------
+
+    def sweep_local_copies(self) -> list[str]:
+        """Remove this host's copies of jobs that do not run here; returns their ids."""
+        scratch = self.settings.data_dir / "scratch"
+        here = self._workers_here()
+        cached = self.blobs.local_copies()
+        ids = {p.name for p in _folders(scratch)} | set(cached)
+        removed = []
+        for job_id in sorted(ids):
+            record = self.store.get(job_id)
+            if record is not None and record.status is JobStatus.RUNNING and record.worker in here:
+                continue
+            grace = self.settings.janitor_interval_s if record else self.settings.upload_max_s
+            folders = [scratch / job_id, *([cached[job_id]] if job_id in cached else [])]
+            if any(_touched_within(folder, grace) for folder in folders):
+                continue
+            shutil.rmtree(scratch / job_id, ignore_errors=True)
+            self.blobs.drop_local_copies(job_id)
+            removed.append(job_id)
+        if removed:
+            log.info("janitor: removed local copies of %d job(s): %s", len(removed), removed)
+        return removed
+
+    def _register(self) -> None:
+        """Say that this worker uses this data dir (its jobs' copies here are its own)."""
+        folder = self.settings.data_dir / "workers"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.hostname.replace("/", "_")).touch()
+
+    def _workers_here(self) -> set[str]:
+        self._register()
+        return {p.name for p in (self.settings.data_dir / "workers").iterdir()} | {self.hostname}
+
+
+def _folders(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.is_dir() and JOB_ID.fullmatch(p.name)] \
+        if root.is_dir() else []
+
+
+def _touched_within(folder: Path, seconds: float) -> bool:
+    """Whether anything in ``folder`` (itself included) changed in the last ``seconds``."""
+    if not folder.exists():
+        return False
+    cutoff = time.time() - seconds
+    try:
+        return any(p.lstat().st_mtime > cutoff for p in (folder, *folder.rglob("*")))
+    except OSError:  # removed while we looked
+        return False
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -101,20 +101,34 @@ def _running_on(stack: Stack, records: PostgresJobStore, job_id: str) -> P.Proc:
     raise AssertionError(f"job {job_id} never ran: {stack.logs()}")
 
 
+def job_files_on(host_dir: Path, job_id: str) -> list[str]:
+    """Every file or folder of ``job_id`` on one host's data dir (scratch, blob cache)."""
+    return sorted(str(p) for p in host_dir.rglob("*") if job_id in p.name)
+
+
 def test_worker_sigkill_mid_job_is_rerun_by_the_other_host(
     dist: Stack, records: PostgresJobStore, trained_mlp: TrainedMLP
 ) -> None:
+    """The job reruns on the other host; the killed worker's copies of it (its job
+    process's scratch folder, the cached upload) are removed by the janitor of the worker
+    restarted on that host, on its first pass."""
     job_id = post_job(dist, trained_mlp.torchscript, MID)
     victim = _running_on(dist, records, job_id)
+    name = victim.meta["hostname"].split("@", 1)[0]
+    host_dir = dist.root / "hosts" / name
+    left = job_files_on(host_dir, job_id)
+    assert any("scratch" in p for p in left) and any("blob-cache" in p for p in left), left
     children = P.children_of(victim.pid)
-    P.kill(victim)
+    P.kill(victim)  # the job process dies with it: both killed mid-job
     wait_gone(children)
     # The other worker's janitor re-queues the job once its lease expires; it reruns there.
     assert_succeeded_once(dist, job_id, attempts=2)
-    name = f"w{len(workers(dist)) + 1}"
+    assert job_files_on(host_dir, job_id) != []  # nothing on that host cleaned up yet
     replacement = P.start_worker(host_env(dist.settings, dist.root, name, own_dirs=True), name,
                                  dist.settings.queue_name, dist.log_dir)
     P.wait_until_ready(replacement, timeout=90)
+    P.wait_until(lambda: job_files_on(host_dir, job_id) == [], "the copies removed", 30,
+                 replacement)
     if victim is dist.worker:
         dist.worker = replacement
     else:

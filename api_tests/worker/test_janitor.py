@@ -4,6 +4,8 @@ worker heartbeat is written with its TTL."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,3 +155,72 @@ def test_retention_deletes_the_objects_on_s3_and_postgres(
     expired = open_job_store(settings).get(old.id)
     assert expired is not None and expired.files_expired_at is not None
     store.close()
+
+
+# --- local copies ------------------------------------------------------------------------------
+
+
+def scratch_copy(janitor: Janitor, job_id: str, age_s: float = 60) -> Path:
+    """``scratch/<id>/out/model.pt`` as a killed job process leaves it, ``age_s`` old."""
+    folder = janitor.settings.data_dir / "scratch" / job_id
+    (folder / "out").mkdir(parents=True)
+    (folder / "out" / "model.pt").write_bytes(b"weights")
+    then = time.time() - age_s
+    for path in (folder / "out" / "model.pt", folder / "out", folder):
+        os.utime(path, (then, then))
+    return folder
+
+
+def test_local_copies_of_jobs_not_running_here_are_removed(janitor: Janitor) -> None:
+    now = datetime.now(UTC)
+    lease = {"attempts": 1, "lease_expires_at": now + timedelta(seconds=30)}
+    mine = add_job(janitor, JobStatus.RUNNING, worker="w1@test", **lease)
+    elsewhere = add_job(janitor, JobStatus.RUNNING, worker="w9@other-host", **lease)
+    requeued = add_job(janitor, JobStatus.QUEUED)
+    finished = add_job(janitor, JobStatus.SUCCEEDED, finished_at=now)
+    kept = [scratch_copy(janitor, mine.id)]
+    gone = [scratch_copy(janitor, r.id) for r in (elsewhere, requeued, finished)]
+    gone.append(scratch_copy(janitor, "no-such-job", age_s=7200))  # past upload_max_s
+    kept.append(scratch_copy(janitor, "upload-in-flight", age_s=60))  # no record yet
+    fresh = add_job(janitor, JobStatus.QUEUED)
+    kept.append(scratch_copy(janitor, fresh.id, age_s=0))  # read a moment early: next pass
+    removed = janitor.sweep_local_copies()
+    assert sorted(removed) == sorted(p.name for p in gone)
+    assert [p.exists() for p in kept] == [True, True, True]
+    assert [p.exists() for p in gone] == [False, False, False, False]
+
+
+def test_a_sibling_worker_on_the_same_data_dir_keeps_its_running_jobs(janitor: Janitor) -> None:
+    sibling = Janitor(janitor.settings, janitor.app, "w2@test", store=janitor.store,
+                      blobs=janitor.blobs)
+    sibling.heartbeat()  # registers w2@test in data_dir/workers
+    job = add_job(janitor, JobStatus.RUNNING, worker="w2@test", attempts=1,
+                  lease_expires_at=datetime.now(UTC) + timedelta(seconds=30))
+    folder = scratch_copy(janitor, job.id)
+    assert janitor.sweep_local_copies() == []
+    assert folder.exists()
+
+
+def test_the_first_pass_removes_a_killed_workers_copies_on_s3(
+    tmp_path: Path, redis_url: str, postgres_server: Any, s3_server: Any
+) -> None:
+    """Several hosts: a worker killed mid-job left ``blob-cache/<id>/upload`` and
+    ``scratch/<id>/out``; the job ran on elsewhere since. Its restart's first pass removes
+    both; the bucket keeps the job's files."""
+    from core.storage.backends import open_blob_store, open_job_store
+
+    settings = Settings.of(data_dir=tmp_path, redis_url=redis_url, janitor_interval_s=1,
+                           database_url=postgres_server.url(), auth_pepper="test-pepper",
+                           **s3_server.settings())
+    store, blobs = open_job_store(settings), open_blob_store(settings)
+    janitor = Janitor(settings, Celery("test", config_source=celery_config(settings)),
+                      "w1@test", store=store, blobs=blobs)
+    job = add_job(janitor, JobStatus.SUCCEEDED, finished_at=datetime.now(UTC))
+    with blobs.writer(job.id, UPLOAD) as f:
+        f.write(b"x")
+    blobs.local_path(job.id, UPLOAD)  # the worker's cached copy of the input
+    scratch_copy(janitor, job.id)
+    time.sleep(1.1)  # older than one janitor interval
+    janitor.run_once()
+    assert [p for p in tmp_path.rglob("*") if job.id in str(p)] == []
+    assert open_blob_store(settings).exists(job.id, UPLOAD)

@@ -112,6 +112,9 @@ class LocalBlobStore:
     def drop_local_copies(self, job_id: str) -> None:
         """Nothing to drop: these files are the store."""
 
+    def local_copies(self) -> dict[str, Path]:
+        return {}  # these files are the store, not copies
+
     def job_dir(self, job_id: str) -> Path:
         path = self._dir(job_id)
         path.mkdir(parents=True, exist_ok=True)

@@ -211,6 +211,10 @@ class S3BlobStore:
         self._check(job_id)
         shutil.rmtree(self.cache / job_id, ignore_errors=True)
 
+    def local_copies(self) -> dict[str, Path]:
+        return {p.name: p for p in self.cache.iterdir()
+                if p.is_dir() and _JOB_ID.fullmatch(p.name)}
+
     def job_dir(self, job_id: str) -> Path:
         self._check(job_id)
         path = self.cache / job_id

@@ -190,6 +190,11 @@ class BlobStore(Protocol):
         cache); the stored files stay. A no-op where the local files are the store."""
         ...
 
+    def local_copies(self) -> dict[str, Path]:
+        """The jobs this host keeps local copies of, each with its folder (a remote store's
+        cache); empty where the local files are the store."""
+        ...
+
     def job_dir(self, job_id: str) -> Path:
         """A local folder where a worker may write a job's outputs before ``put_file``."""
         ...
