@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from api_tests.conftest import assert_problem
 from api_tests.core.factories import make_record
-from api_tests.service.conftest import Api
+from api_tests.support.api import Api
+from api_tests.support.problems import assert_problem
 from core.jobs.lifecycle import utcnow
 from core.jobs.record import JobStatus
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from api_tests.conftest import assert_problem
-from api_tests.service.conftest import REFERENCE, Api, ModelFiles
+from api_tests.support.api import REFERENCE, Api, ModelFiles
+from api_tests.support.problems import assert_problem
 
 # The forms an outside probe found accepted (issue 23), each refused at delivery only.
 REFUSED = ["https://localhost/", "https://0x7f000001/", "https://2130706433/",

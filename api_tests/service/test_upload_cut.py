@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_tests.service.raw_http import form_head, open_upload, read_answer
+from api_tests.support.raw_http import form_head, open_upload, read_answer
 from core.settings import Settings
 from core.tenants.tenancy import local_admin_key
 from stack import processes as P
