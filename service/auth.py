@@ -10,7 +10,8 @@ port of the same machine gets the cookie sent. A cookie-signed POST, PUT, PATCH 
 (and the sign-in form's POST) is therefore refused with 403 ``cross_origin`` unless its
 ``Origin`` (or, without one, its ``Referer``) is the service's own origin (scheme, host and
 port); a request with ``Authorization: Bearer`` is not checked (no browser adds that header
-on its own).
+on its own). With auth disabled there is no cookie, but a write naming another origin (any
+browser's cross-origin POST does) is refused the same way.
 
 With ``PRUNER_AUTH=disabled`` every request is the ``local`` tenant with every scope.
 Keys are looked up on every request (no cache), so a revocation holds from the next request
@@ -50,20 +51,25 @@ def origin_of(url: str) -> str | None:
     return f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
-def check_same_origin(request: Request) -> None:
-    """403 ``cross_origin`` unless the request's Origin (else its Referer) is this service.
+def check_same_origin(request: Request, required: bool = True) -> None:
+    """403 ``cross_origin`` unless the request's Origin (else its Referer) is this service;
+    ``required=False`` lets a request that names no origin at all through (a script: only a
+    browser adds these headers, and it always does on a cross-origin POST).
 
     The service's own origin is the scheme it was reached by (behind a TLS proxy: uvicorn's
     ``--proxy-headers``) and the ``Host`` the browser sent."""
     own = f"{request.url.scheme}://{request.headers.get('host', '').lower()}"
     sent = request.headers.get("origin")
+    referer = request.headers.get("referer")
+    if not required and sent is None and referer is None:
+        return
     claimed = origin_of(sent) if sent and sent != "null" else None
-    if sent is None and request.headers.get("referer"):
-        claimed = origin_of(request.headers["referer"])
+    if sent is None and referer:
+        claimed = origin_of(referer)
     if claimed != own:
         raise CrossOrigin(
-            f"a {request.method} signed in with the {KEY_COOKIE} cookie must come from this "
-            f"service's own pages (Origin {sent or 'missing'}, expected {own}); scripts send "
+            f"a {request.method} from a browser must come from this service's own pages "
+            f"(Origin {sent or 'missing'}, expected {own}); scripts send "
             "`Authorization: Bearer <key>` instead"
         )
 
@@ -81,6 +87,10 @@ async def principal(
 ) -> Principal:
     state = request.state
     if state.settings.auth == "disabled":
+        # No key to steal, but any page the user opens could still write through the
+        # browser: a write that names another origin is refused here too.
+        if request.method in UNSAFE_METHODS:
+            check_same_origin(request, required=False)
         return Principal(LOCAL_TENANT, ALL_SCOPES, None)
     # The cookie serves the pages and their event streams (EventSource sends no headers).
     token = (credentials.credentials if credentials is not None

@@ -6,11 +6,12 @@ changes nothing; a bearer-token request is never checked; reads are not writes."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from api_tests.core.factories import make_record
-from api_tests.support.api import Api
+from api_tests.support.api import Api, make_settings, running_api
 from api_tests.support.problems import assert_problem
 from core.jobs.lifecycle import utcnow
 from core.jobs.record import JobStatus
@@ -86,3 +87,18 @@ def test_no_other_page_can_sign_a_browser_in(api: Api) -> None:
                                follow_redirects=False)
     assert accepted.status_code == 303
     assert accepted.headers["set-cookie"].startswith("pruner_key=")
+
+
+def test_with_auth_disabled_a_write_naming_another_origin_is_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """No cookie to send, but any page could still cancel through the browser; a script
+    (no Origin, no Referer) is as before."""
+    with running_api(make_settings(tmp_path, redis_url, auth="disabled")) as api:
+        api.client.headers.pop("authorization")
+        evil, mine = queued_job(api), queued_job(api)
+        refused = api.client.post(f"/v1/jobs/{evil}/cancel",
+                                  headers={"Origin": "http://127.0.0.1:9999"})
+        assert_problem(refused, 403, "cross_origin")
+        assert api.store.get(evil).status == JobStatus.QUEUED  # type: ignore[union-attr]
+        assert api.client.post(f"/v1/jobs/{mine}/cancel").status_code == 200
