@@ -15,7 +15,7 @@ from typing import Final, NamedTuple
 class UploadFormat(StrEnum):
     """The container an upload arrives in, as the door sniffs it from its first bytes."""
 
-    ZIP = "zip"  # torch.jit.save or torch.save archive (core.uploads tells them apart)
+    ZIP = "zip"  # torch.jit.save, torch.save or torch.export.save archive (core.uploads tells)
     SAFETENSORS = "safetensors"
 
 
@@ -25,6 +25,9 @@ class ModelFormat(StrEnum):
     SAFETENSORS = "safetensors"  # weights, no pickle at all
     # Compact: non-zero values + a bitmask in safetensors (core/uploads/compact.py)
     SPARSE_SAFETENSORS = "sparse_safetensors"
+    # torch.export.save archive: an ExportedProgram (graph JSON + raw weights), checked by
+    # core/uploads/pt2.py before torch.export.load ever sees it
+    PT2 = "pt2"
 
     @property
     def file_name(self) -> str:
@@ -55,6 +58,7 @@ FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
                                          UploadFormat.SAFETENSORS),
     ModelFormat.SPARSE_SAFETENSORS: FormatFiles("model.sparse.safetensors", "sparse.safetensors",
                                                 UploadFormat.SAFETENSORS),
+    ModelFormat.PT2: FormatFiles("model.pt2", "pt2", UploadFormat.ZIP),
 }
 
 # The spec's output_format also takes "same": the format the model was uploaded in.

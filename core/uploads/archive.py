@@ -1,10 +1,11 @@
-"""torch zip archives (torch.save and torch.jit.save), judged from the central directory and
-the pickles' opcodes: entry count, total and per-entry sizes, names, duplicates, encryption,
-compression methods; TorchScript code defining ``__setstate__``; the globals a state_dict
-pickle names; then its storages and tensors (``core.uploads.storages``).
+"""torch zip archives (torch.save, torch.jit.save and torch.export.save), judged from the
+central directory and the pickles' opcodes: entry count, total and per-entry sizes, names,
+duplicates, encryption, compression methods, overlapping entries; then, for a ``.pt2``,
+``core.uploads.pt2``; else TorchScript code defining ``__setstate__``, the globals a state_dict
+pickle names, its storages and tensors (``core.uploads.storages``).
 
-``zip_format`` is the one answer to "is this archive TorchScript?": the door and the worker's
-loader both take it from here.
+``zip_format`` is the one answer to "which of the three is this archive?": the door and the
+worker's loader both take it from here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from core.jobs.formats import ModelFormat
 from core.settings import MiB, Settings
 from core.uploads.allowlists import check_state_dict_globals
 from core.uploads.pickle_scan import scan_pickle
+from core.uploads.pt2 import check_pt2, is_pt2
 from core.uploads.rejection import UploadRejected, malformed, too_large, unsafe
 from core.uploads.storages import check_storages
 
@@ -43,9 +45,12 @@ _READ_ERRORS = (
 
 
 def zip_format(names: Collection[str], prefix: str) -> ModelFormat:
-    """TorchScript when the archive has the records torch.jit.load reads (``constants.pkl``
-    or ``code/`` right under the archive's one top-level folder), else a torch.save
-    state_dict. Entries anywhere else are never read by either loader."""
+    """pt2 when the archive has the records torch.export.load reads (``core.uploads.pt2``);
+    TorchScript when it has those torch.jit.load reads (``constants.pkl`` or ``code/`` right
+    under the archive's one top-level folder), else a torch.save state_dict. Entries anywhere
+    else are never read by any of the loaders."""
+    if is_pt2(names, prefix):
+        return ModelFormat.PT2
     torchscript = f"{prefix}/constants.pkl" in names or any(
         n.startswith(f"{prefix}/code/") for n in names
     )
@@ -53,8 +58,8 @@ def zip_format(names: Collection[str], prefix: str) -> ModelFormat:
 
 
 def check_zip(path: Path, settings: Settings) -> ModelFormat:
-    """Structure of a torch.save / torch.jit.save archive, then its pickles and storages;
-    returns which of the two it is."""
+    """Structure of a torch.save / torch.jit.save / torch.export.save archive, then its
+    contents; returns which of the three it is."""
     declared = _declared_entry_count(path)
     if declared is not None and declared > settings.max_archive_entries:
         # Refused before zipfile builds an object per entry (millions fit in an upload).
@@ -65,10 +70,14 @@ def check_zip(path: Path, settings: Settings) -> ModelFormat:
         raise malformed(f"the model file is not a readable zip archive ({exc})") from None
     with archive:
         infos = archive.infolist()
-        _check_entries(infos, settings)
-        prefix = _archive_prefix(infos)
+        check_entries(infos, settings)
+        prefix = single_prefix(infos)
         names = {i.filename: i for i in infos}
         fmt = zip_format(names, prefix)
+        if fmt is ModelFormat.PT2:
+            check_pt2(archive, names, prefix, settings)
+            return fmt
+        _check_data_pkl(names, prefix)
         # Whatever the format: code anywhere in the archive is scanned, so no layout can
         # slip a load-time hook past a check that depends on how the archive looks.
         _check_no_load_hooks(archive, infos)
@@ -105,7 +114,8 @@ def pickle_globals(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-            prefix = _archive_prefix(infos)
+            prefix = single_prefix(infos)
+            _check_data_pkl({i.filename: i for i in infos}, prefix)
             info = archive.getinfo(f"{prefix}/data.pkl")
             return scan_pickle(read_member(archive, info), "data.pkl").globals
     except (zipfile.BadZipFile, OSError, KeyError) as exc:
@@ -148,7 +158,8 @@ def _declared_entry_count(path: Path) -> int | None:
     return zip64_count
 
 
-def _check_entries(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
+def check_entries(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
+    """Count, names, duplicates, encryption, compression, ratio, total size, overlaps."""
     if len(infos) > settings.max_archive_entries:
         raise _too_many_entries(len(infos), settings)
     seen: set[str] = set()
@@ -179,6 +190,20 @@ def _check_entries(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
             f"the zip archive declares {total} uncompressed bytes; the limit is "
             f"{settings.max_uncompressed_bytes} (PRUNER_MAX_UNCOMPRESSED_BYTES)"
         )
+    _check_no_overlaps(infos)
+
+
+def _check_no_overlaps(infos: list[zipfile.ZipInfo]) -> None:
+    """Each entry's local header and data end before the next entry starts: overlapping
+    entries (one compressed stream read through many names) are how the densest zip bombs
+    get past per-entry ratios. 30 bytes + the name is the smallest local header."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    for this, following in zip(ordered, ordered[1:], strict=False):
+        end = this.header_offset + 30 + len(this.orig_filename.encode()) + this.compress_size
+        if end > following.header_offset:
+            raise malformed(
+                f"the zip entries {this.filename!r} and {following.filename!r} overlap"
+            )
 
 
 def _check_entry_name(name: str) -> None:
@@ -196,18 +221,20 @@ def _check_entry_name(name: str) -> None:
         )
 
 
-def _archive_prefix(infos: list[zipfile.ZipInfo]) -> str:
-    """torch archives keep everything under one top-level folder holding ``data.pkl``."""
+def single_prefix(infos: list[zipfile.ZipInfo]) -> str:
+    """torch archives keep everything under one top-level folder."""
     prefixes = {i.filename.split("/", 1)[0] for i in infos}
-    if len(prefixes) != 1 or not any(i.filename.endswith("/data.pkl") for i in infos):
+    if len(prefixes) != 1 or not all("/" in i.filename for i in infos):
         raise malformed(
-            "the zip archive is not a torch.save or torch.jit.save archive (expected one "
-            "top-level folder holding data.pkl)"
+            "the zip archive is not a torch.save, torch.jit.save or torch.export.save "
+            "archive (expected one top-level folder holding data.pkl or models/)"
         )
-    prefix = prefixes.pop()
-    if f"{prefix}/data.pkl" not in {i.filename for i in infos}:
+    return prefixes.pop()
+
+
+def _check_data_pkl(names: Collection[str], prefix: str) -> None:
+    if f"{prefix}/data.pkl" not in names:
         raise malformed(f"the zip archive has no {prefix}/data.pkl")
-    return prefix
 
 
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

@@ -93,8 +93,8 @@ def test_zip_that_is_not_a_torch_archive(tmp_path: Path, settings: Settings) -> 
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("readme.txt", "hello")
     assert rejected(path, settings).message == (
-        "the zip archive is not a torch.save or torch.jit.save archive (expected one "
-        "top-level folder holding data.pkl)"
+        "the zip archive is not a torch.save, torch.jit.save or torch.export.save archive "
+        "(expected one top-level folder holding data.pkl or models/)"
     )
 
 
