@@ -4,7 +4,9 @@ The format is the one the door's checks (``core.uploads``) name, from the same s
 - TorchScript: ``torch.jit.load`` onto the CPU, then ``audit_torchscript`` before any of its
   code runs;
 - state_dict: a ``torch.save`` archive, ``torch.load(weights_only=True)`` only;
-- safetensors: the safetensors library (no pickle at all).
+- safetensors: the safetensors library (no pickle at all);
+- pt2: ``torch.export.load`` (``worker/engine/exported.py``), only after ``core.uploads.pt2``
+  passed it here too.
 state_dicts are loaded into a registry architecture named by the spec.
 """
 
@@ -24,13 +26,13 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import UploadRejected, check_upload
-from worker.engine import audit, registry, sparse_layout
+from worker.engine import audit, exported, registry, sparse_layout
 from worker.engine.errors import EngineError
 
 
 @dataclass
 class LoadedModel:
-    module: nn.Module  # a ScriptModule for TorchScript uploads
+    module: nn.Module  # a ScriptModule for TorchScript uploads, a GraphModule for pt2
     format: ModelFormat
     architecture: str | None  # registry name for state_dict/safetensors uploads
 
@@ -40,6 +42,8 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
     fmt = _checked_format(path, settings)
     if fmt is ModelFormat.TORCHSCRIPT:
         return LoadedModel(_load_torchscript(path, settings), fmt, None)
+    if fmt is ModelFormat.PT2:
+        return LoadedModel(exported.load_exported(path, settings), fmt, None)
     if fmt is ModelFormat.STATE_DICT:
         tensors = _load_state_dict(path)
     elif fmt is ModelFormat.SAFETENSORS:

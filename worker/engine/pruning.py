@@ -10,6 +10,7 @@ from torch import nn
 
 from core.jobs.report import TensorReport, Totals
 from core.jobs.spec import Method, PruningSpec, Scope
+from worker.engine.exported import EXPORTED_KIND
 from worker.engine.methods import PruningMethod, global_masks, make_method
 from worker.engine.nm import kernel_eligibility, nm_mask, pattern_holds
 
@@ -28,10 +29,11 @@ class Target:
 
 
 def layer_kind(module: nn.Module) -> str:
-    """"Linear", "Conv2d"...: a scripted submodule keeps its Python class in original_name."""
+    """"Linear", "Conv2d"...: a scripted submodule keeps its Python class in original_name,
+    an exported program's parameter holder in ``exported_kind`` (``engine/exported.py``)."""
     if isinstance(module, torch.jit.ScriptModule):
         return str(getattr(module, "original_name", type(module).__name__))
-    return type(module).__name__
+    return str(getattr(module, EXPORTED_KIND, type(module).__name__))
 
 
 def _parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, str]]:

@@ -17,7 +17,7 @@ from torch import nn
 from core.jobs.formats import ModelFormat
 from core.jobs.report import FileInfo
 from core.storage.digest import sha256_file
-from worker.engine import sparse_layout
+from worker.engine import exported, sparse_layout
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,6 +57,8 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
         save_file(cpu_state_dict(module), str(path), metadata={"format": "pt"})
     elif fmt is ModelFormat.SPARSE_SAFETENSORS:
         sparse_layout.save(cpu_state_dict(module), path)
+    elif fmt is ModelFormat.PT2:
+        exported.save_exported(module, path)
     else:  # a format without a writer: mypy says so when a member is added
         assert_never(fmt)
     return path

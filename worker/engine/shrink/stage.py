@@ -95,6 +95,13 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
             seed: int) -> Prepared:
     """Analyse and plan; raises EngineError (unsupported_model, invalid_spec,
     no_prunable_tensors) before anything is changed."""
+    if isinstance(model, torch.fx.GraphModule):
+        raise EngineError(
+            JobErrorCode.UNSUPPORTED_MODEL,
+            "shrink (physical channel removal) is not available for .pt2 uploads yet; prune "
+            "without shrink, or send the model as TorchScript or as a state_dict with its "
+            "architecture",
+        )
     script = model if isinstance(model, torch.jit.ScriptModule) else _script(model)
     graph = analyse(script)
     targeted = {t.name for t in pruning.find_targets(model, spec)}
