@@ -247,7 +247,7 @@ def traversal(directory: Path, canary: Path) -> Path:
 # name -> (factory, reject kind, a fragment of the message)
 CORPUS: dict[str, tuple[Callable[[Path, Path], Path], str, str]] = {
     "pickled_weight": (pickled_weight, "unsafe", "use_pickle: true"),
-    "pickled_sample_inputs": (pickled_sample_inputs, "unsafe", "builtins.exec"),
+    "pickled_sample_inputs": (pickled_sample_inputs, "unsafe", "allow-list: __builtin__.exec;"),
     "custom_obj_constant": (custom_obj_constant, "unsafe", "'data/constants/custom_obj_0'"),
     "opaque_obj_constant": (opaque_obj_constant, "unsafe", "'data/constants/opaque_obj_0'"),
     "pickled_tensor_constant": (pickled_tensor_constant, "unsafe", "use_pickle: true"),

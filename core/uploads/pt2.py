@@ -30,10 +30,10 @@ from collections.abc import Collection
 from typing import Any, Final
 
 from core.settings import MiB, Settings
-from core.uploads.allowlists import ACCEPTED_DTYPES, check_state_dict_globals
+from core.uploads.allowlists import ACCEPTED_DTYPES, ALLOWED_STATE_DICT_GLOBALS
 from core.uploads.pickle_scan import scan_pickle
 from core.uploads.pt2_program import check_program
-from core.uploads.rejection import UploadRejected, malformed, too_large, unsafe, unsupported
+from core.uploads.rejection import malformed, too_large, unsafe, unsupported
 
 MAX_PROGRAM_BYTES: Final = 32 * MiB  # parsed whole in the API: the JSON of ~100k nodes
 MAX_CONFIG_BYTES: Final = 16 * MiB  # ~300 bytes per tensor entry
@@ -253,8 +253,10 @@ def _check_sample_inputs(
         if pickled is None:
             raise malformed(f"the pt2 member {SAMPLE_INPUTS!r} has no data.pkl")
         scan = scan_pickle(read_member(inner, pickled), f"{SAMPLE_INPUTS}/data.pkl")
-    try:
-        check_state_dict_globals(scan.globals)
-    except UploadRejected as exc:
-        message = f"the sample inputs ({SAMPLE_INPUTS}): {exc.message}"
-        raise UploadRejected(exc.kind, message) from None
+    outside = [g for g in scan.globals if g not in ALLOWED_STATE_DICT_GLOBALS]
+    if outside:
+        raise unsafe(
+            f"the sample inputs ({SAMPLE_INPUTS}) name globals outside the tensor allow-list: "
+            f"{', '.join(outside)}; torch.export.load would retry them with "
+            "weights_only=False and call them. Export with tensor example inputs only."
+        )
