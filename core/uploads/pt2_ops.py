@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 # Seen in our own exports (training IR and core ATen).
-_EXPORTED: Final = frozenset({
+SEEN_IN_OUR_EXPORTS: Final = frozenset({
     "_native_batch_norm_legit_functional", "_native_batch_norm_legit_no_training",
     "adaptive_avg_pool2d", "add", "add_", "addmm", "batch_norm", "conv2d", "convolution",
     "dropout", "flatten", "linear", "max_pool2d", "max_pool2d_with_indices", "mean",
@@ -46,7 +46,7 @@ _RELATIVES: Final = frozenset({
     "select", "slice", "split", "chunk", "unbind", "_unsafe_view", "alias", "detach",
     "sym_numel", "sym_stride",
 })  # fmt: skip
-ALLOWED_ATEN_OPS: Final = _EXPORTED | _RELATIVES
+ALLOWED_ATEN_OPS: Final = SEEN_IN_OUR_EXPORTS | _RELATIVES
 
 # Python operators export uses on sizes (symbolic batch arithmetic) and tuple outputs.
 ALLOWED_OPERATORS: Final = frozenset({
