@@ -1,0 +1,140 @@
+""".pt2 in the engine: the job process refuses the hostile corpus before torch.export.load is
+ever called; a checked program loads as a GraphModule whose layers are labelled and whose
+train()/eval() switch BatchNorm; a job on a .pt2 prunes with the same masks and accuracy as
+the same model sent as TorchScript, and its returned .pt2 reloads in plain torch with the
+report's zeros and accuracy, and passes our own door."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from api_tests.models import Split
+from api_tests.security import hostile as h
+from api_tests.security import hostile_pt2 as p
+from core.jobs.formats import ModelFormat
+from core.jobs.spec import JobSpec
+from core.settings import Settings
+from core.uploads import RejectKind, check_upload
+from worker.engine import exported, pruning, registry
+from worker.engine.errors import EngineError
+from worker.engine.loading import load_model
+from worker.engine.pipeline import run_job
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.mark.parametrize("case", list(p.CORPUS))
+def test_the_job_refuses_the_corpus_before_torch_export_load(
+    case: str, tmp_path: Path, engine_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = h.make_canary(tmp_path)
+    make, kind, says = p.CORPUS[case]
+    path = make(tmp_path, canary)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.export.load was called on a hostile archive")
+
+    monkeypatch.setattr(torch.export, "load", never)
+    with pytest.raises(EngineError) as info:
+        load_model(path, None, engine_settings)
+    assert info.value.code == RejectKind(kind).job_code
+    assert says in str(info.value)
+    assert canary.read_text() == h.CANARY_TEXT
+
+
+def _small_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return registry.build("small_cnn_bn", {"conv1": 4, "conv2": 8})
+
+
+def test_a_program_loads_with_layer_kinds_and_switchable_batchnorm(
+    tmp_path: Path, engine_settings: Settings
+) -> None:
+    path = p.export_file(_small_cnn(), tmp_path / "cnn.pt2")
+    loaded = load_model(path, None, engine_settings)
+    assert loaded.format is ModelFormat.PT2 and loaded.architecture is None
+    kinds = {name: pruning.layer_kind(m) for name, m in loaded.module.named_modules()
+             if name in {"conv1", "bn1", "fc"}}
+    assert kinds == {"conv1": "Conv2d", "bn1": "BatchNorm2d", "fc": "Linear"}
+    module = loaded.module
+    x = torch.randn(8, 1, 28, 28)
+    before = module.get_buffer("bn1.running_mean").clone()
+    module.eval()
+    module(x)
+    assert torch.equal(module.get_buffer("bn1.running_mean"), before)  # eval: stats kept
+    module.train()
+    module(x)
+    assert not torch.equal(module.get_buffer("bn1.running_mean"), before)  # train: updated
+
+
+def test_a_torchscript_module_is_not_re_exported(tmp_path: Path) -> None:
+    scripted = torch.jit.script(_small_cnn())
+    with pytest.raises(ValueError, match="cannot be re-exported with torch.export"):
+        exported.save_exported(scripted, tmp_path / "x.pt2")
+
+
+def _exported_accuracy(path: Path, split: Split) -> float:
+    module = torch.export.load(str(path)).module()  # plain torch, as a user reloads it
+    images, labels = split
+    with torch.no_grad():
+        predicted = torch.cat([module(x).argmax(1) for x in images.split(2000)])
+    return int((predicted == labels).sum()) / len(labels)  # as training.evaluate counts
+
+
+PRUNE = {"pruning": {"method": "l1_unstructured", "scope": "layerwise", "amount": 0.5},
+         "device": "cpu"}
+
+
+@pytest.mark.slow
+def test_a_pt2_job_matches_torchscript_and_its_output_reloads(
+    tmp_path: Path, engine_settings: Settings, mnist_test: Split
+) -> None:
+    model = _small_cnn()
+    pt2 = p.export_file(model, tmp_path / "in.pt2")
+    script = tmp_path / "in.pt"
+    torch.jit.save(torch.jit.script(model), str(script))
+    spec = JobSpec.model_validate(PRUNE | {"finetune": {"epochs": 0}})
+    via_pt2 = run_job(pt2, spec, tmp_path / "a", settings=engine_settings)
+    via_script = run_job(script, spec, tmp_path / "b", settings=engine_settings)
+    report = via_pt2.report
+    assert [(t.name, t.layer_kind, t.zeros) for t in report.tensors] == [
+        (t.name, t.layer_kind, t.zeros) for t in via_script.report.tensors]
+    assert report.accuracy.after_pruning == via_script.report.accuracy.after_pruning
+    assert (via_pt2.primary, report.input.format, report.output.format) == ("pt2",) * 3
+    out = via_pt2.outputs[ModelFormat.PT2]
+    assert check_upload(out, engine_settings) is ModelFormat.PT2  # our own door takes it
+    state = torch.export.load(str(out)).state_dict
+    assert {t.name: t.zeros for t in report.tensors} == {
+        t.name: int((state[t.name] == 0).sum()) for t in report.tensors}
+    assert _exported_accuracy(out, mnist_test) == report.accuracy.after_finetune.accuracy
+    assert set(via_pt2.outputs) >= {ModelFormat.SAFETENSORS, ModelFormat.PT2}
+
+
+@pytest.mark.slow
+def test_a_pt2_job_fine_tunes_with_the_masks_held(
+    tmp_path: Path, engine_settings: Settings, mnist_test: Split
+) -> None:
+    pt2 = p.export_file(_small_cnn(), tmp_path / "in.pt2")
+    spec = JobSpec.model_validate(PRUNE | {"finetune": {"epochs": 1, "batch_size": 256}})
+    result = run_job(pt2, spec, tmp_path / "out", settings=engine_settings)
+    report = result.report
+    assert report.accuracy.after_finetune.accuracy > report.accuracy.after_pruning.accuracy
+    state = torch.export.load(str(result.outputs[ModelFormat.PT2])).state_dict
+    assert {t.name: t.zeros for t in report.tensors} == {
+        t.name: int((state[t.name] == 0).sum()) for t in report.tensors}
+    assert _exported_accuracy(result.outputs[ModelFormat.PT2], mnist_test) == (
+        report.accuracy.after_finetune.accuracy)
+
+
+def test_shrink_is_refused_on_a_pt2(tmp_path: Path, engine_settings: Settings) -> None:
+    pt2 = p.export_file(_small_cnn(), tmp_path / "in.pt2")
+    spec = JobSpec.model_validate({"pruning": {"method": "ln_structured", "amount": 0.5,
+                                               "shrink": True}, "finetune": {"epochs": 0},
+                                   "device": "cpu"})
+    with pytest.raises(EngineError) as info:
+        run_job(pt2, spec, tmp_path / "out", settings=engine_settings)
+    assert info.value.code == "unsupported_model"
+    assert "shrink (physical channel removal) is not available for .pt2" in str(info.value)
