@@ -18,12 +18,13 @@ def test_every_format_has_one_file_name_and_extension() -> None:
         ModelFormat.SAFETENSORS: ("model.safetensors", "safetensors", UploadFormat.SAFETENSORS),
         ModelFormat.SPARSE_SAFETENSORS: ("model.sparse.safetensors", "sparse.safetensors",
                                          UploadFormat.SAFETENSORS),
+        ModelFormat.PT2: ("model.pt2", "pt2", UploadFormat.ZIP),
     }
     assert model_file("state_dict") == "model.state_dict.pt"
 
 
 @pytest.mark.parametrize(
-    "value", ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors"]
+    "value", ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors", "pt2"]
 )
 def test_output_format_takes_same_and_every_format(value: str) -> None:
     spec = JobSpec.model_validate_json(f'{{"output_format": "{value}"}}')
@@ -39,13 +40,14 @@ def test_output_format_contract_is_one_enum() -> None:
         JobSpec.model_validate_json('{"output_format": "onnx"}')
     assert info.value.errors(include_url=False) == [{
         "type": "enum", "loc": ("output_format",), "input": "onnx",
-        "msg": "Input should be 'same', 'torchscript', 'state_dict', 'safetensors' or "
-               "'sparse_safetensors'",
-        "ctx": {"expected": "'same', 'torchscript', 'state_dict', 'safetensors' or "
-                            "'sparse_safetensors'"},
+        "msg": "Input should be 'same', 'torchscript', 'state_dict', 'safetensors', "
+               "'sparse_safetensors' or 'pt2'",
+        "ctx": {"expected": "'same', 'torchscript', 'state_dict', 'safetensors', "
+                            "'sparse_safetensors' or 'pt2'"},
     }]
     assert JobSpec().output_format == "same"
     assert JobSpec.model_json_schema()["properties"]["output_format"] == {
         "title": "OutputFormat", "type": "string", "default": "same",
-        "enum": ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors"],
+        "enum": ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors",
+                 "pt2"],
     }

@@ -6,8 +6,9 @@ In: the archive has passed ``core.uploads.pt2`` (in the API and again in this jo
 submodules are plain holders of parameters, so each is labelled with the layer class it was
 exported from (``nn_module_stack``) for the default targets (``pruning.layer_kind``).
 
-Out: the pruned module re-exported with a dynamic batch dimension from an MNIST-shaped
-example ((2, 1, 28, 28), else (2, 784)), then ``torch.export.save``.
+Out: the pruned module (from any input format; TorchScript through torch's converter)
+re-exported with a dynamic batch dimension from an MNIST-shaped example ((2, 1, 28, 28), else
+(2, 784)), then ``torch.export.save``.
 """
 
 from __future__ import annotations
@@ -91,12 +92,39 @@ def _set_mode_arguments(module: torch.fx.GraphModule, mode: bool) -> None:
 
 
 def save_exported(module: nn.Module, path: Path) -> None:
-    """torch.export.save of ``module`` (an nn.Module or an exported program's module)."""
-    if isinstance(module, torch.jit.ScriptModule):
-        raise ValueError("a TorchScript module cannot be re-exported with torch.export; "
-                         "send the model as a state_dict with its architecture, or as .pt2")
-    program = _export(module)
+    """torch.export.save of ``module``: an nn.Module, an exported program's module, or a
+    (checked) TorchScript module, converted by torch's TorchScript-to-export converter first.
+    Raises EngineError(unsupported_model) when torch cannot export it."""
+    try:
+        if isinstance(module, torch.jit.ScriptModule):
+            module = _from_torchscript(module)
+        program = _export(module)
+    except ValueError as exc:
+        raise EngineError(
+            JobErrorCode.UNSUPPORTED_MODEL, f"the model cannot be saved as .pt2: {exc}"
+        ) from exc
     torch.export.save(program, str(path))
+
+
+def _from_torchscript(module: torch.jit.ScriptModule) -> nn.Module:
+    """torch._export.converter (experimental in torch 2.14) turns the TorchScript graph into
+    an exported program; its module is then re-exported like any other, with a dynamic batch
+    and no guard code (the converter's own program carries guards_code, which our door
+    refuses)."""
+    from torch._export.converter import TS2EPConverter
+
+    failures = []
+    for shape in _EXAMPLES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = TS2EPConverter(module, (torch.zeros(shape),)).convert()
+            converted: nn.Module = program.module()
+            return converted
+        except Exception as exc:  # noqa: BLE001 - the next example shape may fit
+            failures.append(f"{list(shape)}: {exc}")
+    raise ValueError("the TorchScript module does not convert to torch.export: "
+                     + "; ".join(failures))
 
 
 def _export(module: nn.Module) -> torch.export.ExportedProgram:

@@ -70,10 +70,13 @@ def test_a_program_loads_with_layer_kinds_and_switchable_batchnorm(
     assert not torch.equal(module.get_buffer("bn1.running_mean"), before)  # train: updated
 
 
-def test_a_torchscript_module_is_not_re_exported(tmp_path: Path) -> None:
-    scripted = torch.jit.script(_small_cnn())
-    with pytest.raises(ValueError, match="cannot be re-exported with torch.export"):
-        exported.save_exported(scripted, tmp_path / "x.pt2")
+def test_a_torchscript_module_is_saved_as_pt2(tmp_path: Path, engine_settings: Settings) -> None:
+    model = _small_cnn().eval()
+    path = tmp_path / "x.pt2"
+    exported.save_exported(torch.jit.script(model), path)
+    assert check_upload(path, engine_settings) is ModelFormat.PT2
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(torch.export.load(str(path)).module()(x), model(x), atol=1e-6)
 
 
 def _exported_accuracy(path: Path, split: Split) -> float:
