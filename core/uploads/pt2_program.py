@@ -75,6 +75,7 @@ def check_program(program: object, member: str) -> None:
         raise unsupported(f"{member} takes or returns namedtuples; export a model that "
                           "takes a tensor and returns a tensor")
     _check_signature(graph_module.get("signature"), member)
+    _check_dynamic_batch(graph_module["signature"], graph.get("tensor_values"), member)
     _check_nodes(graph["nodes"], member)
     _check_range_constraints(program.get("range_constraints", {}), member)
     for expr in _expressions(program):
@@ -110,6 +111,23 @@ def _check_signature(signature: Any, member: str) -> None:
                     "(script objects or effect tokens); only tensors, parameters, buffers and "
                     "constants are accepted"
                 )
+
+
+def _check_dynamic_batch(signature: dict[str, Any], values: Any, member: str) -> None:
+    """Jobs run batches of many sizes: each tensor input's first dimension must be symbolic."""
+    if not isinstance(values, dict):
+        raise malformed(f"{member} has no tensor_values")
+    for spec in signature["input_specs"]:
+        tensor = spec.get("user_input", {}).get("arg", {}).get("as_tensor")
+        if not isinstance(tensor, dict):
+            continue
+        sizes = values.get(tensor.get("name"), {}).get("sizes") or [{}]
+        if isinstance(sizes[0], dict) and "as_int" in sizes[0]:
+            raise unsupported(
+                f"{member}: the input {tensor.get('name')!r} has a fixed batch size "
+                f"{sizes[0]['as_int']}; export with a dynamic batch: dynamic_shapes="
+                '({0: torch.export.Dim("batch")},)'
+            )
 
 
 def _check_nodes(nodes: list[Any], member: str) -> None:

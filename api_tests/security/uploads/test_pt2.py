@@ -140,6 +140,16 @@ def test_opset_and_script_object_inputs(tmp_path: Path, settings: Settings) -> N
     assert "input_specs hold custom_obj" in refusal.message
 
 
+def test_a_fixed_batch_size_is_unsupported(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(p.TinyNet().eval(), (torch.zeros(4, 1, 28, 28),)),
+                      str(path))
+    refusal = rejected(path, settings)
+    assert (refusal.kind, refusal.message) == (RejectKind.UNSUPPORTED, (
+        "models/model.json: the input 'x' has a fixed batch size 4; export with a dynamic "
+        'batch: dynamic_shapes=({0: torch.export.Dim("batch")},)'))
+
+
 def test_range_constraints_are_symbols_with_integer_bounds(
     tmp_path: Path, settings: Settings
 ) -> None:
