@@ -3,10 +3,13 @@ before any deserialisation. Judged from the zip central directory, the raw bytes
 pickle *opcodes* (listed, never executed):
 
 - ``check``: the front, ``check_upload``: size, container, then one of
-- ``archive``: zip structure (entry count, sizes, compression ratio, names, duplicates,
-  encryption, compression methods, ``data.pkl``), TorchScript code that defines
-  ``__setstate__`` (``torch.jit.load`` runs it while loading, before any audit), and
-  ``zip_format``, the one "is this TorchScript?" sniffer;
+- ``archive``: torch zip archives: ``zip_format``, the one "TorchScript, state_dict or .pt2?"
+  sniffer, TorchScript code that defines ``__setstate__`` (``torch.jit.load`` runs it while
+  loading, before any audit), the pickles, and ``.pt2`` handed to ``pt2``;
+- ``zip_entries``: zip structure (entry count, sizes, compression ratio, names, duplicates,
+  encryption, compression methods, overlaps, the one top-level folder), bounded reads;
+- ``pt2``: ``.pt2`` (torch.export) members, records, raw-bytes payloads, sample inputs;
+  ``pt2_program`` its program JSON, ``pt2_ops`` the operator allow-list;
 - ``pickle_scan``: the symbolic opcode walk (globals, storages, tensors);
 - ``allowlists``: the accepted dtypes (one list) and the globals a state_dict may name;
 - ``storages``: each storage's declared size against its entry, each tensor's view against

@@ -16,7 +16,7 @@ passes here first, in the API (stdlib only) and again in the job process:
   which ``torch.load(weights_only=True)`` accepts, so torch never falls back;
 - the program JSON: ``core.uploads.pt2_program``.
 Zip-level defences (entry count, sizes, ratio, names, duplicates, encryption, overlaps) are
-``core.uploads.archive``'s, run before this.
+``core.uploads.zip_entries``'s, run before this (and on the nested sample-inputs archive).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from core.uploads.allowlists import ACCEPTED_DTYPES, ALLOWED_STATE_DICT_GLOBALS
 from core.uploads.pickle_scan import scan_pickle
 from core.uploads.pt2_program import check_program
 from core.uploads.rejection import malformed, too_large, unsafe, unsupported
+from core.uploads.zip_entries import check_entries, read_member, single_prefix
 
 MAX_PROGRAM_BYTES: Final = 32 * MiB  # parsed whole in the API: the JSON of ~100k nodes
 MAX_CONFIG_BYTES: Final = 16 * MiB  # ~300 bytes per tensor entry
@@ -234,9 +235,6 @@ def _check_sample_inputs(
 ) -> None:
     """torch loads these with weights_only=True, then weights_only=False if that fails: the
     pickle must be one weights_only accepts, so the fallback never runs."""
-    # archive.py dispatches here, so its zip helpers are imported at call time
-    from core.uploads.archive import check_entries, read_member, single_prefix
-
     data = _read(archive, info, MAX_SAMPLE_INPUTS_BYTES)
     if not data:
         return  # torch reads an empty record as "no sample inputs", without unpickling
