@@ -9,34 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from api_tests.models import ResidualBN
 from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import check_upload
 from core.uploads.pt2_ops import ALLOWED_ATEN_OPS, SEEN_IN_OUR_EXPORTS
 from worker.engine import registry
-
-
-class ResidualBN(nn.Module):
-    """conv-BN-ReLU, a residual conv-BN branch, adaptive pooling, dropout, Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(4)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(0.1)
-        self.fc = nn.Linear(4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(x + self.bn2(self.conv2(x)))
-        out: torch.Tensor = self.fc(self.drop(torch.flatten(self.pool(x), 1)))
-        return out
 
 
 def _small(name: str) -> nn.Module:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from api_tests.models import Split
+from api_tests.models import ResidualBN, Split
 from api_tests.security import hostile as h
 from api_tests.security import hostile_pt2 as p
 from core.jobs.formats import ModelFormat
@@ -91,11 +91,22 @@ PRUNE = {"pruning": {"method": "l1_unstructured", "scope": "layerwise", "amount"
          "device": "cpu"}
 
 
+SMALL_WIDTHS = {"mnist_mlp": {"fc1": 32, "fc2": 16}, "lenet_300_100": {"fc1": 32, "fc2": 16},
+                "lenet5": {"conv1": 3, "conv2": 6, "fc1": 16, "fc2": 16},
+                "small_cnn_bn": {"conv1": 4, "conv2": 8}}
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return ResidualBN() if name == "residual_bn" else registry.build(name, SMALL_WIDTHS[name])
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("name", [*SMALL_WIDTHS, "residual_bn"])
 def test_a_pt2_job_matches_torchscript_and_its_output_reloads(
-    tmp_path: Path, engine_settings: Settings, mnist_test: Split
+    name: str, tmp_path: Path, engine_settings: Settings, mnist_test: Split
 ) -> None:
-    model = _small_cnn()
+    model = _model(name).eval()
     pt2 = p.export_file(model, tmp_path / "in.pt2")
     script = tmp_path / "in.pt"
     torch.jit.save(torch.jit.script(model), str(script))
