@@ -1,8 +1,8 @@
 """.pt2 through the real stack (uvicorn, a Celery worker and its job process, redis-server;
 fixtures in api_tests/conftest.py): a job on an exported program, downloaded as .pt2 and
-reloaded in plain torch with the report's zeros; the hostile .pt2 corpus refused at the door,
-each case with its status, code and reason, the canary untouched; and the same stack then
-still completes a good .pt2 job."""
+reloaded in plain torch with the report's zeros, and a TorchScript job's .pt2 download; the
+hostile .pt2 corpus refused at the door, each case with its status, code and reason, the
+canary untouched; and the same stack then still completes a good .pt2 job."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def test_a_pt2_job_downloads_as_pt2_and_reloads(stack: Stack, tmp_path: Path) ->
     assert program.module()(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     safetensors = stack.client.get(f"/v1/jobs/{job['id']}/model?format=safetensors")
     assert safetensors.status_code == 200
+
+
+def test_a_torchscript_job_also_returns_a_pt2(stack: Stack, tmp_path: Path) -> None:
+    """The migration path: send TorchScript once, keep the .pt2 that comes back."""
+    torch.manual_seed(0)
+    script = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(p.TinyNet()), str(script))
+    response = submit(stack.client, script, SPEC)
+    assert response.status_code == 202, response.text
+    job = wait_for(stack.client, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    download = stack.client.get(f"/v1/jobs/{job['id']}/model?format=pt2")
+    assert download.status_code == 200
+    (tmp_path / "pruned.pt2").write_bytes(download.content)
+    program = torch.export.load(str(tmp_path / "pruned.pt2"))
+    zeros = {t["name"]: int((program.state_dict[t["name"]] == 0).sum())
+             for t in report["tensors"]}
+    assert zeros == {t["name"]: t["zeros"] for t in report["tensors"]}
 
 
 @pytest.mark.parametrize("case", list(p.CORPUS))
