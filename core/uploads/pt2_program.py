@@ -77,6 +77,9 @@ def check_program(program: object, member: str) -> None:
     _check_signature(graph_module.get("signature"), member)
     _check_dynamic_batch(graph_module["signature"], graph.get("tensor_values"), member)
     _check_nodes(graph["nodes"], member)
+    for key in ("inputs", "outputs"):
+        for arg in graph.get(key, []):
+            _check_argument(arg, f"{member}: the graph's {key}")
     _check_range_constraints(program.get("range_constraints", {}), member)
     for expr in _expressions(program):
         check_expression(expr, member)

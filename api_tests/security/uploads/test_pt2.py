@@ -150,6 +150,17 @@ def test_a_fixed_batch_size_is_unsupported(tmp_path: Path, settings: Settings) -
         'batch: dynamic_shapes=({0: torch.export.Dim("batch")},)'))
 
 
+def test_a_script_object_as_graph_input_is_unsafe(tmp_path: Path, settings: Settings) -> None:
+    def object_input(program: dict[str, dict[str, dict[str, list[object]]]]) -> None:
+        program["graph_module"]["graph"]["inputs"].append({"as_custom_obj": {"name": "o"}})
+
+    refusal = rejected(p.tamper(tmp_path, "in.pt2", program=object_input), settings)
+    assert (refusal.kind, refusal.message) == (RejectKind.UNSAFE, (
+        "models/model.json: the graph's inputs takes an argument of kind 'as_custom_obj'; "
+        "only tensors, sizes and plain values are accepted (no subgraphs, script objects or "
+        "operators)"))
+
+
 def test_range_constraints_are_symbols_with_integer_bounds(
     tmp_path: Path, settings: Settings
 ) -> None:
