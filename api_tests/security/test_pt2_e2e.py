@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import torch
 
-from api_tests.conftest import Stack, assert_problem, submit, wait_for
 from api_tests.security import hostile as h
 from api_tests.security import hostile_pt2 as p
+from api_tests.support.problems import assert_problem
+from api_tests.support.stacks import submit, wait_for
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 
