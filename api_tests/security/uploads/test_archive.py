@@ -212,3 +212,18 @@ def test_code_without_constants_is_torchscript_for_door_and_loader(tmp_path: Pat
         load_model(path, None, settings)
     assert info.value.code == "invalid_model"
     assert info.value.message.startswith("not a loadable TorchScript archive")
+
+
+def test_overlapping_entries_are_refused(tmp_path: Path, settings: Settings) -> None:
+    """Two central-directory records pointing into one local entry (the overlap behind the
+    densest zip bombs): refused by name, whatever the format."""
+    path = tmp_path / "overlap.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+        z.writestr("archive/byteorder", "little")
+    data = bytearray(path.read_bytes())
+    second = data.index(b"PK\x01\x02", data.index(b"PK\x01\x02") + 4)
+    data[second + 42 : second + 46] = (0).to_bytes(4, "little")  # its local header offset
+    path.write_bytes(bytes(data))
+    assert rejected(path, settings).message == (
+        "the zip entries 'archive/data.pkl' and 'archive/byteorder' overlap")
