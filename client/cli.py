@@ -24,6 +24,7 @@ import httpx
 from client.api import PrunerClient
 from client.errors import ApiError, JobCancelled, JobFailed
 from client.progress import ProgressView, describe
+from core.jobs.formats import ModelFormat
 from core.jobs.public import JobPublic
 from core.jobs.record import JobStatus
 
@@ -62,8 +63,7 @@ def parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="save a job's model and report")
     download.add_argument("job")
     download.add_argument("-o", "--output", type=Path, default=Path("."))
-    download.add_argument("--format", choices=["torchscript", "state_dict", "safetensors",
-                                                "sparse_safetensors"])
+    download.add_argument("--format", choices=[f.value for f in ModelFormat])
     return p
 
 
