@@ -11,9 +11,9 @@ from enum import StrEnum
 class JobErrorCode(StrEnum):
     """``error.code`` of a job that ended ``failed``; ``error.message`` says what was found.
 
-    invalid_model: not a readable TorchScript / state_dict / safetensors file (truncated,
-    corrupt, storage sizes that lie). unsafe_model: pickle globals or TorchScript operators
-    outside the allow-list (file, process, thread or Python-runtime access, a custom
+    invalid_model: not a readable TorchScript / state_dict / safetensors / .pt2 file (truncated,
+    corrupt, storage sizes that lie). unsafe_model: pickle globals, TorchScript or .pt2
+    operators outside the allow-list (file, process, thread or Python-runtime access, a custom
     __setstate__), each named. unsupported_model: a whole pickled nn.Module, or tensors that are
     not float16/bfloat16/float32/float64 weights or integer buffers (complex, quantized, sparse,
     meta, float8). model_too_large: over the archive, tensor or parameter caps.
