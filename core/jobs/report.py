@@ -82,11 +82,29 @@ class Accuracy(BaseModel):
 
 
 class ValidationAccuracy(BaseModel):
-    """Accuracy on the ``size`` images held out of MNIST train (``finetune.validation_size``)."""
+    """Accuracy on the ``size`` validation images (``report.data.validation`` says which)."""
 
     size: int
     before: Evaluation
     after_finetune: Evaluation
+
+
+class SplitSource(BaseModel):
+    """Which images a split is: how many, and where they come from."""
+
+    images: int
+    source: str  # e.g. "MNIST test, the 5000 even-indexed images (0, 2, ..., 9998)"
+
+
+class DataReport(BaseModel):
+    """The images behind every figure: ``train`` is fine-tuned on, ``validation`` decides
+    (and gives ``accuracy.validation``, sensitivity, search and target figures), ``test``
+    gives ``accuracy.before/after_*`` and the trials' test accuracies, read by no decision."""
+
+    validation_from: str  # the spec's finetune.validation_from
+    train: SplitSource | None  # None: no fine-tuning
+    validation: SplitSource | None  # None: the job decides nothing and no hold-out was asked
+    test: SplitSource
 
 
 class TensorSensitivity(BaseModel):
@@ -179,3 +197,5 @@ class Report(BaseModel):
     shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed
     sensitivity: Sensitivity | None = None
     search: Search | None = None
+    data: DataReport | None = None  # the images behind each figure
+    warnings: list[str] = Field(default_factory=list)  # e.g. a memorised validation split

@@ -252,6 +252,11 @@ class PruningSpec(SpecModel):
         return default_target
 
 
+class ValidationFrom(StrEnum):
+    TEST_HALF = "test_half"  # even-indexed MNIST test images decide, odd-indexed are reported
+    TRAIN = "train"  # a seeded hold-out of MNIST train (the upload trained without it)
+
+
 class Optimizer(StrEnum):
     ADAM = "adam"
     SGD = "sgd"
@@ -271,11 +276,20 @@ class FinetuneSpec(SpecModel):
         "(over each round's steps for the iterative schedule).")
     warmup_steps: int = Field(default=0, ge=0, le=1_000_000,
                               description="Steps of linear warm-up from 0 to lr.")
+    validation_from: ValidationFrom = Field(
+        default=ValidationFrom.TEST_HALF,
+        description="Where the images that decide (sensitivity, search, target) come from. "
+        "test_half: the 5000 even-indexed MNIST test images decide and the 5000 odd-indexed "
+        "ones give the reported test figures (images the upload never trained on, whatever "
+        "part of MNIST train it saw); a job that decides nothing has no validation split, "
+        "fine-tunes on all 60000 train images and reports the whole test split. train: "
+        "`validation_size` images held out of MNIST train, for an upload trained without "
+        "them (the whole test split is then reported).")
     validation_size: int = Field(
         default=5000, ge=0, le=30_000,
-        description="MNIST train images held out (seeded by `seed`) for validation: sensitivity "
-        "and search decide on them, and they are not trained on. 0: train on all 60000 "
-        "(no validation figures; sensitivity and search need a validation split).")
+        description="validation_from train only: MNIST train images held out (seeded by "
+        "`seed`) for validation, never trained on. 0: train on all 60000 (no validation "
+        "figures; sensitivity, search and target need a validation split).")
     distill: DistillSpec | None = Field(
         default=None, description="Distil from the uploaded dense model while fine-tuning "
         "(its outputs on the training images, computed once before pruning).")
@@ -337,13 +351,20 @@ class JobSpec(SpecModel):
         default=None, description="A signed webhook when the job ends (default: the "
         "tenant's, if set).")
 
+    @property
+    def decides(self) -> bool:
+        """Whether anything in the job is chosen on a validation split (sensitivity scan,
+        search, target): such a job needs images the upload never trained on."""
+        return self.search is not None or (
+            self.analysis is not None and self.analysis.sensitivity is not None)
+
     @model_validator(mode="after")
     def _combinations(self) -> JobSpec:
-        wants_validation = self.search is not None or (
-            self.analysis is not None and self.analysis.sensitivity is not None)
-        if wants_validation and self.finetune.validation_size == 0:
+        if self.decides and self.finetune.validation_from is ValidationFrom.TRAIN \
+                and self.finetune.validation_size == 0:
             raise field_error(("finetune", "validation_size"), "sensitivity and search decide "
-                              "on a validation split: validation_size must be > 0")
+                              "on a validation split: validation_size must be > 0 with "
+                              "validation_from train")
         if self.finetune.distill is not None and self.finetune.epochs == 0:
             raise field_error(("finetune", "distill"), "distillation happens while "
                               "fine-tuning: epochs must be > 0")

@@ -141,3 +141,14 @@ def hold_out(train: Split, size: int, seed: int) -> tuple[Split, Split]:
         val, rest = order[:size].sort().values, order[size:].sort().values
         return (Split(train.images[rest], train.labels[rest]),
                 Split(train.images[val], train.labels[val]))
+
+
+def test_halves(test: Split) -> tuple[Split, Split]:
+    """(validation, reported): the even-indexed and the odd-indexed images of the test split.
+
+    Fixed, not seeded: every job decides on the same 5000 images and reports the other 5000,
+    so figures of two jobs compare. Interleaved rather than first/second half because MNIST's
+    test split is ordered by writer population (its first 5000 images are the easier ones)."""
+    with torch.inference_mode(False):
+        return (Split(test.images[0::2], test.labels[0::2]),
+                Split(test.images[1::2], test.labels[1::2]))

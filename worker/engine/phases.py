@@ -5,6 +5,7 @@ The pruning itself (shrink, search or a schedule) is ``strategies.py``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -15,12 +16,14 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import SAME_FORMAT, ModelFormat
 from core.jobs.report import (
     Accuracy,
+    DataReport,
     Evaluation,
     Report,
     Sensitivity,
+    SplitSource,
     ValidationAccuracy,
 )
-from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec
+from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec, ValidationFrom
 from core.settings import Settings
 from worker.engine import data, measure, pruning, saving, sensitivity, shrink, training
 from worker.engine.data import Split
@@ -45,9 +48,9 @@ def load(job: Job, model_path: Path) -> Upload:
 def load_data(job: Job, upload: Upload) -> Splits:
     torch.manual_seed(job.spec.seed)  # the model's own randomness (dropout), for determinism
     with job.timed("data"):
-        test, train, validation = _mnist(job.spec, job.settings, job.device)
-        training.check_io_contract(upload.model, test, job.spec.input)
-    return Splits(test, train, validation)
+        splits = _mnist(job.spec, job.settings, job.device)
+        training.check_io_contract(upload.model, splits.test, job.spec.input)
+    return splits
 
 
 def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
@@ -118,8 +121,8 @@ def save(job: Job, upload: Upload, pruned: Pruned) -> Saved:
                      saving.file_info(outputs[primary], primary))
 
 
-def report(job: Job, upload: Upload, dense: Dense, scan: Sensitivity | None, pruned: Pruned,
-           tuned: Tuned, costs: Costs, saved: Saved) -> Report:
+def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensitivity | None,
+           pruned: Pruned, tuned: Tuned, costs: Costs, saved: Saved) -> Report:
     spec = job.spec
     rows = pruned.rows()
     after = costs.after.model_copy(update={"bytes": measure.file_bytes(saved.outputs)})
@@ -139,27 +142,75 @@ def report(job: Job, upload: Upload, dense: Dense, scan: Sensitivity | None, pru
         sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
         search=pruned.search,
         shrink=pruned.shrink,
+        data=splits.sources,
+        warnings=[w for w in [memorised_warning(dense, splits.sources)] if w is not None],
     )
 
 
-def _mnist(
-    spec: JobSpec, settings: Settings, device: torch.device
-) -> tuple[Split, Split | None, Split | None]:
-    """The test split; the train split when there is fine-tuning to do (less the validation
-    images when ``finetune.validation_size`` > 0); the validation split, or None."""
+def _mnist(spec: JobSpec, settings: Settings, device: torch.device) -> Splits:
+    """The splits and which images each is (``finetune.validation_from``):
+
+    - a job that decides nothing: train on all 60000 (less ``validation_size`` only when
+      validation_from is train), report the whole test split;
+    - test_half: decide on the even-indexed test images, report the odd-indexed ones, train
+      on all 60000;
+    - train: decide on a seeded hold-out of train, report the whole test split.
+    No fine-tuning: no train split."""
     def split(train: bool) -> Split:
         return data.load_split(settings.mnist_root, train, device, spec.input,
                                download=settings.mnist_download)
 
+    from_train = spec.finetune.validation_from is ValidationFrom.TRAIN
+    holding_out = from_train and spec.finetune.validation_size > 0
     test = split(False)
-    needs_validation = spec.analysis is not None or spec.search is not None
-    if spec.finetune.epochs == 0 and not needs_validation:
-        return test, None, None
-    train = split(True)
-    validation = None
-    if spec.finetune.validation_size > 0:
-        train, validation = data.hold_out(train, spec.finetune.validation_size, spec.seed)
-    return test, train if spec.finetune.epochs > 0 else None, validation
+    test_source = SplitSource(images=len(test), source="MNIST test, all 10000 images")
+    validation, validation_source = None, None
+    if spec.decides and not from_train:
+        validation, test = data.test_halves(test)
+        validation_source = SplitSource(images=len(validation), source=EVEN_HALF)
+        test_source = SplitSource(images=len(test), source=ODD_HALF)
+    train: Split | None = None
+    train_source = None
+    if spec.finetune.epochs > 0 or (holding_out and spec.decides):
+        train = split(True)
+        if holding_out:
+            train, validation = data.hold_out(train, spec.finetune.validation_size, spec.seed)
+            validation_source = SplitSource(
+                images=len(validation), source=f"MNIST train, {len(validation)} images held "
+                f"out by a permutation seeded with seed {spec.seed}; never trained on")
+        train_source = SplitSource(images=len(train), source="MNIST train" + (
+            ", less the validation images" if holding_out else ", all 60000 images"))
+    if spec.finetune.epochs == 0:
+        train, train_source = None, None
+    sources = DataReport(validation_from=spec.finetune.validation_from.value,
+                         train=train_source, validation=validation_source, test=test_source)
+    return Splits(test, train, validation, sources)
+
+
+EVEN_HALF = "MNIST test, the 5000 even-indexed images (0, 2, ..., 9998): decisions only"
+ODD_HALF = ("MNIST test, the 5000 odd-indexed images (1, 3, ..., 9999): reported only, read by "
+            "no decision")
+# Above this many standard errors of the gap, validation beating test is memorisation, not luck
+MEMORISED_SIGMAS = 3.0
+MEMORISED_MIN_GAP = 0.005
+
+
+def memorised_warning(dense: Dense, sizes: DataReport) -> str | None:
+    """A warning when the dense model scores far better on validation than on test: its
+    validation images look like ones it trained on, so decisions on them are too lenient."""
+    if dense.validation is None or sizes.validation is None:
+        return None
+    val, test = dense.validation.accuracy, dense.test.accuracy
+    p = min(max((val + test) / 2, 1e-3), 1 - 1e-3)
+    se = math.sqrt(p * (1 - p) * (1 / sizes.validation.images + 1 / sizes.test.images))
+    gap = val - test
+    if gap <= max(MEMORISED_MIN_GAP, MEMORISED_SIGMAS * se):
+        return None
+    return (f"the dense model's validation accuracy {val:.4f} is {gap:.4f} above its test "
+            f"accuracy {test:.4f} ({gap / se:.1f} standard errors): it looks trained on the "
+            "validation images, so every decision judged on them (sensitivity, search, target) "
+            "was too lenient. Use finetune.validation_from test_half unless the upload was "
+            "trained without the held-out images.")
 
 
 def _evaluate_validation(job: Job, model: nn.Module, validation: Split | None

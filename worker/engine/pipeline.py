@@ -43,14 +43,14 @@ def run_job(
               on_progress, should_cancel)
     job.enter("loading")
     upload = phases.load(job, model_path)  # the model, its targets; refuses before any work
-    splits = phases.load_data(job, upload)  # test, train, validation; the input contract
+    splits = phases.load_data(job, upload)  # test, train, validation, which images each is
     dense = phases.measure_dense(job, upload, splits)  # cost and accuracy before; the teacher
     scan = phases.scan_sensitivity(job, upload, splits)  # per-tensor curves, when asked
     pruned = strategies.prune(job, upload, splits, dense, scan)  # shrink, search or schedule
     tuned = phases.evaluate_final(job, dense, pruned, splits)  # accuracy after fine-tuning
     costs = phases.measure_cost(job, dense, pruned)  # cost after (speedup timed in alternation)
     saved = phases.save(job, upload, pruned)  # the output files
-    report = phases.report(job, upload, dense, scan, pruned, tuned, costs, saved)
+    report = phases.report(job, upload, splits, dense, scan, pruned, tuned, costs, saved)
     if on_progress is not None:
         on_progress(Progress(phase="done"))
     return RunResult(report=report, outputs=saved.outputs, primary=saved.primary)

@@ -13,6 +13,7 @@ from torch import nn
 from core.jobs.cost import Cost
 from core.jobs.formats import ModelFormat
 from core.jobs.report import (
+    DataReport,
     Evaluation,
     FileInfo,
     Search,
@@ -42,9 +43,10 @@ class Upload:
 
 @dataclass
 class Splits:
-    test: Split
+    test: Split  # what the reported test figures come from
     train: Split | None  # None: no fine-tuning
-    validation: Split | None  # None: no decision needs one
+    validation: Split | None  # what decisions are judged on; None: nothing decides
+    sources: DataReport  # which images each split is, for the report
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import nn
 from api_tests.support.stacks import TrainedMLP
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import Sensitivity, TensorSensitivity
-from core.jobs.spec import FinetuneSpec, JobSpec, PruningSpec
+from core.jobs.spec import FinetuneSpec, JobSpec, PruningSpec, ValidationFrom
 from core.settings import Settings
 from worker.engine import data, phases, pipeline, pruning, sensitivity, training
 from worker.engine.data import Split
@@ -57,17 +57,21 @@ def test_training_batches_never_hold_a_validation_image() -> None:
 
 
 def test_job_splits_come_from_the_seeded_hold_out(engine_settings: Settings) -> None:
-    spec = JobSpec(finetune=FinetuneSpec(epochs=1, validation_size=5000), seed=7)
-    test, train, val = phases._mnist(spec, engine_settings, torch.device("cpu"))
+    spec = JobSpec(finetune=FinetuneSpec(epochs=1, validation_size=5000,
+                                         validation_from=ValidationFrom.TRAIN), seed=7)
+    splits = phases._mnist(spec, engine_settings, torch.device("cpu"))
+    test, train, val = splits.test, splits.train, splits.validation
     assert train is not None and val is not None
     assert (len(test), len(train), len(val)) == (10000, 55000, 5000)
     full = data.load_split(engine_settings.mnist_root, True, torch.device("cpu"), spec.input)
     expected_train, expected_val = data.hold_out(full, 5000, seed=7)
     assert torch.equal(val.images, expected_val.images)
     assert torch.equal(train.labels, expected_train.labels)
-    plain = JobSpec(finetune=FinetuneSpec(epochs=1, validation_size=0))
-    _, all_train, none = phases._mnist(plain, engine_settings, torch.device("cpu"))
-    assert all_train is not None and len(all_train) == 60000 and none is None
+    plain = JobSpec(finetune=FinetuneSpec(epochs=1, validation_size=0,
+                                          validation_from=ValidationFrom.TRAIN))
+    splits = phases._mnist(plain, engine_settings, torch.device("cpu"))
+    assert splits.train is not None and len(splits.train) == 60000
+    assert splits.validation is None
 
 
 def test_next_amount_bisects_the_remaining_fraction() -> None:
