@@ -43,6 +43,7 @@ class JobErrorCode(StrEnum):
     DEVICE_UNAVAILABLE = "device_unavailable"  # spec asks for CUDA on a CPU-only worker
     RESOURCE_LIMIT = "resource_limit"  # job process hit its memory/CPU limit
     BUDGET_UNREACHABLE = "budget_unreachable"  # search: no tried amount within the budget
+    TARGET_UNREACHABLE = "target_unreachable"  # target: no candidate met constraint and drop
     TIMEOUT = "timeout"  # job exceeded its wall-clock limit
     CRASHED = "crashed"  # job process died (signal) on every allowed attempt
     INTERNAL_ERROR = "internal_error"  # a bug on our side; the message says what

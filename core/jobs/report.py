@@ -13,7 +13,7 @@ from core.jobs.spec import JobSpec
 REPORT_VERSION = 1
 
 Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done",
-                "pruning_step", "round", "trial", "sensitivity"]
+                "pruning_step", "round", "trial", "sensitivity", "target"]
 Split = Literal["validation", "test"]
 
 
@@ -139,6 +139,47 @@ class Search(BaseModel):
     trials: list[Trial]
 
 
+class GroupCost(BaseModel):
+    """One channel group with only it narrowed: the constraint as counted/measured, and the
+    validation accuracy without fine-tuning (its sensitivity)."""
+
+    group: str  # the group's producers, "+"-joined
+    channels: int
+    fractions: list[float]  # share of its channels removed
+    constraint_values: list[float]  # one per fraction
+    val_accuracy: list[float]  # one per fraction
+
+
+class TargetTrial(BaseModel):
+    """One explored candidate: a channel count per group, short-fine-tuned."""
+
+    strategy: str  # "sensitivity" (equal drop per unit of cost), "uniform" or "mixed"
+    level: float  # the allocation's level in [0, 1]: the share of removable cost asked
+    widths: dict[str, int]  # channels kept per group
+    constraint_value: float  # counted, or measured on the job's device
+    meets_constraint: bool
+    val_accuracy: float  # after the short fine-tune; decides
+    test_accuracy: float  # reported only, never read by the search
+    within_drop: bool  # dense validation accuracy - val_accuracy <= max_accuracy_drop
+    met: bool  # both
+    seconds: float
+
+
+class TargetReport(BaseModel):
+    split: Split = "validation"
+    constraint: str  # latency_ms, flops, parameters or bytes
+    bound: float  # the constraint's absolute bound (max, or max_ratio x the dense value)
+    dense_value: float  # the uploaded model's value
+    detail: str  # batch size and device for latency, format for bytes
+    max_accuracy_drop: float
+    dense_accuracy: float  # validation
+    groups: list[GroupCost]
+    trials: list[TargetTrial]
+    chosen: int | None  # index into trials; None: nothing met the constraint
+    final_value: float | None = None  # the chosen model's constraint after the full fine-tune
+    final_val_accuracy: float | None = None  # and its validation accuracy
+
+
 class FileInfo(BaseModel):
     format: ModelFormat
     sha256: str
@@ -197,5 +238,6 @@ class Report(BaseModel):
     shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed
     sensitivity: Sensitivity | None = None
     search: Search | None = None
+    target: TargetReport | None = None  # the target search: frontier and chosen point
     data: DataReport | None = None  # the images behind each figure
     warnings: list[str] = Field(default_factory=list)  # e.g. a memorised validation split

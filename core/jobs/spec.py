@@ -41,6 +41,7 @@ from core.jobs.spec_options import LimitsSpec as LimitsSpec
 from core.jobs.spec_options import SearchSpec as SearchSpec
 from core.jobs.spec_options import SensitivitySpec as SensitivitySpec
 from core.jobs.spec_options import SpecModel
+from core.jobs.spec_options import TargetSpec as TargetSpec
 from core.tenants.accounts import Notify
 
 SPEC_VERSION = 1
@@ -347,6 +348,9 @@ class JobSpec(SpecModel):
         default=None, description="sensitivity: per-tensor scan on the validation split.")
     search: SearchSpec | None = Field(
         default=None, description="Accuracy-budget search over pruning.amount.")
+    target: TargetSpec | None = Field(
+        default=None, description="Compress to a latency, FLOPs, parameter or size budget "
+        "within an accuracy drop: a search over channel removal per group (docs/targets.md).")
     notify: Notify | None = Field(
         default=None, description="A signed webhook when the job ends (default: the "
         "tenant's, if set).")
@@ -355,7 +359,7 @@ class JobSpec(SpecModel):
     def decides(self) -> bool:
         """Whether anything in the job is chosen on a validation split (sensitivity scan,
         search, target): such a job needs images the upload never trained on."""
-        return self.search is not None or (
+        return self.search is not None or self.target is not None or (
             self.analysis is not None and self.analysis.sensitivity is not None)
 
     @model_validator(mode="after")
@@ -371,6 +375,8 @@ class JobSpec(SpecModel):
         if self.pruning.schedule.kind == "agp" and self.finetune.epochs == 0:
             raise field_error(("finetune", "epochs"), "the agp schedule prunes during "
                               "fine-tuning: epochs must be > 0")
+        if self.target is not None:
+            self._check_target()
         if self.search is not None:
             if self.pruning.method is Method.SEMI_STRUCTURED:
                 raise field_error(("search",), "semi_structured has a fixed sparsity; there "
@@ -385,6 +391,23 @@ class JobSpec(SpecModel):
                 raise field_error(("pruning", "overrides"), "search.per_layer sets the "
                                   "per-tensor amounts itself")
         return self
+
+    def _check_target(self) -> None:
+        """A target removes channels (the method, amount and schedule are its own)."""
+        if self.search is not None:
+            raise field_error(("search",), "give a search or a target, not both: the target "
+                              "runs its own search")
+        if self.pruning.schedule.kind != "one_shot":
+            raise field_error(("pruning", "schedule", "kind"), "a target removes channels "
+                              "once: leave the one_shot schedule")
+        if self.pruning.overrides:
+            raise field_error(("pruning", "overrides"), "a target chooses the amount per "
+                              "channel group itself")
+        if self.pruning.method is Method.SEMI_STRUCTURED or (
+                self.pruning.method.structured and self.pruning.dim != 0):
+            raise field_error(("pruning", "method"), "a target removes output channels: "
+                              "leave the method at its default or use ln_structured with "
+                              "dim 0")
 
 
 REFERENCE_RECIPE = JobSpec(

@@ -1,11 +1,13 @@
 """The parts of a job spec beside pruning and fine-tuning's own fields: how MNIST is fed, the
-job's own limits, distillation, the sensitivity scan and the accuracy-budget search.
+job's own limits, distillation, the sensitivity scan, the accuracy-budget search and the target.
 ``core/jobs/spec.py`` assembles them into ``JobSpec`` (and re-exports them, so
 ``from core.jobs.spec import InputSpec`` works)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.jobs.formats import ModelFormat
 
 
 class SpecModel(BaseModel):
@@ -78,3 +80,82 @@ class LimitsSpec(SpecModel):
         if self.timeout_s is None:
             return server_limit_s
         return min(self.timeout_s, server_limit_s)
+
+
+class Constraint(SpecModel):
+    """One bound: an absolute ``max`` or ``max_ratio`` of the uploaded model's own value."""
+
+    max: float | None = Field(default=None, gt=0, description="Absolute bound (ms, FLOPs "
+                              "per image, parameters or bytes).")
+    max_ratio: float | None = Field(default=None, gt=0, lt=1, description="Bound as a "
+                                    "fraction of the uploaded model's value, in (0, 1).")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Constraint:
+        if (self.max is None) == (self.max_ratio is None):
+            raise ValueError("give exactly one of max (absolute) or max_ratio (a fraction of "
+                             "the uploaded model's value)")
+        return self
+
+    def bound(self, dense: float) -> float:
+        return self.max if self.max is not None else dense * (self.max_ratio or 0.0)
+
+
+class LatencyConstraint(Constraint):
+    batch: int = Field(default=1, ge=1, le=1024, description="Batch size the p50 latency "
+                       "is measured at, on the worker that runs the job.")
+
+
+class BytesConstraint(Constraint):
+    format: str = Field(description="The download format whose file size is bounded.")
+
+    @field_validator("format")
+    @classmethod
+    def _producible(cls, value: str) -> str:
+        formats = [f.value for f in ModelFormat]
+        if value not in formats:
+            raise ValueError(
+                f"a job cannot produce format {value!r}: bytes targets bound one of "
+                f"{', '.join(formats)}" + ("; the compressed (quantised) format is not "
+                                           "available on this service yet" if value ==
+                                           "compressed" else ""))
+        return value
+
+
+TARGET_CONSTRAINTS = ("latency_ms", "flops", "parameters", "bytes")
+
+
+class TargetSpec(SpecModel):
+    """Compress to a budget: exactly one constraint, and the validation accuracy the job may
+    give up. The service searches channel removal per group (docs/targets.md)."""
+
+    latency_ms: LatencyConstraint | None = Field(default=None, description="p50 milliseconds "
+                                                 "per batch, measured on the job's device.")
+    flops: Constraint | None = Field(default=None, description="Dense FLOPs per image, "
+                                     "counted.")
+    parameters: Constraint | None = Field(default=None, description="Parameter count.")
+    bytes: BytesConstraint | None = Field(default=None, description="File size of `format`.")
+    max_accuracy_drop: float = Field(default=0.005, ge=0, lt=1, description="Largest drop of "
+                                     "validation accuracy from the uploaded model's.")
+    max_trials: int = Field(default=4, ge=1, le=20, description="Candidates short-fine-tuned "
+                            "and scored on validation.")
+    trial_images: int = Field(default=6000, ge=0, le=60_000, description="Each candidate's "
+                              "short fine-tune: one pass over this many train images; 0: "
+                              "none (the chosen one gets `finetune.epochs`).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TargetSpec:
+        given = [name for name in TARGET_CONSTRAINTS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one constraint of {', '.join(TARGET_CONSTRAINTS)}"
+                             f" (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def constraint(self) -> tuple[str, Constraint]:
+        """(its name, the constraint): the one given."""
+        for name in TARGET_CONSTRAINTS:
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        raise AssertionError("validated: exactly one constraint")

@@ -167,6 +167,14 @@ def time_alternating(runs: Sequence[Callable[[], object]], device: torch.device)
                     runs=len(ms)) for ms in times]
 
 
+def latency_at(model: nn.Module, spec: InputSpec, device: torch.device, batch: int
+               ) -> Latency:
+    """Latency of one batch size (the target's), timed as ``measure_latency`` times each."""
+    images = example_batch(spec, batch, device)
+    with _evaluating(model):
+        return time_runs(functools.partial(model, images), device)
+
+
 def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device) -> dict[str, Latency]:
     return measure_latencies([model], spec, device)[0]
 

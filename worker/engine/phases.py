@@ -25,7 +25,7 @@ from core.jobs.report import (
 )
 from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec, ValidationFrom
 from core.settings import Settings
-from worker.engine import data, measure, pruning, saving, sensitivity, shrink, training
+from worker.engine import data, measure, pruning, saving, sensitivity, shrink, targets, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.job import Job, device_name
@@ -40,9 +40,10 @@ def load(job: Job, model_path: Path) -> Upload:
         applied = pruning.effective_spec(job.spec.pruning)
         shrinking = (shrink.prepare(model, applied, job.spec.architecture, job.spec.seed)
                      if applied.shrink else None)
+        groups = targets.prepare_groups(model, job.spec) if job.spec.target else None
     requested = job.spec.output_format
     primary = loaded.format if requested == SAME_FORMAT else ModelFormat(requested)
-    return Upload(model_path, loaded, model, applied, [], shrinking, primary)
+    return Upload(model_path, loaded, model, applied, [], shrinking, primary, groups)
 
 
 def load_data(job: Job, upload: Upload) -> Splits:
@@ -142,6 +143,7 @@ def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensiti
         sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
         search=pruned.search,
         shrink=pruned.shrink,
+        target=pruned.target,
         data=splits.sources,
         warnings=[w for w in [memorised_warning(dense, splits.sources)] if w is not None],
     )

@@ -18,6 +18,7 @@ from core.jobs.report import (
     FileInfo,
     Search,
     ShrinkReport,
+    TargetReport,
     TensorReport,
     ValidationAccuracy,
 )
@@ -39,6 +40,7 @@ class Upload:
     targets: list[Target]
     shrinking: shrink.Prepared | None  # planned before any work, so a refusal comes first
     primary: ModelFormat  # the spec's output_format, "same" resolved to the upload's
+    target_groups: shrink.Prepared | None = None  # target: the channel groups, analysed early
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Pruned:
     shrunk_rows: list[TensorReport] | None = None  # shrink: the rows as masked, with shapes
     search: Search | None = None
     shrink: ShrinkReport | None = None
+    target: TargetReport | None = None
     dense_twin: nn.Module | None = None  # shrink: the speedup is timed against it
 
     def rows(self) -> list[TensorReport]:

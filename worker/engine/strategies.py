@@ -1,5 +1,6 @@
-"""The three ways a job prunes, each a function returning one ``Pruned``.
+"""The four ways a job prunes, each a function returning one ``Pruned``.
 
+- target: channel removal per group searched to meet a budget (``targets.py``);
 - shrink: remove whole channels (a smaller dense model), then fine-tune it as it is;
 - search: the accuracy-budget search over trials, keeping the best within the budget;
 - schedule: the spec's schedule (one-shot, iterative, AGP) with its masked fine-tuning.
@@ -11,8 +12,9 @@ import copy
 
 import torch
 
-from core.jobs.report import Evaluation, Sensitivity
-from worker.engine import pruning, training
+from core.jobs.report import Evaluation, Sensitivity, TargetReport
+from core.jobs.spec import PruningSpec
+from worker.engine import pruning, targets, training
 from worker.engine.job import Job
 from worker.engine.results import Dense, Pruned, Splits, Upload
 from worker.engine.schedules import ScheduleRun
@@ -23,6 +25,8 @@ def prune(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensitiv
           ) -> Pruned:
     """Prune ``upload.model`` as the spec says, fine-tuning included."""
     job.enter("pruning")
+    if upload.target_groups is not None:
+        return _target(job, upload, splits, dense)
     if upload.shrinking is not None:
         return _shrink(job, upload, splits)
     if job.spec.search is not None and splits.validation is not None \
@@ -40,6 +44,64 @@ def _shrink(job: Job, upload: Upload, splits: Splits) -> Pruned:
     after = _run_schedule(job, shrunk.model, [], upload, splits)
     return Pruned(shrunk.model, upload.pruning, after, shrunk_rows=shrunk.rows,
                   shrink=shrunk.report, dense_twin=twin)
+
+
+def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
+    spec, target = job.spec, job.spec.target
+    assert target is not None and upload.target_groups is not None
+    assert splits.validation is not None and dense.validation is not None
+    meter = targets.Meter(target, spec, job.device)
+    builder = targets.Builder(upload.target_groups, spec.seed)
+    with job.timed("target"):
+        dense_value = meter(upload.model)
+        name, constraint = target.constraint
+        bound = constraint.bound(dense_value)
+        explorer = targets.Explorer(
+            builder, meter, target, bound, splits.validation, splits.test, splits.train, spec,
+            dense.validation.accuracy, job.on_progress, job.should_cancel)
+        table = explorer.table()
+        plan = targets.trial_plan(explorer, table, dense_value)
+        trials = [explorer.trial(i, strategy, level, table, dense_value)
+                  for i, (strategy, level) in enumerate(plan, start=1)]
+    report = TargetReport(constraint=name, bound=bound, dense_value=dense_value,
+                          detail=meter.detail(), max_accuracy_drop=target.max_accuracy_drop,
+                          dense_accuracy=dense.validation.accuracy, groups=table,
+                          trials=trials, chosen=None)
+    meeting = [i for i, t in enumerate(trials) if t.meets_constraint]
+    if not meeting:
+        raise targets.unreachable(target, trials, name, bound, dense.validation.accuracy)
+    chosen = max(meeting, key=lambda i: trials[i].val_accuracy)
+    widths = trials[chosen].widths
+    removed = {p.name: p.group.channels - widths[p.name] for p in builder.groups}
+    twin = copy.deepcopy(upload.model)  # the speedup is timed against it at the end
+    with job.timed("prune"):
+        shrunk = builder.build(removed)
+    applied = builder.spec(removed)
+    after = _finetune_as_is(job, shrunk.model, applied, splits)
+    final_val = training.evaluate(shrunk.model, splits.validation, job.should_cancel).accuracy
+    report = report.model_copy(update={"chosen": chosen, "final_value": meter(shrunk.model),
+                                       "final_val_accuracy": final_val})
+    if dense.validation.accuracy - final_val > target.max_accuracy_drop + 1e-12:
+        raise targets.unreachable(target, trials, name, bound, dense.validation.accuracy)
+    # report.spec keeps the spec as sent (its rules refuse overrides with a target): the
+    # chosen channels per group are report.target's chosen trial and report.shrink
+    return Pruned(shrunk.model, upload.pruning, after, shrunk_rows=shrunk.rows,
+                  shrink=shrunk.report, dense_twin=twin, target=report)
+
+
+def _finetune_as_is(job: Job, model: torch.nn.Module, spec: PruningSpec, splits: Splits
+                    ) -> Evaluation:
+    """Fine-tune a physically smaller model (nothing to mask); the test accuracy first."""
+    evaluations: list[Evaluation] = []
+
+    def after_first_prune() -> None:
+        evaluations.append(training.evaluate(model, splits.test, job.should_cancel))
+
+    run = ScheduleRun(model, [], spec, job.spec.finetune, splits.train, job.spec.seed,
+                      job.on_progress, job.should_cancel, after_first_prune)
+    run.run()
+    job.clock.add(run.timings)
+    return evaluations[0]
 
 
 def _search(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensitivity | None

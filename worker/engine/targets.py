@@ -1,0 +1,299 @@
+"""Compress to a target (``spec.target``): channel removal per group, chosen on validation.
+
+NetAdapt's shape (Yang et al., ECCV 2018), kept small:
+
+1. **Per-group table.** Each prunable channel group (``shrink``'s analysis) is narrowed alone
+   by each of ``FRACTIONS``: the constraint is counted (FLOPs, parameters, bytes) or measured
+   on the job's device (latency), and the validation accuracy without fine-tuning is its
+   sensitivity.
+2. **Allocations.** A level t in [0, 1] gives each group a share of its channels to remove:
+   ``uniform`` (t x ``MAX_FRACTION`` everywhere), ``sensitivity`` (the equal-drop rule of
+   ``sensitivity.allocate`` over the groups' curves, each group weighted by the cost it saves,
+   so t is about the share of the removable cost asked) or ``mixed`` (their mean). For each
+   strategy the lowest t whose model meets the bound is bisected (``BISECT_STEPS``) on the
+   built models themselves, so the constraint is never an estimate.
+3. **Trials.** Up to ``target.max_trials`` candidates (each strategy at its level, then a
+   looser and a tighter sensitivity point for the frontier), each rebuilt from the dense
+   weights and fine-tuned briefly (one pass over ``target.trial_images`` train images), then
+   scored on validation; the test accuracy is measured for the report only.
+4. **Choice.** The candidate meeting the constraint with the best validation accuracy is
+   rebuilt and fine-tuned as ``finetune`` says; its validation drop must stay within
+   ``max_accuracy_drop``. Otherwise the job fails ``target_unreachable``.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.formats import ModelFormat
+from core.jobs.report import GroupCost, Progress, Sensitivity, TargetTrial, TensorSensitivity
+from core.jobs.spec import JobSpec, Method, PruningSpec, TargetSpec
+from worker.engine import measure, pruning, saving, sensitivity, training
+from worker.engine.data import Split
+from worker.engine.errors import EngineError
+from worker.engine.shrink import Prepared, Shrunk, prepare
+from worker.engine.shrink.plan import GroupPlan, plan_groups
+
+FRACTIONS = (0.25, 0.5, 0.75)
+MAX_FRACTION = 0.9  # a group keeps at least a tenth of its channels (and at least one)
+BISECT_STEPS = 7
+CancelFn = Callable[[], bool]
+ProgressFn = Callable[[Progress], None]
+
+
+def channel_spec(spec: JobSpec) -> PruningSpec:
+    """The pruning a target applies: whole output channels by their L``n`` norm, removed."""
+    return spec.pruning.model_copy(update={
+        "method": Method.LN_STRUCTURED, "dim": 0, "amount": 0, "shrink": True,
+        "overrides": {}})
+
+
+@dataclass
+class Builder:
+    """Makes the shrunk model for a width config, always from the dense weights."""
+
+    prepared: Prepared  # the analysis and the dense model (never modified)
+    seed: int
+    groups: list[GroupPlan] = field(init=False)  # the prunable ones
+
+    def __post_init__(self) -> None:
+        self.groups = [p for p in self.prepared.plans if p.pruned]
+
+    def removed(self, fractions: dict[str, float]) -> dict[str, int]:
+        """Channels removed per group for a share each (at least one channel kept)."""
+        return {p.name: min(round(fractions.get(p.name, 0.0) * p.group.channels),
+                            p.group.channels - 1) for p in self.groups}
+
+    def widths(self, removed: dict[str, int]) -> dict[str, int]:
+        return {p.name: p.group.channels - removed.get(p.name, 0) for p in self.groups}
+
+    def spec(self, removed: dict[str, int]) -> PruningSpec:
+        """The pruning applied: channels removed per group, as counts keyed by the group's
+        first targeted producer (what ``shrink`` reads)."""
+        overrides: dict[str, int | float] = {}
+        for plan in self.groups:
+            first = next(p for p in plan.group.producers if f"{p}.weight" in self._targeted)
+            overrides[glob.escape(f"{first}.weight")] = removed.get(plan.name, 0)
+        return self.prepared.spec.model_copy(update={"overrides": overrides})
+
+    def build(self, removed: dict[str, int]) -> Shrunk:
+        base = self.prepared
+        spec = self.spec(removed)
+        model = copy.deepcopy(base.model)
+        plans = plan_groups(base.graph, dict(model.state_dict()), spec, self._targeted,
+                            torch.Generator().manual_seed(self.seed))
+        return Prepared(model, spec, base.architecture, base.graph, plans).apply()
+
+    @property
+    def _targeted(self) -> set[str]:
+        return {t.name for t in pruning.find_targets(self.prepared.model, self.prepared.spec)}
+
+
+@dataclass
+class Meter:
+    """The target's constraint of a model: counted, or measured on the job's device."""
+
+    target: TargetSpec
+    spec: JobSpec
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.target.constraint[0]
+
+    def detail(self) -> str:
+        if self.target.latency_ms is not None:
+            return (f"p50 ms at batch {self.target.latency_ms.batch} on {self.device} "
+                    f"({measure.latency_method(self.device)})")
+        if self.target.bytes is not None:
+            return f"file bytes of format {self.target.bytes.format}"
+        return {"flops": "dense FLOPs per image, counted",
+                "parameters": "parameters, counted"}[self.name]
+
+    def __call__(self, model: nn.Module) -> float:
+        if self.target.flops is not None:
+            return float(measure.count_flops(model, self.spec.input, self.device)[0])
+        if self.target.parameters is not None:
+            return float(sum(p.numel() for p in model.parameters()))
+        if self.target.latency_ms is not None:
+            batch = self.target.latency_ms.batch
+            return measure.latency_at(model, self.spec.input, self.device, batch).p50
+        assert self.target.bytes is not None
+        fmt = ModelFormat(self.target.bytes.format)
+        sizes = measure.bytes_as_saved(
+            model, lambda m, folder: saving.save_all(m, fmt, folder), self.device)
+        if fmt.value not in sizes:
+            raise EngineError(JobErrorCode.INVALID_SPEC, f"this model cannot be written as "
+                              f"{fmt.value}: choose another target.bytes.format")
+        return float(sizes[fmt.value])
+
+
+@dataclass
+class Explorer:
+    """The search itself: table, allocations, trials, choice (module docstring)."""
+
+    builder: Builder
+    meter: Meter
+    target: TargetSpec
+    bound: float
+    validation: Split
+    test: Split
+    train: Split | None
+    spec: JobSpec
+    dense_accuracy: float
+    on_progress: ProgressFn | None = None
+    should_cancel: CancelFn | None = None
+    _values: dict[tuple[int, ...], float] = field(default_factory=dict)
+
+    def table(self) -> list[GroupCost]:
+        rows = []
+        for plan in self.builder.groups:
+            values, accuracies = [], []
+            for fraction in FRACTIONS:
+                removed = self.builder.removed({plan.name: fraction})
+                model = self.builder.build(removed).model
+                values.append(self._value(removed, model))
+                accuracies.append(self._accuracy(model, self.validation))
+            rows.append(GroupCost(group=plan.name, channels=plan.group.channels,
+                                  fractions=list(FRACTIONS), constraint_values=values,
+                                  val_accuracy=accuracies))
+        return rows
+
+    def allocation(self, strategy: str, level: float, table: list[GroupCost],
+                   dense_value: float) -> dict[str, float]:
+        uniform = {row.group: level * MAX_FRACTION for row in table}
+        if strategy == "uniform":
+            return uniform
+        guided = _equal_drop(table, level * MAX_FRACTION, self.dense_accuracy, dense_value)
+        if strategy == "sensitivity":
+            return guided
+        return {g: (uniform[g] + guided[g]) / 2 for g in uniform}
+
+    def lowest_level(self, strategy: str, table: list[GroupCost], dense_value: float
+                     ) -> float:
+        """The lowest level whose model meets the bound (1.0 when even that does not)."""
+        lo, hi = 0.0, 1.0
+        if not self._meets(strategy, hi, table, dense_value):
+            return hi
+        for _ in range(BISECT_STEPS):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self._meets(strategy, mid, table, dense_value) else (mid, hi)
+        return hi
+
+    def trial(self, index: int, strategy: str, level: float, table: list[GroupCost],
+              dense_value: float) -> TargetTrial:
+        if self.on_progress is not None:
+            self.on_progress(Progress(phase="target", trial=index,
+                                      trials=self.target.max_trials))
+        started = time.perf_counter()
+        removed = self.builder.removed(self.allocation(strategy, level, table, dense_value))
+        model = self.builder.build(removed).model
+        value = self._value(removed, model)
+        self._short_finetune(model, index)
+        val = self._accuracy(model, self.validation)
+        test = self._accuracy(model, self.test)
+        meets = value <= self.bound
+        within = self.dense_accuracy - val <= self.target.max_accuracy_drop + 1e-12
+        return TargetTrial(strategy=strategy, level=round(level, 4),
+                           widths=self.builder.widths(removed), constraint_value=value,
+                           meets_constraint=meets, val_accuracy=val, test_accuracy=test,
+                           within_drop=within, met=meets and within,
+                           seconds=round(time.perf_counter() - started, 3))
+
+    def _meets(self, strategy: str, level: float, table: list[GroupCost],
+               dense_value: float) -> bool:
+        removed = self.builder.removed(self.allocation(strategy, level, table, dense_value))
+        key = tuple(removed.values())
+        if key not in self._values:
+            self._value(removed, self.builder.build(removed).model)
+        return self._values[key] <= self.bound
+
+    def _value(self, removed: dict[str, int], model: nn.Module) -> float:
+        key = tuple(removed.values())
+        if key not in self._values:
+            self._values[key] = self.meter(model)
+        return self._values[key]
+
+    def _accuracy(self, model: nn.Module, split: Split) -> float:
+        return training.evaluate(model, split, self.should_cancel).accuracy
+
+    def _short_finetune(self, model: nn.Module, index: int) -> None:
+        if self.train is None or self.target.trial_images == 0:
+            return
+        subset = _subset(self.train, self.target.trial_images, self.spec.seed + index)
+        spec = self.spec.finetune.model_copy(update={"epochs": 1})
+        training.finetune(model, subset, spec, training.MaskHold([], []),
+                          seed=self.spec.seed + index, should_cancel=self.should_cancel)
+
+
+def trial_plan(explorer: Explorer, table: list[GroupCost], dense_value: float
+               ) -> list[tuple[str, float]]:
+    """(strategy, level) of each trial, in order, at most ``max_trials``."""
+    levels = {s: explorer.lowest_level(s, table, dense_value)
+              for s in ("sensitivity", "uniform", "mixed")}
+    guided = levels["sensitivity"]
+    plan = [("sensitivity", guided), ("uniform", levels["uniform"]),
+            ("mixed", levels["mixed"]), ("sensitivity", round(guided * 0.7, 4)),
+            ("sensitivity", round(guided + (1 - guided) / 2, 4))]
+    return plan[:explorer.target.max_trials]
+
+
+def _equal_drop(table: list[GroupCost], share: float, dense_accuracy: float,
+                dense_value: float) -> dict[str, float]:
+    """Per-group shares by the equal-drop rule, each group weighted by the cost it saves."""
+    scan = Sensitivity(dense_accuracy=dense_accuracy, amounts=list(FRACTIONS), tensors=[
+        TensorSensitivity(name=row.group, accuracy=row.val_accuracy) for row in table])
+    savings = {row.group: max(dense_value - row.constraint_values[-1], 0.0) / FRACTIONS[-1]
+               for row in table}
+    total = sum(savings.values()) or 1.0
+    weights = {g: max(1, round(1e6 * s / total)) for g, s in savings.items()}
+    amounts = sensitivity.allocate(scan, weights, share)
+    return {g: min(a, MAX_FRACTION) for g, a in amounts.items()}
+
+
+def _subset(train: Split, size: int, seed: int) -> Split:
+    """``size`` train images drawn by a seeded permutation (teacher rows follow them)."""
+    size = min(size, len(train))
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size]
+    index = index.to(train.labels.device)
+    with torch.inference_mode(False):
+        teacher = None if train.teacher is None else train.teacher[index]
+        return Split(train.images[index], train.labels[index], teacher)
+
+
+def prepare_groups(model: nn.Module, spec: JobSpec) -> Prepared:
+    """The channel-group analysis, refused before any data is read (as shrink is)."""
+    return prepare(model, channel_spec(spec), spec.architecture, spec.seed)
+
+
+def unreachable(target: TargetSpec, trials: list[TargetTrial], name: str, bound: float,
+                dense_accuracy: float) -> EngineError:
+    """The failure, naming the closest candidate on each side of the frontier."""
+    meeting = [t for t in trials if t.meets_constraint]
+    within = [t for t in trials if t.within_drop]
+    sides = []
+    if meeting:
+        best = max(meeting, key=lambda t: t.val_accuracy)
+        sides.append(f"the most accurate candidate meeting {name} <= {bound:g} reached "
+                     f"{best.val_accuracy:.4f} on validation ({name} {best.constraint_value:g}"
+                     f", drop {dense_accuracy - best.val_accuracy:.4f})")
+    if within:
+        cheapest = min(within, key=lambda t: t.constraint_value)
+        sides.append(f"the cheapest candidate within the drop has {name} "
+                     f"{cheapest.constraint_value:g} (validation {cheapest.val_accuracy:.4f})")
+    if not sides:
+        sides.append("no candidate met the constraint or stayed within the drop")
+    return EngineError(
+        JobErrorCode.TARGET_UNREACHABLE,
+        f"no candidate meets {name} <= {bound:g} within a validation drop of "
+        f"{target.max_accuracy_drop} from {dense_accuracy:.4f} after {len(trials)} "
+        f"trial(s): {'; '.join(sides)}. Allow a larger max_accuracy_drop or bound, more "
+        "max_trials, trial_images or finetune.epochs; every trial is in report.target.")
