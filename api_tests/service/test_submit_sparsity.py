@@ -28,6 +28,16 @@ BAD = [  # (spec changes, the field the 422 names)
      ["pruning", "schedule", "agp", "end"]),
     ({"pruning": {"amount": 300, "schedule": {"kind": "iterative"}}}, ["pruning", "amount"]),
     ({"finetune": {"lr_schedule": "linear"}}, ["finetune", "lr_schedule"]),
+    ({"target": {"flops": {"max_ratio": 0.5}, "parameters": {"max": 1000}}}, ["target"]),
+    ({"target": {}}, ["target"]),
+    ({"target": {"flops": {"max_ratio": 1.5}}}, ["target", "flops", "max_ratio"]),
+    ({"target": {"flops": {"max_ratio": 0.5, "max": 1000}}}, ["target", "flops"]),
+    ({"target": {"bytes": {"max": 30000, "format": "compressed"}}},
+     ["target", "bytes", "format"]),
+    ({"target": {"latency_ms": {"max": 2.0, "batch": 0}}}, ["target", "latency_ms", "batch"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "search": {}}, ["search"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "pruning": {"overrides": {"fc1.weight": 0.5}}},
+     ["pruning", "overrides"]),
 ]
 
 
@@ -71,3 +81,19 @@ def test_search_that_cannot_fit_is_422_with_the_estimate(
         spec["limits"] = {"timeout_s": 100}
         body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
         assert "limit of 100 s" in body["detail"]
+
+
+def test_target_that_cannot_fit_is_422_naming_max_trials(
+    tmp_path: Path, redis_url: str, model_files: ModelFiles
+) -> None:
+    settings = make_settings(tmp_path, redis_url, finetune_epoch_s=20.0,
+                             job_soft_time_limit_s=600, job_hard_time_limit_s=660)
+    # 10 x 60000 trial images = 10 epochs, plus the chosen one's 20: 600 s fits
+    spec = {**REFERENCE, "finetune": {"epochs": 20},
+            "target": {"flops": {"max_ratio": 0.5}, "max_trials": 10, "trial_images": 60000}}
+    with running(settings) as api:
+        assert api.submit(model_files.state_dict, spec).status_code == 202
+        spec["target"] = {**spec["target"], "max_trials": 11}  # 620 s does not
+        body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+        assert [e["loc"] for e in body["errors"]] == [["body", "spec", "target", "max_trials"]]
+        assert "target search would run 31 fine-tune epochs, about 620 s" in body["detail"]

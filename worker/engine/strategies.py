@@ -67,10 +67,9 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
                           detail=meter.detail(), max_accuracy_drop=target.max_accuracy_drop,
                           dense_accuracy=dense.validation.accuracy, groups=table,
                           trials=trials, chosen=None)
-    meeting = [i for i, t in enumerate(trials) if t.meets_constraint]
-    if not meeting:
+    chosen = targets.choose(trials)
+    if chosen is None:
         raise targets.unreachable(target, trials, name, bound, dense.validation.accuracy)
-    chosen = max(meeting, key=lambda i: trials[i].val_accuracy)
     widths = trials[chosen].widths
     removed = {p.name: p.group.channels - widths[p.name] for p in builder.groups}
     twin = copy.deepcopy(upload.model)  # the speedup is timed against it at the end

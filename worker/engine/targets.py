@@ -246,6 +246,12 @@ def trial_plan(explorer: Explorer, table: list[GroupCost], dense_value: float
     return plan[:explorer.target.max_trials]
 
 
+def choose(trials: list[TargetTrial]) -> int | None:
+    """The candidate meeting the constraint with the best validation accuracy (its index)."""
+    meeting = [i for i, t in enumerate(trials) if t.meets_constraint]
+    return max(meeting, key=lambda i: trials[i].val_accuracy) if meeting else None
+
+
 def _equal_drop(table: list[GroupCost], share: float, dense_accuracy: float,
                 dense_value: float) -> dict[str, float]:
     """Per-group shares by the equal-drop rule, each group weighted by the cost it saves."""

@@ -12,12 +12,12 @@ from core.jobs.spec import JobSpec
 from core.settings import Settings
 from worker.engine import data, phases
 from worker.engine.data import Split
-from worker.engine.results import Dense
+from worker.engine.results import Dense, Splits
 
 CPU = torch.device("cpu")
 
 
-def _mnist(spec: dict[str, object], settings: Settings) -> phases.Splits:
+def _mnist(spec: dict[str, object], settings: Settings) -> Splits:
     return phases._mnist(JobSpec.model_validate(spec), settings, CPU)
 
 
