@@ -50,6 +50,18 @@ def shape(dims: list[int] | None) -> str:
     return "—" if dims is None else "×".join(str(d) for d in dims)
 
 
+def amount(value: float | None, unit: str = "") -> str:
+    """A constraint's value, short: 1.83 ms, 416k, 1.2M."""
+    if value is None:
+        return "—"
+    if unit == "latency_ms":
+        return f"{value:.3g} ms"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def environment(*loaders: BaseLoader) -> Environment:
     """Autoescaping environment over ``loaders`` (searched first) and the report templates."""
     env = Environment(
@@ -60,7 +72,7 @@ def environment(*loaders: BaseLoader) -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(pct=pct, points=points, count=count, size=size, seconds=seconds,
-                       shape=shape)
+                       shape=shape, amount=amount)
     return env
 
 
@@ -108,6 +120,36 @@ def _search(view: ReportView) -> dict[str, Any] | None:
     }
 
 
+def _target(view: ReportView) -> dict[str, Any] | None:
+    """The frontier: each trial's constraint value against its validation accuracy, the bound
+    (vertical), the accuracy floor (horizontal) and the chosen point."""
+    t = view.target
+    if t is None:
+        return None
+    xs = [trial.constraint_value for trial in t.trials] + [t.bound]
+    if t.dense_value is not None:
+        xs.append(t.dense_value)
+    accs = [trial.val_accuracy for trial in t.trials]
+    floor = None
+    if t.dense_accuracy is not None:
+        accs.append(t.dense_accuracy)
+        if t.max_accuracy_drop is not None:
+            floor = t.dense_accuracy - t.max_accuracy_drop
+            accs.append(floor)
+    axes = charts.accuracy_axes([0.0, *xs], accs)
+    order = sorted(range(len(t.trials)), key=lambda i: t.trials[i].constraint_value)
+    ticks = sorted({0.0, t.bound, *([t.dense_value] if t.dense_value is not None else [])})
+    return {
+        "data": t, "axes": axes,
+        "points": [(axes.x(t.trials[i].constraint_value), axes.y(t.trials[i].val_accuracy),
+                    t.trials[i], i == t.chosen, i + 1) for i in order],
+        "bound_x": axes.x(t.bound),
+        "floor": floor, "floor_y": None if floor is None else axes.y(floor),
+        "dense_y": None if t.dense_accuracy is None else axes.y(t.dense_accuracy),
+        "x_ticks": [(axes.x(v), amount(v, t.constraint)) for v in ticks],
+    }
+
+
 def _timings(timings: dict[str, float]) -> list[tuple[str, float, str]]:
     """Phases in pipeline order (unknown ones after), the total left to the table."""
     known = [p for p in PHASE_ORDER if p in timings]
@@ -136,6 +178,7 @@ def report_context(view: ReportView) -> dict[str, Any]:
         context["timings_chart"] = charts.bar_chart(_timings(view.timings_s))
     context["sensitivity"] = _sensitivity(view)
     context["search"] = _search(view)
+    context["target"] = _target(view)
     return context
 
 

@@ -1,7 +1,8 @@
 """What the report page shows, read leniently from a report's JSON.
 
 The page must render every report a service has stored: older ones, and newer ones whose
-optional sections (``cost``, ``sensitivity``, ``search``, ``shrink``) this code may know
+optional sections (``cost``, ``sensitivity``, ``search``, ``target``, ``shrink``, ``data``,
+``warnings``) this code may know
 only by their agreed shape. So each section is read on its own: unknown fields are
 ignored, a missing optional section is ``None``, and a section that does not parse is kept
 as raw JSON for the page to show as such, instead of failing the whole page.
@@ -128,6 +129,44 @@ class Search(_View):
     trials: list[Trial]
 
 
+class TargetTrial(_View):
+    strategy: str = ""
+    widths: dict[str, int] = {}
+    constraint_value: float
+    meets_constraint: bool | None = None
+    val_accuracy: float
+    test_accuracy: float | None = None
+    within_drop: bool | None = None
+    met: bool | None = None
+    seconds: float | None = None
+
+
+class Target(_View):
+    split: str | None = None
+    constraint: str
+    bound: float
+    dense_value: float | None = None
+    detail: str | None = None
+    max_accuracy_drop: float | None = None
+    dense_accuracy: float | None = None
+    trials: list[TargetTrial]
+    chosen: int | None = None
+    final_value: float | None = None
+    final_val_accuracy: float | None = None
+
+
+class SplitSource(_View):
+    images: int
+    source: str
+
+
+class Data(_View):
+    validation_from: str | None = None
+    train: SplitSource | None = None
+    validation: SplitSource | None = None
+    test: SplitSource
+
+
 class ShrinkGroup(_View):
     producers: list[str] = []
     channels_before: int | None = None
@@ -155,7 +194,10 @@ _SECTIONS: dict[str, TypeAdapter[Any]] = {
     "cost": TypeAdapter(Cost),
     "sensitivity": TypeAdapter(Sensitivity),
     "search": TypeAdapter(Search),
+    "target": TypeAdapter(Target),
     "shrink": TypeAdapter(Shrink),
+    "data": TypeAdapter(Data),
+    "warnings": TypeAdapter(list[str]),
     "input": TypeAdapter(FileInfo),
     "output": TypeAdapter(FileInfo),
 }
@@ -175,7 +217,10 @@ class ReportView:
     cost: Cost | None = None
     sensitivity: Sensitivity | None = None
     search: Search | None = None
+    target: Target | None = None
     shrink: Shrink | None = None
+    data: Data | None = None
+    warnings: list[str] | None = None
     input: FileInfo | None = None
     output: FileInfo | None = None
     scalars: dict[str, str] = field(default_factory=dict)

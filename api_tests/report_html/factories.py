@@ -103,3 +103,34 @@ def full_report(names: list[str] | None = None) -> dict[str, Any]:
         if isinstance(row, dict):
             row["split"] = "test"
     return report
+
+
+TARGET = {
+    "split": "validation", "constraint": "flops", "bound": 234752.0, "dense_value": 469504.0,
+    "detail": "dense FLOPs per image, counted", "max_accuracy_drop": 0.005,
+    "dense_accuracy": 0.981, "groups": [],
+    "trials": [  # (constraint value, validation accuracy): meets+within, meets, neither
+        {"strategy": "sensitivity", "level": 0.5, "widths": {"fc1": 100, "fc2": 90},
+         "constraint_value": 230000.0, "meets_constraint": True, "val_accuracy": 0.978,
+         "test_accuracy": 0.977, "within_drop": True, "met": True, "seconds": 3.0},
+        {"strategy": "uniform", "level": 0.55, "widths": {"fc1": 128, "fc2": 64},
+         "constraint_value": 233000.0, "meets_constraint": True, "val_accuracy": 0.97,
+         "test_accuracy": 0.969, "within_drop": False, "met": False, "seconds": 3.1},
+        {"strategy": "sensitivity", "level": 0.35, "widths": {"fc1": 160, "fc2": 100},
+         "constraint_value": 300000.0, "meets_constraint": False, "val_accuracy": 0.98,
+         "test_accuracy": 0.979, "within_drop": True, "met": False, "seconds": 3.2},
+    ],
+    "chosen": 0, "final_value": 230000.0, "final_val_accuracy": 0.979,
+}
+DATA = {"validation_from": "test_half",
+        "train": {"images": 60000, "source": "MNIST train, all 60000 images"},
+        "validation": {"images": 5000, "source": "MNIST test, the 5000 even-indexed images"},
+        "test": {"images": 5000, "source": "MNIST test, the 5000 odd-indexed images"}}
+
+
+def target_report() -> dict[str, Any]:
+    """The base report with a target search, which images each figure is, and a warning."""
+    report = make_report()
+    report.update(target=copy.deepcopy(TARGET), data=copy.deepcopy(DATA),
+                  warnings=["the dense model's validation accuracy looks memorised"])
+    return report

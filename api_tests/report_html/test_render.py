@@ -7,7 +7,13 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from api_tests.report_html.factories import HOSTILE, HOSTILE_ATTR, full_report, make_report
+from api_tests.report_html.factories import (
+    HOSTILE,
+    HOSTILE_ATTR,
+    full_report,
+    make_report,
+    target_report,
+)
 from report_html import read_report, render_report
 from report_html.charts import Axes, bar_chart
 
@@ -228,3 +234,27 @@ def test_per_layer_search_lists_each_trials_amounts() -> None:
     search = render_report(report).split('id="search"', 1)[1].split("</section>", 1)[0]
     assert "<th>amount per tensor</th>" in search
     assert "fc1.weight 60.0%; fc2.weight 30.0%" in search
+
+
+def test_target_draws_the_frontier_and_rings_the_chosen_point() -> None:
+    page = Page(render_report(target_report()))
+    points = [c for c in page.find("circle") if (c.get("class") or "").split()[0] in ("in", "out")]
+    # by constraint value: the chosen (met), the one meeting only the bound, the one over it
+    assert [c["class"] for c in points] == ["in chosen", "out", "out"]
+    xs = [float(c["cx"] or "nan") for c in points]
+    assert xs == sorted(xs)
+    (bound,) = page.find("line", class_="budget bound")
+    assert xs[1] < float(bound["x1"] or "nan") < xs[2]  # 233k < the 234.8k bound < 300k
+    assert len(page.find("line", class_="budget")) == 1  # the accuracy floor
+    assert len(page.find("tr", class_="chosen")) == 1
+    text = " ".join(page.texts["p"])
+    assert "Chosen: trial 1, 230k" in text
+    assert "235k" in page.texts["strong"]  # the bound asked
+
+
+def test_the_images_behind_each_figure_and_the_warnings_are_shown() -> None:
+    html = render_report(target_report())
+    section = html.split('id="data"', 1)[1].split("</section>", 1)[0]
+    assert "MNIST test, the 5000 odd-indexed images" in section
+    assert "Warning: the dense model&#39;s validation accuracy looks memorised" in section
+    assert 'id="data"' not in render_report(make_report())
