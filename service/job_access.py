@@ -27,3 +27,11 @@ def finished_files(record: JobRecord) -> None:
         raise JobNotFinished(f"job {record.id} is {record.status.value}; poll it until it ends")
     if record.status is not JobStatus.SUCCEEDED:
         raise NoModel(f"job {record.id} ended {record.status.value}: it has no report or model")
+
+
+def finished_report(record: JobRecord, stored: bool) -> None:
+    """Raise unless the job's report may be served: a succeeded job's (as its files), or a
+    failed job's when the engine left one (``stored``: a target's frontier, no model)."""
+    if record.status is JobStatus.FAILED and stored and record.files_expired_at is None:
+        return
+    finished_files(record)

@@ -25,6 +25,7 @@ taken away (its job re-queued after a lost lease) writes nothing and exits ``EXI
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -157,6 +158,9 @@ def _run(job_id: str, record: JobRecord, claim: Claim, watcher: CancelWatcher,
         claim.finish(JobStatus.CANCELLED, progress=None)
         return EXIT_OK
     except EngineError as exc:
+        if exc.report is not None:  # e.g. target_unreachable: the frontier, and no model
+            with blobs.writer(job_id, REPORT) as f:
+                f.write(json.dumps(exc.report, indent=2).encode())
         return fail(claim, exc.code, exc.message)
     if watcher.lost.is_set():  # re-queued meanwhile: the new attempt writes the files
         return EXIT_LOST

@@ -79,3 +79,27 @@ def test_search_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any
                - validation["after_finetune"]["accuracy"]) <= 0.0005
     assert report["data"]["validation_from"] == "test_half"
     assert report["accuracy"]["after_finetune"]["accuracy"] == best["test_accuracy"]
+
+
+def test_target_job_and_unreachable_target(stack: Stack, trained_mlp: TrainedMLP,
+                                           mnist_test: tuple[Any, Any]) -> None:
+    spec: dict[str, Any] = {"finetune": {"epochs": 0}, "target": {
+        "parameters": {"max_ratio": 0.5}, "max_accuracy_drop": 0.05, "max_trials": 2,
+        "trial_images": 0}}
+    model, report = _run(stack, trained_mlp, spec)
+    target = report["target"]
+    chosen = target["trials"][target["chosen"]]
+    assert chosen["meets_constraint"]
+    assert sum(p.numel() for p in model.parameters()) == chosen["constraint_value"] \
+        <= target["bound"]
+    images, labels = mnist_test
+    stated = report["accuracy"]["after_finetune"]["accuracy"]
+    assert abs(accuracy(model, (images[1::2], labels[1::2])) - stated) <= 0.0005
+    # a bound no channel removal reaches: failed, the frontier as its report, no model
+    spec["target"]["parameters"] = {"max": 1000}
+    response = submit(stack.client, trained_mlp.torchscript, spec)
+    job = wait_for(stack.client, response.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "target_unreachable"
+    frontier = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    assert len(frontier["target"]["trials"]) == 2 and frontier["target"]["chosen"] is None
+    assert stack.client.get(f"/v1/jobs/{job['id']}/model").status_code == 409

@@ -19,7 +19,7 @@ from api_tests.support.problems import assert_problem
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.record import JobError, JobStatus
 from core.jobs.report import Progress
-from core.storage.protocols import model_file
+from core.storage.protocols import REPORT, model_file
 from service.routes.jobs import EVENTS_POLL_S
 
 
@@ -185,3 +185,19 @@ def test_events_follow_a_running_job(api: Api) -> None:
         third = next(events)
         assert third["status"] == "succeeded"
         assert next(events, None) is None  # the stream ended with the terminal state
+
+
+def test_a_failed_target_job_serves_its_frontier_report_and_no_model(api: Api) -> None:
+    error = JobError(code=JobErrorCode.TARGET_UNREACHABLE, message="no candidate meets ...")
+    api.store.create(make_record(NOW, job_id="f", status=JobStatus.FAILED, error=error,
+                                 finished_at=NOW))
+    assert_problem(api.client.get("/v1/jobs/f/report"), 409, "no_model")  # nothing left
+    frontier = {"report_version": 1, "target": {"constraint": "flops", "bound": 1.0,
+                                                "trials": [], "chosen": None}}
+    with api.blobs.writer("f", REPORT) as f:
+        f.write(json.dumps(frontier).encode())
+    response = api.client.get("/v1/jobs/f/report")
+    assert response.status_code == 200 and response.json() == frontier
+    page = api.client.get("/v1/jobs/f/report.html")
+    assert page.status_code == 200 and 'id="target"' in page.text
+    assert_problem(api.client.get("/v1/jobs/f/model"), 409, "no_model")

@@ -56,7 +56,7 @@ from service.errors import (
     ValidationFailed,
     problem_responses,
 )
-from service.job_access import finished_files, load_job
+from service.job_access import finished_files, finished_report, load_job
 from service.submit import submit
 
 router = APIRouter(prefix=JOBS_PATH, tags=["jobs"])
@@ -191,7 +191,7 @@ def get_report(
 ) -> Response:
     """The engine's report: sparsity per tensor, accuracy before/after, timings."""
     record = load_job(store, job_id, who.tenant)
-    finished_files(record)
+    finished_report(record, blobs.exists(job_id, REPORT))
     if not blobs.exists(job_id, REPORT):
         raise Gone(f"the report of job {job_id} is no longer stored")
     return blob_response(blobs, job_id, REPORT, range_, media_type="application/json")

@@ -20,7 +20,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from core.jobs.public import JOBS_PATH, JobPublic
 from core.jobs.record import JobStatus
-from core.storage.protocols import BlobStore, JobStore
+from core.storage.protocols import REPORT, BlobStore, JobStore
 from core.tenants.accounts import Scope, grants
 from report_html import render_report, report_context
 from service.auth import CHALLENGE, KEY_COOKIE, PageDep, ReadDep, check_same_origin
@@ -44,7 +44,7 @@ from service.errors import (
     Problem,
     problem_responses,
 )
-from service.job_access import finished_files, load_job
+from service.job_access import finished_report, load_job
 from service.submit import submit
 from service.web.pages import (
     HTML_HEADERS,
@@ -185,7 +185,8 @@ async def submit_form(
 
 @pages.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, who: PageDep, store: StoreDep, blobs: BlobsDep) -> HTMLResponse:
-    """One job, live while it runs (server-sent events), with its report once it succeeded."""
+    """One job, live while it runs (server-sent events), with its report once it ended (a
+    failed job has one only when the engine left it, as a target's frontier)."""
     if who is None:
         return _signin_page(f"/jobs/{job_id}")
     if not grants(who.scopes, Scope.JOBS_READ):
@@ -195,8 +196,9 @@ def job_page(job_id: str, who: PageDep, store: StoreDep, blobs: BlobsDep) -> HTM
     except ApiError as exc:
         return _error_page(exc)
     report = None
-    if record.status is JobStatus.SUCCEEDED and record.files_expired_at is None:
-        report = load_report(blobs, job_id)
+    if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) \
+            and record.files_expired_at is None and blobs.exists(job_id, REPORT):
+        report = load_report(blobs, job_id)  # a failed job's: e.g. a target's frontier
     charts = report_context(report) if report is not None else {}
     return _page("job.html.j2", job=JobPublic.from_record(record),
                  progress=progress_text(record.progress),
@@ -217,7 +219,7 @@ def get_report_html(job_id: str, who: ReadDep, store: StoreDep,
                     blobs: BlobsDep) -> HTMLResponse:
     """The report as a self-contained HTML page, for reading and sharing offline."""
     record = load_job(store, job_id, who.tenant)
-    finished_files(record)
+    finished_report(record, blobs.exists(job_id, REPORT))
     view = load_report(blobs, job_id)
     if view is None:
         raise Gone(f"the report of job {job_id} is no longer stored")

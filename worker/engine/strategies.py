@@ -12,10 +12,11 @@ import copy
 
 import torch
 
-from core.jobs.report import Evaluation, Sensitivity, TargetReport
+from core.jobs.report import REPORT_VERSION, Evaluation, Sensitivity, TargetReport
 from core.jobs.spec import PruningSpec
 from worker.engine import pruning, targets, training
-from worker.engine.job import Job
+from worker.engine.errors import EngineError
+from worker.engine.job import Job, device_name
 from worker.engine.results import Dense, Pruned, Splits, Upload
 from worker.engine.schedules import ScheduleRun
 from worker.engine.search import Searcher
@@ -69,7 +70,7 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
                           trials=trials, chosen=None)
     chosen = targets.choose(trials)
     if chosen is None:
-        raise targets.unreachable(target, trials, name, bound, dense.validation.accuracy)
+        raise _unreachable(job, report, splits)
     widths = trials[chosen].widths
     removed = {p.name: p.group.channels - widths[p.name] for p in builder.groups}
     twin = copy.deepcopy(upload.model)  # the speedup is timed against it at the end
@@ -81,11 +82,27 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
     report = report.model_copy(update={"chosen": chosen, "final_value": meter(shrunk.model),
                                        "final_val_accuracy": final_val})
     if dense.validation.accuracy - final_val > target.max_accuracy_drop + 1e-12:
-        raise targets.unreachable(target, trials, name, bound, dense.validation.accuracy)
+        raise _unreachable(job, report, splits)
     # report.spec keeps the spec as sent (its rules refuse overrides with a target): the
     # chosen channels per group are report.target's chosen trial and report.shrink
     return Pruned(shrunk.model, upload.pruning, after, shrunk_rows=shrunk.rows,
                   shrink=shrunk.report, dense_twin=twin, target=report)
+
+
+def _unreachable(job: Job, report: TargetReport, splits: Splits) -> EngineError:
+    """target_unreachable, with the frontier as the failed job's report (no model)."""
+    assert job.spec.target is not None
+    error = targets.unreachable(job.spec.target, report.trials, report.constraint,
+                                report.bound, report.dense_accuracy)
+    error.report = {
+        "report_version": REPORT_VERSION, "spec": job.spec.model_dump(mode="json"),
+        "device": device_name(job.device), "torch_version": torch.__version__,
+        "seed": job.spec.seed, "timings_s": job.clock.done(),
+        "target": report.model_dump(mode="json"),
+        "data": splits.sources.model_dump(mode="json"),
+        "error": {"code": error.code.value, "message": error.message},
+    }
+    return error
 
 
 def _finetune_as_is(job: Job, model: torch.nn.Module, spec: PruningSpec, splits: Splits

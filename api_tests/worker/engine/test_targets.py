@@ -115,6 +115,10 @@ def test_an_unreachable_target_fails_naming_the_frontier(
     assert caught.value.code is JobErrorCode.TARGET_UNREACHABLE
     assert "no candidate meets parameters <= 1000" in caught.value.message
     assert "the cheapest candidate within the drop has parameters" in caught.value.message
+    frontier = caught.value.report  # stored as the failed job's report: trials, no model
+    assert frontier is not None and "output" not in frontier
+    assert len(frontier["target"]["trials"]) == 2 and frontier["target"]["chosen"] is None
+    assert frontier["error"]["code"] == "target_unreachable"
 
 
 def test_no_decision_reads_the_test_split(
