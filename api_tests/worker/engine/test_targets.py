@@ -18,7 +18,6 @@ from worker.engine import data, pipeline, registry, targets
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 CPU = torch.device("cpu")
 
 
