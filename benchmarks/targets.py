@@ -1,0 +1,98 @@
+"""Compress to a target (``spec.target``), measured in one run on this machine.
+
+LeNet-5 (registry ``lenet5``), dense, trained here on all 60000 MNIST train images (as teams
+train theirs; Adam, lr 1e-3, batch 128, ``--dense-epochs``), then one job through
+``run_job``: ``{"flops": {"max_ratio": 0.4}, "max_accuracy_drop": 0.003}`` with 4 trials of
+6000-image short fine-tunes and a 2-epoch fine-tune of the chosen one (Adam, lr 5e-4, cosine,
+batch 128). Target: FLOPs <= 40% of dense at <= 0.3 point drop, judged on validation (the
+even-indexed half of the MNIST test split); the test figure (odd half) is reported beside
+it. The uniform allocation at the same bound is one of the trials (the reference: same
+short fine-tune). Wall time and trial count per row.
+
+    PRUNER_MNIST_ROOT=../shared/datasets .venv/bin/python -m benchmarks.targets \
+        [--out benchmarks/results/targets_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.engine_finetune import machine
+from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
+from core.settings import get_settings
+from worker.engine import data, registry, training
+from worker.engine.pipeline import run_job
+
+CPU = torch.device("cpu")
+
+
+def lenet5_flops(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = registry.build("lenet5")
+    started = time.perf_counter()
+    train = data.load_split(get_settings().mnist_root, True, CPU, InputSpec())
+    training.finetune(model, train, FinetuneSpec(epochs=args.dense_epochs, batch_size=128),
+                      training.MaskHold([], []), seed=0)
+    dense_s = time.perf_counter() - started
+    path = folder / "lenet5.pt"
+    torch.save(model.state_dict(), path)
+    spec = JobSpec.model_validate({
+        "architecture": "lenet5", "device": "cpu",
+        "finetune": {"epochs": args.epochs, "batch_size": 128, "lr": 5e-4,
+                     "lr_schedule": "cosine"},
+        "target": {"flops": {"max_ratio": 0.4}, "max_accuracy_drop": 0.003,
+                   "max_trials": args.trials, "trial_images": 6000}})
+    started = time.perf_counter()
+    report = run_job(path, spec, folder / "out", settings=get_settings()).report
+    wall = time.perf_counter() - started
+    target = report.target
+    assert target is not None and target.chosen is not None and report.cost is not None
+    validation = report.accuracy.validation
+    assert validation is not None
+    drop = validation.before.accuracy - validation.after_finetune.accuracy
+    return {
+        "row": "lenet5: FLOPs <= 40% of dense at <= 0.3 point drop (validation)",
+        "dense_training_s": round(dense_s, 1), "job_wall_s": round(wall, 1),
+        "trials": len(target.trials), "spec": spec.model_dump(mode="json"),
+        "flops_dense": report.cost.before.flops, "flops_after": report.cost.after.flops,
+        "flops_ratio": report.cost.after.flops / report.cost.before.flops,
+        "validation_before": validation.before.accuracy,
+        "validation_after": validation.after_finetune.accuracy, "validation_drop": drop,
+        "test_before": report.accuracy.before.accuracy,
+        "test_after": report.accuracy.after_finetune.accuracy,
+        "met": report.cost.after.flops <= 0.4 * report.cost.before.flops and drop <= 0.003,
+        "speedup": report.cost.speedup, "timings_s": report.timings_s,
+        "target": target.model_dump(mode="json"), "data": report.data and
+        report.data.model_dump(mode="json"), "warnings": report.warnings,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--dense-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=4)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = [lenet5_flops(args, Path(scratch))]
+    result = {"machine": {**machine(CPU), "load_average": list(os.getloadavg())},
+              "rows": rows}
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
