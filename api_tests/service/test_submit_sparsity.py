@@ -38,6 +38,11 @@ BAD = [  # (spec changes, the field the 422 names)
     ({"target": {"flops": {"max_ratio": 0.5}}, "search": {}}, ["search"]),
     ({"target": {"flops": {"max_ratio": 0.5}}, "pruning": {"overrides": {"fc1.weight": 0.5}}},
      ["pruning", "overrides"]),
+    ({"target": {"flops": {"max_ratio": 0.5}},
+      "pruning": {"method": "ln_structured", "shrink": True}}, ["pruning", "shrink"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "finetune": {"validation_from": "train",
+                                                             "validation_size": 0}},
+     ["finetune", "validation_size"]),
 ]
 
 

@@ -400,6 +400,9 @@ class JobSpec(SpecModel):
         if self.pruning.schedule.kind != "one_shot":
             raise field_error(("pruning", "schedule", "kind"), "a target removes channels "
                               "once: leave the one_shot schedule")
+        if self.pruning.shrink:
+            raise field_error(("pruning", "shrink"), "a target removes channels itself, "
+                              "choosing how many per group: leave shrink false")
         if self.pruning.overrides:
             raise field_error(("pruning", "overrides"), "a target chooses the amount per "
                               "channel group itself")
