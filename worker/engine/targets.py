@@ -63,9 +63,12 @@ class Builder:
     prepared: Prepared  # the analysis and the dense model (never modified)
     seed: int
     groups: list[GroupPlan] = field(init=False)  # the prunable ones
+    _targeted: set[str] = field(init=False)  # the targeted weights' names
 
     def __post_init__(self) -> None:
         self.groups = [p for p in self.prepared.plans if p.pruned]
+        self._targeted = {t.name for t in
+                          pruning.find_targets(self.prepared.model, self.prepared.spec)}
 
     def removed(self, fractions: dict[str, float]) -> dict[str, int]:
         """Channels removed per group for a share each (at least one channel kept)."""
@@ -91,10 +94,6 @@ class Builder:
         plans = plan_groups(base.graph, dict(model.state_dict()), spec, self._targeted,
                             torch.Generator().manual_seed(self.seed))
         return Prepared(model, spec, base.architecture, base.graph, plans).apply()
-
-    @property
-    def _targeted(self) -> set[str]:
-        return {t.name for t in pruning.find_targets(self.prepared.model, self.prepared.spec)}
 
 
 @dataclass
