@@ -8,7 +8,7 @@ from datetime import timedelta
 from html import unescape
 
 from api_tests.core.factories import make_record
-from api_tests.report_html.factories import HOSTILE, full_report
+from api_tests.report_html.factories import HOSTILE, full_report, target_report
 from api_tests.service.factories import NOW, finished_job
 from api_tests.support.api import REFERENCE, Api, ModelFiles
 from api_tests.support.problems import assert_problem
@@ -155,3 +155,13 @@ def test_docs_load_their_assets_from_the_app(api: Api) -> None:
     assert api.client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
     js = api.client.get("/static/web/job.js")
     assert js.status_code == 200 and "EventSource" in js.text
+
+
+def test_job_page_of_a_failed_target_draws_its_frontier(api: Api) -> None:
+    error = JobError(code=JobErrorCode.TARGET_UNREACHABLE, message="no candidate meets ...")
+    api.store.create(make_record(NOW, job_id="t1", status=JobStatus.FAILED, error=error))
+    assert 'id="target"' not in api.client.get("/jobs/t1").text  # no report left: none shown
+    store_report(api, "t1", target_report())
+    html = api.client.get("/jobs/t1").text
+    assert "target_unreachable" in html and 'id="target"' in html
+    assert 'href="/v1/jobs/t1/report.html"' in html and 'href="/v1/jobs/t1/model"' not in html
