@@ -19,7 +19,7 @@ def _run(stack: Stack, trained_mlp: TrainedMLP, spec: dict[str, Any]) -> tuple[A
     response = submit(stack.client, trained_mlp.torchscript, spec)
     assert response.status_code == 202, response.text
     job = wait_for(stack.client, response.json()["id"])
-    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["status"] == "succeeded", (job.get("error"), job, stack.logs())
     report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
     return _load(_download(stack, job), "torchscript"), report
 
@@ -83,8 +83,9 @@ def test_search_job(stack: Stack, trained_mlp: TrainedMLP, mnist_test: tuple[Any
 
 def test_target_job_and_unreachable_target(stack: Stack, trained_mlp: TrainedMLP,
                                            mnist_test: tuple[Any, Any]) -> None:
+    # no fine-tuning at all (a fast job): a generous drop, the plumbing is what is checked
     spec: dict[str, Any] = {"finetune": {"epochs": 0}, "target": {
-        "parameters": {"max_ratio": 0.5}, "max_accuracy_drop": 0.05, "max_trials": 2,
+        "parameters": {"max_ratio": 0.5}, "max_accuracy_drop": 0.5, "max_trials": 2,
         "trial_images": 0}}
     model, report = _run(stack, trained_mlp, spec)
     target = report["target"]

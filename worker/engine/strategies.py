@@ -93,7 +93,7 @@ def _unreachable(job: Job, report: TargetReport, splits: Splits) -> EngineError:
     """target_unreachable, with the frontier as the failed job's report (no model)."""
     assert job.spec.target is not None
     error = targets.unreachable(job.spec.target, report.trials, report.constraint,
-                                report.bound, report.dense_accuracy)
+                                report.bound, report.dense_accuracy, report.final_val_accuracy)
     error.report = {
         "report_version": REPORT_VERSION, "spec": job.spec.model_dump(mode="json"),
         "device": device_name(job.device), "torch_version": torch.__version__,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import glob
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ from worker.engine import measure, pruning, saving, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Prepared, Shrunk, prepare
+from worker.engine.shrink.graph import analyse
 from worker.engine.shrink.plan import GroupPlan, plan_groups
 
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -275,16 +277,33 @@ def _subset(train: Split, size: int, seed: int) -> Split:
 
 
 def prepare_groups(model: nn.Module, spec: JobSpec) -> Prepared:
-    """The channel-group analysis, refused before any data is read (as shrink is)."""
-    return prepare(model, channel_spec(spec), spec.architecture, spec.seed)
+    """The channel-group analysis, before any data is read. Unlike ``shrink``, a group the
+    analysis cannot rewrite (it reaches an op such as ``log_softmax``) is left whole rather
+    than refused: the target chooses among the groups it can narrow."""
+    channels = channel_spec(spec)
+    script = model if isinstance(model, torch.jit.ScriptModule) else _script(model)
+    blocked = [glob.escape(f"{producer}.weight") for group in analyse(script).groups
+               if group.blockers and not group.feeds_output for producer in group.producers]
+    channels = channels.model_copy(update={"exclude": [*channels.exclude, *blocked]})
+    return prepare(model, channels, spec.architecture, spec.seed)
+
+
+def _script(model: nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted: torch.jit.ScriptModule = torch.jit.script(model)
+    return scripted
 
 
 def unreachable(target: TargetSpec, trials: list[TargetTrial], name: str, bound: float,
-                dense_accuracy: float) -> EngineError:
-    """The failure, naming the closest candidate on each side of the frontier."""
+                dense_accuracy: float, final: float | None = None) -> EngineError:
+    """The failure, naming the closest candidate on each side of the frontier (and, when
+    the chosen one fell outside the drop after its full fine-tune, ``final``: its accuracy)."""
     meeting = [t for t in trials if t.meets_constraint]
     within = [t for t in trials if t.within_drop]
-    sides = []
+    sides = [] if final is None else [
+        f"the chosen candidate reached {final:.4f} on validation after the full fine-tune "
+        f"(drop {dense_accuracy - final:.4f})"]
     if meeting:
         best = max(meeting, key=lambda t: t.val_accuracy)
         sides.append(f"the most accurate candidate meeting {name} <= {bound:g} reached "
@@ -294,7 +313,7 @@ def unreachable(target: TargetSpec, trials: list[TargetTrial], name: str, bound:
         cheapest = min(within, key=lambda t: t.constraint_value)
         sides.append(f"the cheapest candidate within the drop has {name} "
                      f"{cheapest.constraint_value:g} (validation {cheapest.val_accuracy:.4f})")
-    if not sides:
+    if len(sides) == (final is not None):
         sides.append("no candidate met the constraint or stayed within the drop")
     return EngineError(
         JobErrorCode.TARGET_UNREACHABLE,

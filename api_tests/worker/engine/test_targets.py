@@ -64,6 +64,25 @@ def test_measured_latency_is_monotone_in_width() -> None:
     assert explorer.meter(toy) > values[2]  # the dense model is slower than a quarter of it
 
 
+class _LogSoftmaxNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.fc2(torch.relu(self.fc1(x.flatten(1)))), dim=1)
+
+
+def test_a_group_the_analysis_cannot_rewrite_is_left_whole() -> None:
+    """fc2's outputs reach log_softmax: shrink refuses them, a target narrows only fc1."""
+    scripted = torch.jit.script(_LogSoftmaxNet())
+    builder = targets.Builder(targets.prepare_groups(scripted, JobSpec.model_validate(
+        {"target": {"parameters": {"max_ratio": 0.5}}})), seed=0)
+    assert [plan.name for plan in builder.groups] == ["fc1"]
+    narrowed = builder.build({"fc1": 16}).model
+    assert [tuple(p.shape) for p in narrowed.parameters()] == [(16, 784), (16,), (10, 16), (10,)]
+
+
 def _trial(value: float, val: float, bound: float = 10.0) -> TargetTrial:
     return TargetTrial(strategy="uniform", level=0.5, widths={}, constraint_value=value,
                        meets_constraint=value <= bound, val_accuracy=val, test_accuracy=0.0,
