@@ -38,6 +38,7 @@ from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
 from core.jobs.spec_options import DistillSpec as DistillSpec
 from core.jobs.spec_options import InputSpec as InputSpec
 from core.jobs.spec_options import LimitsSpec as LimitsSpec
+from core.jobs.spec_options import QuantizeSpec as QuantizeSpec
 from core.jobs.spec_options import SearchSpec as SearchSpec
 from core.jobs.spec_options import SensitivitySpec as SensitivitySpec
 from core.jobs.spec_options import SpecModel
@@ -333,6 +334,9 @@ class JobSpec(SpecModel):
         default=None, description="sensitivity: per-tensor scan on the validation split.")
     search: SearchSpec | None = Field(
         default=None, description="Accuracy-budget search over pruning.amount.")
+    quantize: QuantizeSpec | None = Field(
+        default=None, description="Trained quantisation after fine-tuning (kmeans weight "
+        "sharing or per-channel linear), the masks held.")
     notify: Notify | None = Field(
         default=None, description="A signed webhook when the job ends (default: the "
         "tenant's, if set).")
@@ -350,6 +354,11 @@ class JobSpec(SpecModel):
         if self.pruning.schedule.kind == "agp" and self.finetune.epochs == 0:
             raise field_error(("finetune", "epochs"), "the agp schedule prunes during "
                               "fine-tuning: epochs must be > 0")
+        if (self.quantize is not None and self.quantize.epochs > 0
+                and self.finetune.epochs == 0):
+            raise field_error(("quantize", "epochs"), "the quantised model is fine-tuned on "
+                              "the training split: set finetune.epochs > 0 or "
+                              "quantize.epochs 0")
         if self.search is not None:
             if self.pruning.method is Method.SEMI_STRUCTURED:
                 raise field_error(("search",), "semi_structured has a fixed sparsity; there "

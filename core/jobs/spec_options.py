@@ -5,7 +5,9 @@ job's own limits, distillation, the sensitivity scan and the accuracy-budget sea
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SpecModel(BaseModel):
@@ -78,3 +80,36 @@ class LimitsSpec(SpecModel):
         if self.timeout_s is None:
             return server_limit_s
         return min(self.timeout_s, server_limit_s)
+
+
+class QuantizeSpec(SpecModel):
+    """Trained quantisation after pruning and fine-tuning, the masks held (docs/engine.md,
+    "Quantisation"). ``kmeans``: Deep Compression's weight sharing (a codebook of ``2 ** bits``
+    centroids per tensor, linearly initialised, centroids fine-tuned with the gradients of the
+    weights sharing each one summed). ``linear``: per-output-channel symmetric integers
+    (``bits`` 8 or 4) times a float32 scale, fine-tuned with the straight-through estimator."""
+
+    method: Literal["kmeans", "linear"] = "kmeans"
+    bits: int = Field(default=8, ge=1, le=8, description="Bits per weight code, unless "
+                      "layer_bits or overrides say otherwise.")
+    layer_bits: dict[str, int] = Field(
+        default_factory=dict, description='Bits per layer kind, e.g. {"Conv2d": 8, '
+        '"Linear": 5} (the paper\'s LeNet-5 setting).')
+    overrides: dict[str, int] = Field(
+        default_factory=dict, description="Bits per tensor, keyed by an fnmatch pattern of "
+        "the parameter name; the first matching pattern wins.")
+    epochs: int = Field(default=1, ge=0, le=100, description="Fine-tune epochs after "
+                        "quantising (centroids, or STE latent weights); 0: none.")
+    lr: float = Field(default=1e-4, gt=0, le=10, description="Learning rate of that "
+                      "fine-tune (finetune's optimizer, batch size and distillation).")
+    kmeans_iterations: int = Field(default=50, ge=1, le=1000,
+                                   description="Lloyd's iterations at most (kmeans).")
+
+    @model_validator(mode="after")
+    def _bits(self) -> QuantizeSpec:
+        low = 2 if self.method == "linear" else 1
+        for where, bits in [("bits", self.bits), *self.layer_bits.items(),
+                            *self.overrides.items()]:
+            if not low <= bits <= 8:
+                raise ValueError(f"{self.method} takes bits {low}..8, got {bits} ({where})")
+        return self
