@@ -18,12 +18,14 @@ def test_every_format_has_one_file_name_and_extension() -> None:
         ModelFormat.SAFETENSORS: ("model.safetensors", "safetensors", UploadFormat.SAFETENSORS),
         ModelFormat.SPARSE_SAFETENSORS: ("model.sparse.safetensors", "sparse.safetensors",
                                          UploadFormat.SAFETENSORS),
+        ModelFormat.COMPRESSED: ("model.prz", "prz", UploadFormat.COMPRESSED),
     }
     assert model_file("state_dict") == "model.state_dict.pt"
 
 
 @pytest.mark.parametrize(
-    "value", ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors"]
+    "value", ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors",
+              "compressed"]
 )
 def test_output_format_takes_same_and_every_format(value: str) -> None:
     spec = JobSpec.model_validate_json(f'{{"output_format": "{value}"}}')
@@ -36,16 +38,17 @@ def test_output_format_contract_is_one_enum() -> None:
     """One error naming every choice, and one flat enum in the JSON schema (the contract
     clients had when OutputFormat was its own enum)."""
     with pytest.raises(ValidationError) as info:
-        JobSpec.model_validate_json('{"output_format": "onnx"}')
+        JobSpec.model_validate_json('{"output_format": "pickle"}')
     assert info.value.errors(include_url=False) == [{
-        "type": "enum", "loc": ("output_format",), "input": "onnx",
-        "msg": "Input should be 'same', 'torchscript', 'state_dict', 'safetensors' or "
-               "'sparse_safetensors'",
-        "ctx": {"expected": "'same', 'torchscript', 'state_dict', 'safetensors' or "
-                            "'sparse_safetensors'"},
+        "type": "enum", "loc": ("output_format",), "input": "pickle",
+        "msg": "Input should be 'same', 'torchscript', 'state_dict', 'safetensors', "
+               "'sparse_safetensors' or 'compressed'",
+        "ctx": {"expected": "'same', 'torchscript', 'state_dict', 'safetensors', "
+                            "'sparse_safetensors' or 'compressed'"},
     }]
     assert JobSpec().output_format == "same"
     assert JobSpec.model_json_schema()["properties"]["output_format"] == {
         "title": "OutputFormat", "type": "string", "default": "same",
-        "enum": ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors"],
+        "enum": ["same", "torchscript", "state_dict", "safetensors", "sparse_safetensors",
+                 "compressed"],
     }

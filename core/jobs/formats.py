@@ -17,6 +17,7 @@ class UploadFormat(StrEnum):
 
     ZIP = "zip"  # torch.jit.save or torch.save archive (core.uploads tells them apart)
     SAFETENSORS = "safetensors"
+    COMPRESSED = "compressed"  # the compressed layout's magic (core/uploads/compressed.py)
 
 
 class ModelFormat(StrEnum):
@@ -25,6 +26,9 @@ class ModelFormat(StrEnum):
     SAFETENSORS = "safetensors"  # weights, no pickle at all
     # Compact: non-zero values + a bitmask in safetensors (core/uploads/compact.py)
     SPARSE_SAFETENSORS = "sparse_safetensors"
+    # Deep Compression: sparse structure + codes + codebook/scales, zstd (the NumPy-only
+    # reader is client/decode.py; the layout core/uploads/compressed.py)
+    COMPRESSED = "compressed"
 
     @property
     def file_name(self) -> str:
@@ -55,6 +59,7 @@ FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
                                          UploadFormat.SAFETENSORS),
     ModelFormat.SPARSE_SAFETENSORS: FormatFiles("model.sparse.safetensors", "sparse.safetensors",
                                                 UploadFormat.SAFETENSORS),
+    ModelFormat.COMPRESSED: FormatFiles("model.prz", "prz", UploadFormat.COMPRESSED),
 }
 
 # The spec's output_format also takes "same": the format the model was uploaded in.

@@ -41,6 +41,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.jobs.formats import ModelFormat
+from core.settings import Settings
 from core.uploads.rejection import malformed, too_large, unsupported
 
 MAGIC = b"PRUNERZ1"
@@ -83,6 +85,20 @@ class Entry:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(max_header_bytes=settings.max_safetensors_header_bytes,
+                  max_tensors=settings.max_tensors,
+                  max_tensor_elements=settings.max_tensor_elements,
+                  max_parameters=settings.max_parameters)
+
+
+def check_compressed(path: Path, settings: Settings) -> ModelFormat:
+    """The door: header, sizes and frame headers against the server's caps; nothing is
+    decompressed (the worker's reader decompresses each frame to its checked size only)."""
+    check_file(path, limits_from(settings))
+    return ModelFormat.COMPRESSED
 
 
 def packed_bytes(count: int, bits: int) -> int:

@@ -4,7 +4,8 @@ The format is the one the door's checks (``core.uploads``) name, from the same s
 - TorchScript: ``torch.jit.load`` onto the CPU, then ``audit_torchscript`` before any of its
   code runs;
 - state_dict: a ``torch.save`` archive, ``torch.load(weights_only=True)`` only;
-- safetensors: the safetensors library (no pickle at all).
+- safetensors: the safetensors library (no pickle at all);
+- compressed: the client's NumPy reader (``client/decode.py``), bounded by the checked header.
 state_dicts are loaded into a registry architecture named by the spec.
 """
 
@@ -24,7 +25,8 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import UploadRejected, check_upload
-from worker.engine import audit, registry, sparse_layout
+from core.uploads.compressed import limits_from
+from worker.engine import audit, compressed, registry, sparse_layout
 from worker.engine.errors import EngineError
 
 
@@ -46,6 +48,8 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
         tensors = _load_safetensors(path)
     elif fmt is ModelFormat.SPARSE_SAFETENSORS:  # bitmask + values, checked at the door
         tensors = _decode_compact(_load_safetensors(path))
+    elif fmt is ModelFormat.COMPRESSED:  # decoded to the sizes its (checked) header declares
+        tensors = _decode_compressed(path, settings)
     else:  # a format without a loader: mypy says so when a member is added
         assert_never(fmt)
     audit.check_tensors(tensors, settings)
@@ -130,6 +134,13 @@ def _decode_compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         return sparse_layout.decode(tensors)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise EngineError(JobErrorCode.INVALID_MODEL, f"not a valid compact file: {exc}") from exc
+
+
+def _decode_compressed(path: Path, settings: Settings) -> dict[str, torch.Tensor]:
+    try:
+        return compressed.decode(path.read_bytes(), limits_from(settings))
+    except UploadRejected as exc:
+        raise EngineError(exc.job_code, exc.message) from exc
 
 
 def _into_architecture(tensors: dict[str, torch.Tensor], architecture: str | None) -> nn.Module:
