@@ -35,6 +35,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.jobs.formats import SAME_FORMAT, ModelFormat
 from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
+from core.jobs.spec_options import DeploySpec as DeploySpec
 from core.jobs.spec_options import DistillSpec as DistillSpec
 from core.jobs.spec_options import InputSpec as InputSpec
 from core.jobs.spec_options import LimitsSpec as LimitsSpec
@@ -282,7 +283,7 @@ class FinetuneSpec(SpecModel):
         "(its outputs on the training images, computed once before pruning).")
 
 
-_OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
+_OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat if f.uploadable))
 _EXPECTED_OUTPUT = (  # pydantic's own wording for an enum: 'a', 'b' or 'c'
     ", ".join(f"'{v}'" for v in _OUTPUT_FORMATS[:-1]) + f" or '{_OUTPUT_FORMATS[-1]}'"
 )
@@ -293,7 +294,7 @@ def _output_format(value: object) -> Literal["same"] | ModelFormat:
     if value == SAME_FORMAT:
         return SAME_FORMAT
     if isinstance(value, str) and value in _OUTPUT_FORMATS:
-        return ModelFormat(value)
+        return ModelFormat(value)  # an uploadable format: the job writes it as its primary
     raise PydanticCustomError(
         "enum", "Input should be {expected}", {"expected": _EXPECTED_OUTPUT}
     )
@@ -337,6 +338,9 @@ class JobSpec(SpecModel):
     quantize: QuantizeSpec | None = Field(
         default=None, description="Trained quantisation after fine-tuning (kmeans weight "
         "sharing or per-channel linear), the masks held.")
+    deploy: DeploySpec | None = Field(
+        default=None, description="ONNX and torchao int8 models, verified and timed in the "
+        "job.")
     notify: Notify | None = Field(
         default=None, description="A signed webhook when the job ends (default: the "
         "tenant's, if set).")

@@ -113,3 +113,16 @@ class QuantizeSpec(SpecModel):
             if not low <= bits <= 8:
                 raise ValueError(f"{self.method} takes bits {low}..8, got {bits} ({where})")
         return self
+
+
+class DeploySpec(SpecModel):
+    """Models a runtime loads, made from the job's final model and measured in the job
+    (``report.cost.runtimes``): each is scored on the MNIST test split and timed on the CPU
+    in alternation with the PyTorch model it came from."""
+
+    onnx: bool = Field(default=True, description="Export to ONNX (downloaded with "
+                       "?format=onnx) and run it in ONNX Runtime; where export fails, the "
+                       "report says why (onnx_unavailable) and no file is written.")
+    int8: bool = Field(default=True, description="int8 weights through torchao "
+                       "(Int8WeightOnlyConfig on Linear layers), saved as a state_dict that "
+                       "torch.load(..., weights_only=True) restores (?format=torchao_int8).")

@@ -37,7 +37,7 @@ def save_all(
     module = module.to("cpu").eval()
     outputs = {primary: _save(module, primary, output_dir, quantized)}
     for fmt in ModelFormat:
-        if fmt not in outputs:
+        if fmt not in outputs and fmt.uploadable:  # the others: the deploy phase's
             try:
                 outputs[fmt] = _save(module, fmt, output_dir, quantized)
             except Exception:  # noqa: BLE001 - a secondary format is a convenience only
@@ -64,6 +64,8 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path,
         sparse_layout.save(cpu_state_dict(module), path)
     elif fmt is ModelFormat.COMPRESSED:
         compressed.save(cpu_state_dict(module), path, quantized)
+    elif fmt is ModelFormat.ONNX or fmt is ModelFormat.TORCHAO_INT8:
+        raise ValueError(f"{fmt} is written by the deploy phase (worker/engine/deploy.py)")
     else:  # a format without a writer: mypy says so when a member is added
         assert_never(fmt)
     return path
