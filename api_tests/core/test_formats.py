@@ -19,6 +19,8 @@ def test_every_format_has_one_file_name_and_extension() -> None:
         ModelFormat.SPARSE_SAFETENSORS: ("model.sparse.safetensors", "sparse.safetensors",
                                          UploadFormat.SAFETENSORS),
         ModelFormat.COMPRESSED: ("model.prz", "prz", UploadFormat.COMPRESSED),
+        ModelFormat.ONNX: ("model.onnx", "onnx", None),
+        ModelFormat.TORCHAO_INT8: ("model.int8.pt", "int8.pt", None),
     }
     assert model_file("state_dict") == "model.state_dict.pt"
 
