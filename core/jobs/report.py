@@ -13,7 +13,7 @@ from core.jobs.spec import JobSpec
 REPORT_VERSION = 1
 
 Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done",
-                "pruning_step", "round", "trial", "sensitivity"]
+                "pruning_step", "round", "trial", "sensitivity", "quantizing", "deploying"]
 Split = Literal["validation", "test"]
 
 

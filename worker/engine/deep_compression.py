@@ -2,8 +2,9 @@
 model *from its decoded compressed file*, so the report's accuracy is what a user who decodes
 the download gets (the engine checks the decoded tensors equal its own, bit for bit).
 
-``run_job`` calls ``quantize_phase`` after fine-tuning and ``QuantizePhase.apply`` on the
-report; ``QuantizePhase.tables`` go to ``saving.save_all`` for the compressed writer.
+``phases.quantize`` calls ``quantize_phase`` after the final evaluation; the tables go to
+``saving.save_all`` for the compressed writer, ``annotate`` and ``compressed_report`` to the
+report.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
-from core.jobs.report import CompressedReport, Evaluation, Report, TensorReport
+from core.jobs.report import CompressedReport, Evaluation, TensorReport
 from core.jobs.spec import JobSpec
 from worker.engine import compressed, quantize, training
 from worker.engine.data import Split
@@ -33,41 +34,26 @@ class QuantizePhase:
     before: Evaluation  # the fine-tuned model before quantisation (test split)
     after: Evaluation  # the quantised model, scored from its decoded compressed file
 
-    def apply(self, report: Report, outputs: Mapping[ModelFormat, Path],
-              dense_bytes: int) -> Report:
-        """The report with the quantised accuracy (the pre-quantisation one beside it),
-        per-tensor bits and codebook sizes, and the compressed file's size and ratio."""
-        accuracy = report.accuracy.model_copy(update={
-            "after_finetune": self.after, "before_quantization": self.before,
-            "delta_total": self.after.accuracy - report.accuracy.before.accuracy})
-        return report.model_copy(update={
-            "accuracy": accuracy,
-            "tensors": [self._row(row) for row in report.tensors],
-            "compressed": compressed_report(outputs, dense_bytes),
-        })
 
-    def _row(self, row: TensorReport) -> TensorReport:
-        table = self.tables.get(row.name)
-        if table is None:
-            return row
-        return row.model_copy(update={
-            "bits": table.bits,
-            "codebook_size": table.table.numel() if table.kind == "codebook" else None})
+def annotate(rows: list[TensorReport], tables: Mapping[str, QuantizedTensor]
+             ) -> list[TensorReport]:
+    """Per-tensor rows with their bits and (kmeans) codebook sizes."""
+    return [row if row.name not in tables else row.model_copy(update={
+        "bits": tables[row.name].bits,
+        "codebook_size": (tables[row.name].table.numel()
+                          if tables[row.name].kind == "codebook" else None)})
+        for row in rows]
 
 
-def dense_fp32_bytes(model: nn.Module) -> int:
-    """The dense fp32 state_dict's tensor bytes (4 per element): what the ratio divides."""
-    return sum(4 * t.numel() for t in model.state_dict().values())
-
-
-def compressed_report(outputs: Mapping[ModelFormat, Path], dense_bytes: int
+def compressed_report(outputs: Mapping[ModelFormat, Path], parameters: int
                       ) -> CompressedReport | None:
+    """The compressed file against the dense model's fp32 bytes (4 per parameter)."""
     path = outputs.get(ModelFormat.COMPRESSED)
     if path is None:
         return None
     size = path.stat().st_size
-    return CompressedReport(bytes=size, dense_fp32_bytes=dense_bytes,
-                            ratio=dense_bytes / max(size, 1))
+    return CompressedReport(bytes=size, dense_fp32_bytes=4 * parameters,
+                            ratio=4 * parameters / max(size, 1))
 
 
 def quantize_phase(model: nn.Module, targets: list[Target], spec: JobSpec,
