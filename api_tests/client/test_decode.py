@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
+from client.decode import decode_bytes
 from worker.engine import compressed, quantize
 from worker.engine.quantize import QuantizedTensor
 
@@ -54,3 +56,22 @@ def test_pruner_decode_refuses_a_broken_file(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "client", "decode", str(source)], cwd=ROOT,
                          capture_output=True, text=True)
     assert (run.returncode, "frames end at byte" in run.stderr) == (2, True)
+
+
+def _documented_decoder() -> Any:
+    page = (ROOT / "docs" / "deep-compression.md").read_text()
+    code = page.split("### Reading it without torch", 1)[1].split("```python\n", 1)[1]
+    namespace: dict[str, Any] = {}
+    exec(code.split("```", 1)[0], namespace)  # noqa: S102 - our own documented lines
+    return namespace["decode"]
+
+
+def test_the_documented_lines_decode_every_encoding() -> None:
+    state, tables = _state()
+    state["sparse"] = state["a.weight"] * 3.0  # unquantised: the sparse encoding
+    state["flags"] = torch.tensor([True, False])
+    data = compressed.encode(state, tables)
+    decoded = _documented_decoder()(data)
+    reference = decode_bytes(data)
+    assert {k: v.tobytes() for k, v in decoded.items()} == {
+        k: v.tobytes() for k, v in reference.items()}
