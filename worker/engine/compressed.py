@@ -24,15 +24,16 @@ from client.decode import decode_bytes
 from core.uploads.compressed import LAYOUT, MAGIC, RAW_DTYPES, Limits
 from worker.engine.quantize import QuantizedTensor
 
-ZSTD_LEVEL = 19
+ZSTD_LEVEL = 19  # codes and structure: small, and worth the best ratio
+FLOAT_LEVEL = 3  # float32 values barely compress; a large model must not pay level 19 on them
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
            torch.uint8: "U8", torch.bool: "BOOL"}  # fmt: skip
 U8 = npt.NDArray[np.uint8]
 
 
-def _frame(data: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(data)
+def _frame(data: bytes, level: int = ZSTD_LEVEL) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
 
 
 def bitmask(positions: npt.NDArray[np.int64], numel: int) -> bytes:
@@ -61,7 +62,8 @@ Row = tuple[dict[str, object], bytes]  # header row, zstd frame
 
 def _row(name: str, dtype: str, shape: list[int], encoding: str, nnz: int, bits: int,
          structure: str, codes: str, streams: tuple[bytes, bytes, bytes]) -> Row:
-    frame = _frame(b"".join(streams))
+    quantised = encoding in ("codebook", "linear")
+    frame = _frame(b"".join(streams), ZSTD_LEVEL if quantised else FLOAT_LEVEL)
     return ({"name": name, "dtype": dtype, "shape": shape, "encoding": encoding, "nnz": nnz,
              "bits": bits, "structure": structure, "codes": codes,
              "sizes": [len(s) for s in streams], "frame": len(frame)}, frame)
