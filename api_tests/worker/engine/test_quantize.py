@@ -4,11 +4,13 @@ entries stay exactly +0.0 through a whole quantise-and-fine-tune."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from core.jobs.spec import FinetuneSpec, QuantizeSpec
+from core.jobs.spec import FinetuneSpec, JobSpec, QuantizeSpec
 from worker.engine import quantize
 from worker.engine.data import Split
 from worker.engine.pruning import Target
@@ -109,3 +111,18 @@ def test_masks_stay_exact_through_quantise_and_fine_tune(method: str) -> None:
         assert torch.unique(weight[~zero & (weight != 0)]).numel() <= (
             8 if method == "kmeans" else 8 * weight.shape[0])
     assert {t.kind for t in tables.values()} == {"codebook" if method == "kmeans" else "linear"}
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ({"method": "linear", "bits": 1}, "linear takes bits 2..8, got 1 (bits)"),
+    ({"method": "kmeans", "layer_bits": {"Conv2d": 9}}, "kmeans takes bits 1..8, got 9 (Conv2d)"),
+])
+def test_bits_out_of_range_are_refused_naming_where(block: dict[str, object],
+                                                    message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        QuantizeSpec.model_validate(block)
+
+
+def test_a_quantise_fine_tune_needs_the_training_split() -> None:
+    with pytest.raises(ValueError, match="set finetune.epochs > 0 or quantize.epochs 0"):
+        JobSpec.model_validate({"finetune": {"epochs": 0}, "quantize": {"epochs": 1}})
