@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from api_tests.conftest import REPO_ROOT, Stack, TrainedMLP, submit, wait_for
 from api_tests.models import UserMLP, accuracy
+from api_tests.support.stacks import REPO_ROOT, TrainedMLP, submit, wait_for
+from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
 

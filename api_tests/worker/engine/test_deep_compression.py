@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from api_tests.conftest import mnist_root
 from api_tests.report_html.factories import make_report
+from api_tests.support.stacks import mnist_root
 from client.decode import decode_file
 from core.jobs.formats import ModelFormat
 from core.jobs.report import Report

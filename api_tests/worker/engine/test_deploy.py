@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.conftest import mnist_root
+from api_tests.support.stacks import mnist_root
 from core.jobs.formats import ModelFormat
 from core.jobs.spec import DeploySpec, FinetuneSpec, InputSpec
 from worker.engine import data, deploy, registry, training
