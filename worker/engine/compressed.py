@@ -110,6 +110,10 @@ def _symbols(name: str, flat: npt.NDArray[np.float32], positions: npt.NDArray[np
         order = np.argsort(table, kind="stable")
         at = np.clip(np.searchsorted(table[order], values), 0, table.size - 1)
         symbols = order[at].astype(np.int64)
+        # Only the centroids in use are stored (a 256-entry codebook for 90 weights would
+        # cost more than the weights), the codes renumbered in their order.
+        used = np.unique(symbols) if symbols.size else np.zeros(1, dtype=np.int64)
+        table, symbols = table[used], np.searchsorted(used, symbols).astype(np.int64)
         back = table[symbols]
     else:
         half = 1 << (quantized.bits - 1)

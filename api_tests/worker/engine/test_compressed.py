@@ -99,11 +99,21 @@ def test_the_smallest_candidate_is_chosen() -> None:
     flat = weight.reshape(-1).numpy()
     positions = np.flatnonzero(flat)
     codes = np.searchsorted(table.table.numpy(), flat[positions])  # the codebook is sorted
-    tail = table.table.numpy().astype("<f4").tobytes()
+    used = np.unique(codes)  # only the centroids in use are stored, renumbered
+    tail = table.table.numpy()[used].astype("<f4").tobytes()
+    codes = np.searchsorted(used, codes)
     frames = [len(compressed._frame(s + c + tail))
               for s in (compressed.bitmask(positions, flat.size), compressed.gaps(positions))
               for c in (compressed.pack_codes(codes, 6), codes.astype(np.uint8).tobytes())]
     assert _header(compressed.encode({"w": weight}, {"w": table}))[0]["frame"] == min(frames)
+
+
+def test_only_the_centroids_in_use_are_stored() -> None:
+    weight = torch.tensor([0.0, 2.0, 0.0, 8.0, 8.0, 2.0])  # entries 1 and 3 of 4
+    table = QuantizedTensor("w", "codebook", 2, torch.tensor([1.0, 2.0, 4.0, 8.0]))
+    data = compressed.encode({"w": weight}, {"w": table})
+    assert (_header(data)[0]["sizes"][2], compressed.decode(data)["w"].tolist()) == (
+        8, weight.tolist())
 
 
 def test_compressed_upload_loads_into_its_architecture(tmp_path: Path) -> None:
