@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from core.uploads.compressed import LAYOUT, MAGIC, Limits
 
 def _file(rows: list[dict[str, Any]], frames: list[bytes], header: Any = None) -> bytes:
     raw = json.dumps(header if header is not None else {"layout": LAYOUT, "tensors": rows})
-    return MAGIC + struct.pack("<I", len(raw)) + raw.encode() + b"".join(frames)
+    stored = zlib.compress(raw.encode())
+    return MAGIC + struct.pack("<II", len(stored), len(raw)) + stored + b"".join(frames)
 
 
 def _codebook_row(streams: tuple[bytes, bytes, bytes], **fields: Any
@@ -62,7 +64,21 @@ def test_truncated(tmp_path: Path) -> None:
 
 
 def test_header_length_past_the_file(tmp_path: Path) -> None:
-    assert "truncated" in _door(tmp_path, MAGIC + struct.pack("<I", 10_000) + b"{}").message
+    data = MAGIC + struct.pack("<II", 10_000, 2) + b"{}"
+    assert "truncated" in _door(tmp_path, data).message
+
+
+def test_a_header_bomb(tmp_path: Path) -> None:
+    # 64 MB of spaces deflate to ~64 kB; the file says they inflate to 40 bytes.
+    stored = zlib.compress(b" " * 64 * 2**20, 9)
+    data = MAGIC + struct.pack("<II", len(stored), 40) + stored
+    assert "exactly the 40 bytes" in _door(tmp_path, data).message
+
+
+def test_a_header_over_the_cap(tmp_path: Path) -> None:
+    data = MAGIC + struct.pack("<II", 10, 2**31) + bytes(10)
+    error = _door(tmp_path, data, Settings(max_safetensors_header_bytes=10**6))
+    assert error.kind is RejectKind.TOO_LARGE
 
 
 def test_too_many_tensors(tmp_path: Path) -> None:

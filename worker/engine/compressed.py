@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import struct
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def encode(state: Mapping[str, torch.Tensor],
         rows.append(row)
         frames.append(frame)
     header = json.dumps({"layout": LAYOUT, "tensors": rows}, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<I", len(header)) + header + b"".join(frames)
+    stored = zlib.compress(header, 9)
+    return MAGIC + struct.pack("<II", len(stored), len(header)) + stored + b"".join(frames)
 
 
 def decode(data: bytes, limits: Limits | None = None) -> dict[str, torch.Tensor]:

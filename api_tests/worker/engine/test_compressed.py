@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,9 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _header(data: bytes) -> list[dict[str, object]]:
-    (length,) = struct.unpack("<I", data[8:PREFIX_BYTES])
-    rows: list[dict[str, object]] = json.loads(data[PREFIX_BYTES:PREFIX_BYTES + length])[
-        "tensors"]
+    stored, _ = struct.unpack("<II", data[8:PREFIX_BYTES])
+    rows: list[dict[str, object]] = json.loads(zlib.decompress(
+        data[PREFIX_BYTES:PREFIX_BYTES + stored]))["tensors"]
     return rows
 
 
