@@ -100,6 +100,9 @@ def ort_session(path: Path) -> Any:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3
+    # No busy-waiting threads after a run: they would steal the CPU from the PyTorch model
+    # timed in alternation with this session (and from other jobs on the worker).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
