@@ -228,3 +228,10 @@ def test_per_layer_search_lists_each_trials_amounts() -> None:
     search = render_report(report).split('id="search"', 1)[1].split("</section>", 1)[0]
     assert "<th>amount per tensor</th>" in search
     assert "fc1.weight 60.0%; fc2.weight 30.0%" in search
+
+
+def test_a_quantised_report_shows_both_accuracies() -> None:
+    raw = make_report()
+    raw["accuracy"]["before_quantization"] = {"accuracy": 0.9811, "loss": 0.07, "split": "test"}
+    page = render_report(raw)
+    assert ("after quantisation" in page, "98.11%" in page) == (True, True)
