@@ -187,6 +187,18 @@ class PrunerClient:
                 return _save_checked(response, folder, job_id)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    @staticmethod
+    def decode(path: str | Path, output: str | Path | None = None) -> Path:
+        """Decode a ``compressed`` download into a safetensors file (NumPy and zstandard
+        only: ``pip install 'pruning-service[client]'``); returns its path (default: the
+        file's name with ``.safetensors``). Raises ``UploadRejected`` for a file that does
+        not hold together."""
+        from client.decode import decode_file, write_safetensors
+
+        source = Path(path)
+        target = Path(output) if output is not None else source.with_suffix(".safetensors")
+        return write_safetensors(decode_file(source), target)
+
     def download_report(self, job_id: str, directory: str | Path = ".") -> Path:
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
     pruner submit mlp.pt --arch mnist_mlp --spec spec.json --wait -o out/
     pruner status JOB | pruner list --status running | pruner watch JOB
     pruner cancel JOB | pruner report JOB | pruner download JOB -o out/
+    pruner download JOB --format compressed | pruner decode JOB-pruned.prz -o model.safetensors
 
 The API's URL and key come from ``--url`` / ``--api-key`` or PRUNER_URL / PRUNER_API_KEY.
 Exit status: 0 done (the job succeeded, for ``--wait`` and ``watch``); 1 the job failed
@@ -64,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
     download.add_argument("job")
     download.add_argument("-o", "--output", type=Path, default=Path("."))
     download.add_argument("--format", choices=[f.value for f in ModelFormat])
+
+    decode = commands.add_parser("decode", help="a compressed download as safetensors "
+                                 "(NumPy only, no API call)")
+    decode.add_argument("file", type=Path, help="a .prz file (download --format compressed)")
+    decode.add_argument("-o", "--output", type=Path,
+                        help="the safetensors file to write (default: FILE.safetensors)")
     return p
 
 
@@ -180,7 +187,19 @@ def cmd_download(client: PrunerClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decode(client: PrunerClient, args: argparse.Namespace) -> int:
+    from core.uploads import UploadRejected
+
+    try:
+        print(client.decode(args.file, args.output))
+    except UploadRejected as exc:
+        print(f"pruner: {args.file}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 COMMANDS: dict[str, Callable[[PrunerClient, argparse.Namespace], int]] = {
     "submit": cmd_submit, "status": cmd_status, "list": cmd_list, "watch": cmd_watch,
     "cancel": cmd_cancel, "report": cmd_report, "download": cmd_download,
+    "decode": cmd_decode,
 }

@@ -9,7 +9,8 @@ from core.jobs.public import JobPublic
 BAR_WIDTH = 24
 # Where each phase starts on the bar; fine-tuning fills the space up to "saving".
 PHASE_START = {"queued": 0.0, "loading": 0.02, "evaluating": 0.05, "pruning": 0.08,
-               "finetuning": 0.1, "saving": 0.95, "done": 1.0}
+               "finetuning": 0.1, "quantizing": 0.9, "saving": 0.95, "deploying": 0.97,
+               "done": 1.0}
 
 
 def fraction(job: JobPublic) -> float:

@@ -132,7 +132,11 @@ def _doc(block: Any) -> str:
 
 def _row(path: str, field: FieldInfo, annotation: Any, only: str = "") -> str:
     allowed = _bounds(field)
-    choices = _choices(annotation)
+    # A field that states its own JSON enum (output_format: only the uploadable formats)
+    # is shown with that enum, not with its Python type's members.
+    stated = [m.json_schema["enum"] for m in field.metadata
+              if isinstance(getattr(m, "json_schema", None), dict) and "enum" in m.json_schema]
+    choices = [json.dumps(v) for v in stated[0]] if stated else _choices(annotation)
     if choices:
         allowed.insert(0, "one of " + ", ".join(f"`{c}`" for c in choices))
     blocks = [m for m in _args(annotation) if _is_model(m)]

@@ -59,6 +59,7 @@ class Accuracy(_View):
     after_pruning: Evaluation
     after_finetune: Evaluation
     validation: ValidationAccuracy | None = None
+    before_quantization: Evaluation | None = None  # quantize: after_finetune is quantised
 
 
 class FileInfo(_View):

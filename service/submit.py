@@ -137,6 +137,8 @@ def judge_upload(blobs: BlobStore, job_id: str, settings: Settings) -> UploadFor
         fmt = check_upload(blobs.local_path(job_id, UPLOAD), settings)
     except UploadRejected as exc:
         raise upload_rejected(exc) from exc
+    if fmt.container is None:  # check_upload names only formats that arrive as uploads
+        raise AssertionError(f"check_upload judged a download-only format: {fmt}")
     return fmt.container
 
 

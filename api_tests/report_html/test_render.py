@@ -258,3 +258,8 @@ def test_the_images_behind_each_figure_and_the_warnings_are_shown() -> None:
     assert "MNIST test, the 5000 odd-indexed images" in section
     assert "Warning: the dense model&#39;s validation accuracy looks memorised" in section
     assert 'id="data"' not in render_report(make_report())
+def test_a_quantised_report_shows_both_accuracies() -> None:
+    raw = make_report()
+    raw["accuracy"]["before_quantization"] = {"accuracy": 0.9811, "loss": 0.07, "split": "test"}
+    page = render_report(raw)
+    assert ("after quantisation" in page, "98.11%" in page) == (True, True)

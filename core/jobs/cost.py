@@ -31,6 +31,22 @@ class Cost(BaseModel):
     device: str  # where latency was measured: "cpu", "NVIDIA H200", ...
 
 
+class RuntimeCost(BaseModel):
+    """A deployable model made by the job (spec.deploy), run where it will run: its test
+    accuracy, and its CPU latency timed in alternation with the PyTorch model it came from
+    (``reference_latency_ms``), so the two compare under the same load."""
+
+    runtime: str  # e.g. "onnxruntime 1.32.0 CPUExecutionProvider", "torchao 0.18.0 int8"
+    available: bool
+    reason: str | None = None  # why not available, e.g. "onnx_unavailable: ..."
+    accuracy: float | None = None  # MNIST test split
+    accuracy_delta: float | None = None  # accuracy - the PyTorch model's
+    bytes: int | None = None
+    latency_ms: dict[str, Latency] = Field(default_factory=dict)
+    reference_latency_ms: dict[str, Latency] = Field(default_factory=dict)
+    device: str = "cpu"
+
+
 class CostReport(BaseModel):
     before: Cost  # the model as uploaded
     after: Cost  # the model as downloaded
@@ -39,3 +55,6 @@ class CostReport(BaseModel):
         description="before.p50 / after.p50 per batch size, only when the model came out "
         "physically smaller (fewer parameters); null when only zeros changed.",
     )
+    runtimes: dict[str, RuntimeCost] | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="spec.deploy: 'onnx' and 'int8' models, scored and timed in the job.")

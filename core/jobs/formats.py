@@ -17,6 +17,7 @@ class UploadFormat(StrEnum):
 
     ZIP = "zip"  # torch.jit.save, torch.save or torch.export.save archive (core.uploads tells)
     SAFETENSORS = "safetensors"
+    COMPRESSED = "compressed"  # the compressed layout's magic (core/uploads/compressed.py)
 
 
 class ModelFormat(StrEnum):
@@ -28,6 +29,13 @@ class ModelFormat(StrEnum):
     # torch.export.save archive: an ExportedProgram (graph JSON + raw weights), checked by
     # core/uploads/pt2.py before torch.export.load ever sees it
     PT2 = "pt2"
+    # Deep Compression: sparse structure + codes + codebook/scales, zstd (the NumPy-only
+    # reader is client/decode.py; the layout core/uploads/compressed.py)
+    COMPRESSED = "compressed"
+    # Downloads only (never uploaded, never an output_format): written by the deploy phase
+    # when spec.deploy asks for them.
+    ONNX = "onnx"  # exported from the eager model, checked in ONNX Runtime
+    TORCHAO_INT8 = "torchao_int8"  # torch.save of a torchao int8 state_dict (weights_only)
 
     @property
     def file_name(self) -> str:
@@ -40,15 +48,19 @@ class ModelFormat(StrEnum):
         return FORMAT_FILES[self].extension
 
     @property
-    def container(self) -> UploadFormat:
-        """The container an upload in this format arrives in."""
+    def container(self) -> UploadFormat | None:
+        """The container an upload in this format arrives in; None: a download only."""
         return FORMAT_FILES[self].container
+
+    @property
+    def uploadable(self) -> bool:
+        return self.container is not None
 
 
 class FormatFiles(NamedTuple):
     file_name: str
     extension: str
-    container: UploadFormat
+    container: UploadFormat | None
 
 
 FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
@@ -59,6 +71,9 @@ FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
     ModelFormat.SPARSE_SAFETENSORS: FormatFiles("model.sparse.safetensors", "sparse.safetensors",
                                                 UploadFormat.SAFETENSORS),
     ModelFormat.PT2: FormatFiles("model.pt2", "pt2", UploadFormat.ZIP),
+    ModelFormat.COMPRESSED: FormatFiles("model.prz", "prz", UploadFormat.COMPRESSED),
+    ModelFormat.ONNX: FormatFiles("model.onnx", "onnx", None),
+    ModelFormat.TORCHAO_INT8: FormatFiles("model.int8.pt", "int8.pt", None),
 }
 
 # The spec's output_format also takes "same": the format the model was uploaded in.

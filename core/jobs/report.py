@@ -13,7 +13,8 @@ from core.jobs.spec import JobSpec
 REPORT_VERSION = 1
 
 Phase = Literal["queued", "loading", "evaluating", "pruning", "finetuning", "saving", "done",
-                "pruning_step", "round", "trial", "sensitivity", "target"]
+                "pruning_step", "round", "trial", "sensitivity", "target", "quantizing",
+                "deploying"]
 Split = Literal["validation", "test"]
 
 
@@ -58,6 +59,9 @@ class TensorReport(BaseModel):
     semi_structured_note: str | None = None  # why (not) eligible
     shape_before: list[int] | None = None  # shrink: shape before channels were removed
     shape_after: list[int] | None = None  # shrink: shape of the returned (smaller) tensor
+    # quantize: bits per stored code, and (kmeans) the codebook's entries; only when set
+    bits: int | None = Field(default=None, exclude_if=_unset)
+    codebook_size: int | None = Field(default=None, exclude_if=_unset)
 
 
 class Totals(BaseModel):
@@ -79,6 +83,9 @@ class Accuracy(BaseModel):
     delta_pruning: float  # after_pruning.accuracy - before.accuracy
     delta_total: float  # after_finetune.accuracy - before.accuracy
     validation: ValidationAccuracy | None = None  # the same figures on the validation split
+    # quantize: after_finetune is the quantised model's (scored from its decoded compressed
+    # file); this is the fine-tuned model's before quantisation. Only when set.
+    before_quantization: Evaluation | None = Field(default=None, exclude_if=_unset)
 
 
 class ValidationAccuracy(BaseModel):
@@ -189,6 +196,14 @@ class FileInfo(BaseModel):
     )
 
 
+class CompressedReport(BaseModel):
+    """The ``compressed`` download against the dense fp32 state_dict's tensor bytes."""
+
+    bytes: int
+    dense_fp32_bytes: int  # 4 bytes per element of every state_dict tensor
+    ratio: float  # dense_fp32_bytes / bytes
+
+
 class ShrinkGroup(BaseModel):
     """Channels removed together: the outputs of ``producers`` meet (residual add) or one
     layer's outputs alone."""
@@ -241,3 +256,4 @@ class Report(BaseModel):
     target: TargetReport | None = None  # the target search: frontier and chosen point
     data: DataReport | None = None  # the images behind each figure
     warnings: list[str] = Field(default_factory=list)  # e.g. a memorised validation split
+    compressed: CompressedReport | None = Field(default=None, exclude_if=_unset)

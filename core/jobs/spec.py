@@ -35,9 +35,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.jobs.formats import SAME_FORMAT, ModelFormat
 from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
+from core.jobs.spec_options import DeploySpec as DeploySpec
 from core.jobs.spec_options import DistillSpec as DistillSpec
 from core.jobs.spec_options import InputSpec as InputSpec
 from core.jobs.spec_options import LimitsSpec as LimitsSpec
+from core.jobs.spec_options import QuantizeSpec as QuantizeSpec
 from core.jobs.spec_options import SearchSpec as SearchSpec
 from core.jobs.spec_options import SensitivitySpec as SensitivitySpec
 from core.jobs.spec_options import SpecModel
@@ -296,7 +298,7 @@ class FinetuneSpec(SpecModel):
         "(its outputs on the training images, computed once before pruning).")
 
 
-_OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat))
+_OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat if f.uploadable))
 _EXPECTED_OUTPUT = (  # pydantic's own wording for an enum: 'a', 'b' or 'c'
     ", ".join(f"'{v}'" for v in _OUTPUT_FORMATS[:-1]) + f" or '{_OUTPUT_FORMATS[-1]}'"
 )
@@ -307,7 +309,7 @@ def _output_format(value: object) -> Literal["same"] | ModelFormat:
     if value == SAME_FORMAT:
         return SAME_FORMAT
     if isinstance(value, str) and value in _OUTPUT_FORMATS:
-        return ModelFormat(value)
+        return ModelFormat(value)  # an uploadable format: the job writes it as its primary
     raise PydanticCustomError(
         "enum", "Input should be {expected}", {"expected": _EXPECTED_OUTPUT}
     )
@@ -351,6 +353,12 @@ class JobSpec(SpecModel):
     target: TargetSpec | None = Field(
         default=None, description="Compress to a latency, FLOPs, parameter or size budget "
         "within an accuracy drop: a search over channel removal per group (docs/targets.md).")
+    quantize: QuantizeSpec | None = Field(
+        default=None, description="Trained quantisation after fine-tuning (kmeans weight "
+        "sharing or per-channel linear), the masks held.")
+    deploy: DeploySpec | None = Field(
+        default=None, description="ONNX and torchao int8 models, verified and timed in the "
+        "job.")
     notify: Notify | None = Field(
         default=None, description="A signed webhook when the job ends (default: the "
         "tenant's, if set).")
@@ -377,6 +385,11 @@ class JobSpec(SpecModel):
                               "fine-tuning: epochs must be > 0")
         if self.target is not None:
             self._check_target()
+        if (self.quantize is not None and self.quantize.epochs > 0
+                and self.finetune.epochs == 0):
+            raise field_error(("quantize", "epochs"), "the quantised model is fine-tuned on "
+                              "the training split: set finetune.epochs > 0 or "
+                              "quantize.epochs 0")
         if self.search is not None:
             if self.pruning.method is Method.SEMI_STRUCTURED:
                 raise field_error(("search",), "semi_structured has a fixed sparsity; there "

@@ -5,6 +5,8 @@ job's own limits, distillation, the sensitivity scan, the accuracy-budget search
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.jobs.formats import ModelFormat
@@ -112,13 +114,13 @@ class BytesConstraint(Constraint):
     @field_validator("format")
     @classmethod
     def _producible(cls, value: str) -> str:
-        formats = [f.value for f in ModelFormat]
+        # the formats a job writes for every model (onnx and int8 are made only on request,
+        # after the search); "compressed" counts the file without quantisation, since the
+        # target search chooses channels, not bits (docs/targets.md)
+        formats = [f.value for f in ModelFormat if f.uploadable]
         if value not in formats:
-            raise ValueError(
-                f"a job cannot produce format {value!r}: bytes targets bound one of "
-                f"{', '.join(formats)}" + ("; the compressed (quantised) format is not "
-                                           "available on this service yet" if value ==
-                                           "compressed" else ""))
+            raise ValueError(f"a target search cannot measure format {value!r}: bytes "
+                             f"targets bound one of {', '.join(formats)}")
         return value
 
 
@@ -159,3 +161,47 @@ class TargetSpec(SpecModel):
             if value is not None:
                 return name, value
         raise AssertionError("validated: exactly one constraint")
+class QuantizeSpec(SpecModel):
+    """Trained quantisation after pruning and fine-tuning, the masks held (docs/engine.md,
+    "Quantisation"). ``kmeans``: Deep Compression's weight sharing (a codebook of ``2 ** bits``
+    centroids per tensor, linearly initialised, centroids fine-tuned with the gradients of the
+    weights sharing each one summed). ``linear``: per-output-channel symmetric integers
+    (``bits`` 8 or 4) times a float32 scale, fine-tuned with the straight-through estimator."""
+
+    method: Literal["kmeans", "linear"] = "kmeans"
+    bits: int = Field(default=8, ge=1, le=8, description="Bits per weight code, unless "
+                      "layer_bits or overrides say otherwise.")
+    layer_bits: dict[str, int] = Field(
+        default_factory=dict, description='Bits per layer kind, e.g. {"Conv2d": 8, '
+        '"Linear": 5} (the paper\'s LeNet-5 setting).')
+    overrides: dict[str, int] = Field(
+        default_factory=dict, description="Bits per tensor, keyed by an fnmatch pattern of "
+        "the parameter name; the first matching pattern wins.")
+    epochs: int = Field(default=1, ge=0, le=100, description="Fine-tune epochs after "
+                        "quantising (centroids, or STE latent weights); 0: none.")
+    lr: float = Field(default=1e-4, gt=0, le=10, description="Learning rate of that "
+                      "fine-tune (finetune's optimizer, batch size and distillation).")
+    kmeans_iterations: int = Field(default=50, ge=1, le=1000,
+                                   description="Lloyd's iterations at most (kmeans).")
+
+    @model_validator(mode="after")
+    def _bits(self) -> QuantizeSpec:
+        low = 2 if self.method == "linear" else 1
+        for where, bits in [("bits", self.bits), *self.layer_bits.items(),
+                            *self.overrides.items()]:
+            if not low <= bits <= 8:
+                raise ValueError(f"{self.method} takes bits {low}..8, got {bits} ({where})")
+        return self
+
+
+class DeploySpec(SpecModel):
+    """Models a runtime loads, made from the job's final model and measured in the job
+    (``report.cost.runtimes``): each is scored on the MNIST test split and timed on the CPU
+    in alternation with the PyTorch model it came from."""
+
+    onnx: bool = Field(default=True, description="Export to ONNX (downloaded with "
+                       "?format=onnx) and run it in ONNX Runtime; where export fails, the "
+                       "report says why (onnx_unavailable) and no file is written.")
+    int8: bool = Field(default=True, description="int8 weights through torchao "
+                       "(Int8WeightOnlyConfig on Linear layers), saved as a state_dict that "
+                       "torch.load(..., weights_only=True) restores (?format=torchao_int8).")

@@ -15,7 +15,9 @@ pickle *opcodes* (listed, never executed):
 - ``storages``: each storage's declared size against its entry, each tensor's view against
   its storage, tensor and element caps;
 - ``safetensors_header``: header length, JSON, dtypes, shapes vs offsets, overlaps, caps;
-- ``compact``: the compact layout (``sparse_safetensors``, bitmask + values) holds together.
+- ``compact``: the compact layout (``sparse_safetensors``, bitmask + values) holds together;
+- ``compressed``: the compressed download (``.prz``): header, caps, stream sizes and zstd
+  frame headers, judged before anything is decompressed.
 
 A refusal is an ``UploadRejected`` with a ``RejectKind``: the API maps kinds to HTTP statuses
 (``service/errors.py``), the worker to ``JobErrorCode`` (``RejectKind.job_code``).

@@ -7,6 +7,7 @@ The format is the one the door's checks (``core.uploads``) name, from the same s
 - safetensors: the safetensors library (no pickle at all);
 - pt2: ``torch.export.load`` (``worker/engine/exported.py``), only after ``core.uploads.pt2``
   passed it here too.
+- compressed: the client's NumPy reader (``client/decode.py``), bounded by the checked header.
 state_dicts are loaded into a registry architecture named by the spec.
 """
 
@@ -26,7 +27,8 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
 from core.settings import Settings
 from core.uploads import UploadRejected, check_upload
-from worker.engine import audit, exported, registry, sparse_layout
+from core.uploads.compressed import limits_from
+from worker.engine import audit, compressed, exported, registry, sparse_layout
 from worker.engine.errors import EngineError
 
 
@@ -50,6 +52,10 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
         tensors = _load_safetensors(path)
     elif fmt is ModelFormat.SPARSE_SAFETENSORS:  # bitmask + values, checked at the door
         tensors = _decode_compact(_load_safetensors(path))
+    elif fmt is ModelFormat.COMPRESSED:  # decoded to the sizes its (checked) header declares
+        tensors = _decode_compressed(path, settings)
+    elif fmt is ModelFormat.ONNX or fmt is ModelFormat.TORCHAO_INT8:
+        raise AssertionError(f"check_upload judged a download-only format: {fmt}")
     else:  # a format without a loader: mypy says so when a member is added
         assert_never(fmt)
     audit.check_tensors(tensors, settings)
@@ -134,6 +140,13 @@ def _decode_compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         return sparse_layout.decode(tensors)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise EngineError(JobErrorCode.INVALID_MODEL, f"not a valid compact file: {exc}") from exc
+
+
+def _decode_compressed(path: Path, settings: Settings) -> dict[str, torch.Tensor]:
+    try:
+        return compressed.decode(path.read_bytes(), limits_from(settings))
+    except UploadRejected as exc:
+        raise EngineError(exc.job_code, exc.message) from exc
 
 
 def _into_architecture(tensors: dict[str, torch.Tensor], architecture: str | None) -> nn.Module:

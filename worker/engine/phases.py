@@ -25,7 +25,18 @@ from core.jobs.report import (
 )
 from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec, ValidationFrom
 from core.settings import Settings
-from worker.engine import data, measure, pruning, saving, sensitivity, shrink, targets, training
+from worker.engine import (
+    data,
+    deep_compression,
+    deploy,
+    measure,
+    pruning,
+    saving,
+    sensitivity,
+    shrink,
+    targets,
+    training,
+)
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.job import Job, device_name
@@ -97,6 +108,22 @@ def evaluate_final(job: Job, dense: Dense, pruned: Pruned, splits: Splits) -> Tu
     return Tuned(test, checked)
 
 
+def quantize(job: Job, pruned: Pruned, splits: Splits, tuned: Tuned) -> Tuned:
+    """spec.quantize: quantise (and fine-tune) the pruned model, masks held; its accuracy,
+    scored from the decoded compressed file, replaces the fine-tuned model's."""
+    if job.spec.quantize is None:
+        return tuned
+    job.enter("quantizing")
+    with job.timed("quantize"):
+        targets = pruning.find_targets(pruned.model, pruned.pruning)
+        done = deep_compression.quantize_phase(
+            pruned.model, targets, job.spec, splits.train, splits.test, tuned.test,
+            on_progress=job.on_progress, should_cancel=job.should_cancel)
+    assert done is not None
+    pruned.quantized = done.tables
+    return Tuned(done.after, tuned.validation, before_quantization=done.before)
+
+
 def measure_cost(job: Job, dense: Dense, pruned: Pruned) -> Costs:
     """The cost after; a physically smaller model is timed again against its dense twin,
     in alternation, so the speedup does not depend on the machine's load over the job."""
@@ -117,9 +144,24 @@ def save(job: Job, upload: Upload, pruned: Pruned) -> Saved:
     job.enter("saving")
     primary = upload.primary
     with job.timed("save", synced=False):
-        outputs = dict(saving.save_all(pruned.model, primary, job.output_dir))
+        outputs = dict(saving.save_all(pruned.model, primary, job.output_dir,
+                                       pruned.quantized))
         return Saved(outputs, primary, saving.file_info(upload.path, upload.loaded.format),
                      saving.file_info(outputs[primary], primary))
+
+
+def deploy_models(job: Job, pruned: Pruned, splits: Splits, saved: Saved) -> Saved:
+    """spec.deploy: ONNX and int8 files, each scored and timed where it runs."""
+    if job.spec.deploy is None:
+        return saved
+    job.enter("deploying")
+    with job.timed("deploy"):
+        made = deploy.deploy_phase(pruned.model, job.spec.deploy, job.spec.input, splits.test,
+                                   job.output_dir)
+    assert made is not None
+    saved.outputs.update(made.outputs)
+    saved.runtimes = made.runtimes
+    return saved
 
 
 def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensitivity | None,
@@ -127,6 +169,7 @@ def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensiti
     spec = job.spec
     rows = pruned.rows()
     after = costs.after.model_copy(update={"bytes": measure.file_bytes(saved.outputs)})
+    cost = measure.report(costs.before, after).model_copy(update={"runtimes": saved.runtimes})
     return Report(
         spec=spec.model_copy(update={"pruning": pruned.pruning}),
         tensors=rows,
@@ -139,13 +182,15 @@ def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensiti
         seed=spec.seed,
         input=saved.input,
         output=saved.output,
-        cost=measure.report(costs.before, after),
+        cost=cost,
         sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
         search=pruned.search,
         shrink=pruned.shrink,
         target=pruned.target,
         data=splits.sources,
         warnings=[w for w in [memorised_warning(dense, splits.sources)] if w is not None],
+        compressed=(deep_compression.compressed_report(saved.outputs, costs.before.parameters)
+                    if pruned.quantized is not None else None),
     )
 
 
@@ -261,4 +306,5 @@ def _accuracy(dense: Dense, pruned: Evaluation, tuned: Tuned) -> Accuracy:
         delta_pruning=pruned.accuracy - dense.test.accuracy,
         delta_total=tuned.test.accuracy - dense.test.accuracy,
         validation=tuned.validation,
+        before_quantization=tuned.before_quantization,
     )

@@ -48,8 +48,10 @@ def run_job(
     scan = phases.scan_sensitivity(job, upload, splits)  # per-tensor curves, when asked
     pruned = strategies.prune(job, upload, splits, dense, scan)  # shrink, search or schedule
     tuned = phases.evaluate_final(job, dense, pruned, splits)  # accuracy after fine-tuning
+    tuned = phases.quantize(job, pruned, splits, tuned)  # trained quantisation, when asked
     costs = phases.measure_cost(job, dense, pruned)  # cost after (speedup timed in alternation)
     saved = phases.save(job, upload, pruned)  # the output files
+    saved = phases.deploy_models(job, pruned, splits, saved)  # ONNX, int8: when asked
     report = phases.report(job, upload, splits, dense, scan, pruned, tuned, costs, saved)
     if on_progress is not None:
         on_progress(Progress(phase="done"))

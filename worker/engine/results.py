@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from core.jobs.cost import Cost
+from core.jobs.cost import Cost, RuntimeCost
 from core.jobs.formats import ModelFormat
 from core.jobs.report import (
     DataReport,
@@ -25,8 +25,10 @@ from core.jobs.report import (
 from core.jobs.spec import PruningSpec
 from worker.engine import pruning, shrink
 from worker.engine.data import Split
+from worker.engine.deep_compression import annotate
 from worker.engine.loading import LoadedModel
 from worker.engine.pruning import Target
+from worker.engine.quantize import QuantizedTensor
 
 
 @dataclass
@@ -64,8 +66,9 @@ class Dense:
 class Tuned:
     """Accuracy after fine-tuning: the test split, and validation beside the dense model's."""
 
-    test: Evaluation
+    test: Evaluation  # spec.quantize: the quantised model's, from its decoded file
     validation: ValidationAccuracy | None
+    before_quantization: Evaluation | None = None  # spec.quantize: the fine-tuned model's
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Saved:
     primary: ModelFormat
     input: FileInfo
     output: FileInfo
+    runtimes: dict[str, RuntimeCost] | None = None  # spec.deploy: ONNX, int8
 
 
 @dataclass
@@ -95,9 +99,10 @@ class Pruned:
     shrink: ShrinkReport | None = None
     target: TargetReport | None = None
     dense_twin: nn.Module | None = None  # shrink: the speedup is timed against it
+    quantized: dict[str, QuantizedTensor] | None = None  # spec.quantize: tables by tensor
 
     def rows(self) -> list[TensorReport]:
         """Per targeted tensor: its zeros counted in the weights as they are now."""
-        if self.shrunk_rows is not None:
-            return self.shrunk_rows
-        return pruning.tensor_reports(self.targets, self.pruning)
+        rows = (self.shrunk_rows if self.shrunk_rows is not None
+                else pruning.tensor_reports(self.targets, self.pruning))
+        return annotate(rows, self.quantized or {})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import assert_never
 
@@ -17,7 +18,8 @@ from torch import nn
 from core.jobs.formats import ModelFormat
 from core.jobs.report import FileInfo
 from core.storage.digest import sha256_file
-from worker.engine import exported, sparse_layout
+from worker.engine import compressed, exported, sparse_layout
+from worker.engine.quantize import QuantizedTensor
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -26,22 +28,25 @@ def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_all(
-    module: nn.Module, primary: ModelFormat, output_dir: Path
+    module: nn.Module, primary: ModelFormat, output_dir: Path,
+    quantized: Mapping[str, QuantizedTensor] | None = None,
 ) -> dict[ModelFormat, Path]:
-    """Write ``primary`` (errors propagate), then every other format that can be made."""
+    """Write ``primary`` (errors propagate), then every other format that can be made.
+    ``quantized``: the tables the compressed format stores the quantised weights by."""
     output_dir.mkdir(parents=True, exist_ok=True)
     module = module.to("cpu").eval()
-    outputs = {primary: _save(module, primary, output_dir)}
+    outputs = {primary: _save(module, primary, output_dir, quantized)}
     for fmt in ModelFormat:
-        if fmt not in outputs:
+        if fmt not in outputs and fmt.uploadable:  # the others: the deploy phase's
             try:
-                outputs[fmt] = _save(module, fmt, output_dir)
+                outputs[fmt] = _save(module, fmt, output_dir, quantized)
             except Exception:  # noqa: BLE001 - a secondary format is a convenience only
                 (output_dir / fmt.file_name).unlink(missing_ok=True)
     return {fmt: outputs[fmt] for fmt in ModelFormat if fmt in outputs}
 
 
-def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
+def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path,
+          quantized: Mapping[str, QuantizedTensor] | None) -> Path:
     path = output_dir / fmt.file_name
     if fmt is ModelFormat.TORCHSCRIPT:
         with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
@@ -59,6 +64,10 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path) -> Path:
         sparse_layout.save(cpu_state_dict(module), path)
     elif fmt is ModelFormat.PT2:
         exported.save_exported(module, path)
+    elif fmt is ModelFormat.COMPRESSED:
+        compressed.save(cpu_state_dict(module), path, quantized)
+    elif fmt is ModelFormat.ONNX or fmt is ModelFormat.TORCHAO_INT8:
+        raise ValueError(f"{fmt} is written by the deploy phase (worker/engine/deploy.py)")
     else:  # a format without a writer: mypy says so when a member is added
         assert_never(fmt)
     return path

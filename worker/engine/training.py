@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,14 @@ class MaskHold:
             torch._foreach_mul_(self.params, self.masks)
 
 
+class Hold(Protocol):
+    """What ``finetune`` calls around each optimizer step (``MaskHold``, or a quantiser's)."""
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+
 def make_optimizer(params: Sequence[torch.Tensor], spec: FinetuneSpec) -> torch.optim.Optimizer:
     """Adam or SGD with momentum; the fused kernels when the parameters allow them (one kernel
     per tensor instead of a dozen: it matters at batch 64), else the foreach ones."""
@@ -194,18 +203,20 @@ def finetune(
     model: nn.Module,
     train: Split,
     spec: FinetuneSpec,
-    hold: MaskHold,
+    hold: Hold,
     *,
     seed: int,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
     on_step: Callable[[int], None] | None = None,
+    extra_params: Sequence[torch.Tensor] = (),
 ) -> list[float]:
     """Train ``spec.epochs`` epochs with the masks held; returns the mean loss per epoch.
 
     ``on_step(t)`` runs before the t-th (0-based) optimizer step: a gradual schedule updates
-    ``hold``'s masks there."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    ``hold``'s masks there. ``extra_params`` (a quantiser's centroids) are stepped too; the
+    hold gives them their gradients."""
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = make_optimizer(params, spec)
     generator = torch.Generator().manual_seed(seed)
     steps = steps_per_epoch(train, spec)

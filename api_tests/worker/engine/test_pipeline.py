@@ -75,7 +75,8 @@ def test_reference_recipe_state_dict(
     report = result.report
     _check_recipe_report(report)
     assert result.primary == "state_dict" and set(result.outputs) == {
-        "torchscript", "state_dict", "safetensors", "sparse_safetensors", "pt2"
+        "torchscript", "state_dict", "safetensors", "sparse_safetensors", "pt2",
+        "compressed"
     }
     # The user's own class loads the returned state_dict as is (weights_only).
     state = torch.load(result.outputs["state_dict"], weights_only=True)

@@ -1,0 +1,103 @@
+"""spec.deploy: ONNX files run in ONNX Runtime with the PyTorch model's accuracy, a clear
+onnx_unavailable where export fails, and torchao int8 restored with weights_only=True."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from api_tests.support.stacks import mnist_root
+from core.jobs.formats import ModelFormat
+from core.jobs.spec import DeploySpec, FinetuneSpec, InputSpec
+from worker.engine import data, deploy, registry, training
+from worker.engine.data import Split
+from worker.engine.training import MaskHold
+
+
+def _splits() -> tuple[Split, Split]:
+    cpu = torch.device("cpu")
+    train = data.load_split(mnist_root(), True, cpu, InputSpec())
+    test = data.load_split(mnist_root(), False, cpu, InputSpec())
+    return Split(train.images[:2000], train.labels[:2000]), Split(test.images[:1000],
+                                                                   test.labels[:1000])
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, Split]:
+    torch.manual_seed(0)
+    train, test = _splits()
+    model = registry.build("lenet_300_100")
+    training.finetune(model, train, FinetuneSpec(epochs=1), MaskHold([], []), seed=0)
+    return model.eval(), test
+
+
+def test_onnx_and_int8_of_a_trained_model(trained: tuple[nn.Module, Split],
+                                          tmp_path: Path) -> None:
+    model, test = trained
+    phase = deploy.deploy_phase(model, DeploySpec(), InputSpec(), test, tmp_path)
+    assert phase is not None
+    reference = training.evaluate(model, test).accuracy
+    onnx, int8 = phase.runtimes["onnx"], phase.runtimes["int8"]
+    assert onnx.available and onnx.accuracy == pytest.approx(reference, abs=1e-4)
+    assert set(onnx.latency_ms) == set(onnx.reference_latency_ms) == {"batch_1", "batch_256"}
+    assert int8.available and int8.accuracy == pytest.approx(reference, abs=0.001)
+    assert set(phase.outputs) == {ModelFormat.ONNX, ModelFormat.TORCHAO_INT8}
+
+
+def test_int8_restores_with_weights_only(trained: tuple[nn.Module, Split],
+                                         tmp_path: Path) -> None:
+    model, test = trained
+    quantized = deploy.int8_model(model)
+    torch.save(quantized.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    fresh = deploy.int8_model(registry.build("lenet_300_100"))
+    fresh.load_state_dict(state, assign=True)
+    assert training.evaluate(fresh, test) == training.evaluate(quantized, test)
+
+
+@pytest.mark.parametrize("name", sorted(registry.BUILDERS))
+def test_every_registry_architecture_exports_and_agrees_in_ort(name: str,
+                                                               tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = registry.build(name).eval()
+    images = torch.randn(8, 1, 28, 28)
+    assert deploy.export_onnx(model, images[:2], tmp_path / "m.onnx") is None
+    outputs = deploy.ort_run(deploy.ort_session(tmp_path / "m.onnx"), images)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(outputs), model(images), atol=1e-5)
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x.flatten(1))
+        if out.sum() > 0:  # control flow on values: torch.export cannot trace it
+            return out
+        return -out
+
+
+def test_a_model_that_does_not_export_gets_a_reason_and_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    reason = deploy.export_onnx(DataDependent().eval(), torch.randn(2, 1, 28, 28), path)
+    assert (reason is not None and reason.startswith("onnx_unavailable: "), path.exists()) == (
+        True, False)
+
+
+def test_torchscript_goes_through_the_converter(tmp_path: Path) -> None:
+    model = registry.build("mnist_mlp").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(model)
+    images = torch.randn(4, 1, 28, 28)
+    reason = deploy.export_onnx(scripted, images, tmp_path / "m.onnx")
+    assert reason is None
+    outputs = deploy.ort_run(deploy.ort_session(tmp_path / "m.onnx"), images)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(outputs), model(images), atol=1e-5)
