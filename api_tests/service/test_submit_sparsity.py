@@ -32,7 +32,7 @@ BAD = [  # (spec changes, the field the 422 names)
     ({"target": {}}, ["target"]),
     ({"target": {"flops": {"max_ratio": 1.5}}}, ["target", "flops", "max_ratio"]),
     ({"target": {"flops": {"max_ratio": 0.5, "max": 1000}}}, ["target", "flops"]),
-    ({"target": {"bytes": {"max": 30000, "format": "compressed"}}},
+    ({"target": {"bytes": {"max": 30000, "format": "onnx"}}},
      ["target", "bytes", "format"]),
     ({"target": {"latency_ms": {"max": 2.0, "batch": 0}}}, ["target", "latency_ms", "batch"]),
     ({"target": {"flops": {"max_ratio": 0.5}}, "search": {}}, ["search"]),
