@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.datasets.record import BUILTIN_DATASETS, DEFAULT_DATASET, is_dataset_id
+
 
 class SpecModel(BaseModel):
     """Every spec block: unknown fields refused, values frozen."""
@@ -78,3 +80,24 @@ class LimitsSpec(SpecModel):
         if self.timeout_s is None:
             return server_limit_s
         return min(self.timeout_s, server_limit_s)
+
+
+class DataSpec(SpecModel):
+    """Which dataset the job fine-tunes and evaluates on (docs/datasets.md)."""
+
+    dataset: str = Field(
+        default=DEFAULT_DATASET, max_length=64,
+        description="mnist (the default), fashion_mnist or kmnist (IDX files under the "
+        "worker's data root), or the id of one of your datasets (POST /v1/datasets).")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BUILTIN_DATASETS and not is_dataset_id(value):
+            raise ValueError(f"{value!r} is neither {', '.join(BUILTIN_DATASETS)} nor a "
+                             "dataset id (ds- and 32 hex digits, from POST /v1/datasets)")
+        return value
+
+    @property
+    def uploaded(self) -> bool:
+        return is_dataset_id(self.dataset)
