@@ -162,6 +162,20 @@ class ShrinkReport(BaseModel):
     parameters_after: int
 
 
+class DatasetUsed(BaseModel):
+    """Which data the job's figures come from (absent in reports from before datasets: MNIST)."""
+
+    name: str  # mnist, fashion_mnist, kmnist, or the uploaded dataset's id
+    sha256: str | None = None  # an uploaded dataset's file
+    shape: list[int]  # one sample as fed: [channels, height, width]
+    classes: int
+    train: int  # samples fine-tuned on
+    validation: int  # samples decisions (sensitivity, search) are made on
+    test: int  # samples of the test split (0: the dataset has none)
+    validation_from: Literal["file", "held_out", "none"]  # the file's split, or held out of train
+    figures_from: Split  # the split accuracy.before/after_* are measured on
+
+
 class Report(BaseModel):
     report_version: int = REPORT_VERSION
     spec: JobSpec  # as applied
@@ -179,3 +193,4 @@ class Report(BaseModel):
     shrink: ShrinkReport | None = None  # pruning.shrink: channels physically removed
     sensitivity: Sensitivity | None = None
     search: Search | None = None
+    dataset: DatasetUsed | None = None
