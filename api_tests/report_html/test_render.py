@@ -228,3 +228,14 @@ def test_per_layer_search_lists_each_trials_amounts() -> None:
     search = render_report(report).split('id="search"', 1)[1].split("</section>", 1)[0]
     assert "<th>amount per tensor</th>" in search
     assert "fc1.weight 60.0%; fc2.weight 30.0%" in search
+
+
+def test_the_dataset_is_named_with_its_splits_and_digest() -> None:
+    report = full_report()
+    report["dataset"] = {"name": "ds-" + "a" * 32, "sha256": "f" * 64, "shape": [3, 32, 32],
+                         "classes": 4, "train": 25, "validation": 5, "test": 10,
+                         "validation_from": "held_out", "figures_from": "test"}
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_report(report)))
+    assert ("dataset ds-" + "a" * 32 + " , 3 x 32 x 32, 4 classes; train 25, validation 5 "
+            "(held out of train), test 10; figures from the test split sha256 " + "f" * 64
+            ) in text
