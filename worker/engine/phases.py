@@ -6,6 +6,7 @@ The pruning itself (shrink, search or a schedule) is ``strategies.py``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,8 +22,7 @@ from core.jobs.report import (
     ValidationAccuracy,
 )
 from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec
-from core.settings import Settings
-from worker.engine import data, measure, pruning, saving, sensitivity, shrink, training
+from worker.engine import datasets, measure, pruning, saving, sensitivity, shrink, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.job import Job, device_name
@@ -45,15 +45,15 @@ def load(job: Job, model_path: Path) -> Upload:
 def load_data(job: Job, upload: Upload) -> Splits:
     torch.manual_seed(job.spec.seed)  # the model's own randomness (dropout), for determinism
     with job.timed("data"):
-        test, train, validation = _mnist(job.spec, job.settings, job.device)
-        training.check_io_contract(upload.model, test, job.spec.input)
-    return Splits(test, train, validation)
+        data = datasets.load_job_data(job.spec, job.settings, job.device, job.dataset)
+        datasets.check_fits(upload.model, data, job.spec.input)  # before any training
+    return Splits(data.figures, data.train, data.validation, data.used)
 
 
 def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
     """Cost and accuracy of the model as uploaded; with distillation, its soft targets."""
     with job.timed("cost"):
-        cost = _cost(job, upload.model, upload.primary, saved=None)
+        cost = _cost(job, upload.model, upload.primary, saved=None, sample=splits.sample)
     job.enter("evaluating")
     with job.timed("evaluate"):
         test = training.evaluate(upload.model, splits.test, job.should_cancel)
@@ -63,7 +63,7 @@ def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
             splits.train = splits.train.with_teacher(training.teacher_targets(
                 upload.model, splits.train, job.spec.finetune.distill, job.should_cancel))
     upload.targets = _targets(upload.model, upload.pruning)
-    return Dense(cost, test, validation)
+    return Dense(cost, test, validation, splits.sample)
 
 
 def scan_sensitivity(job: Job, upload: Upload, splits: Splits) -> Sensitivity | None:
@@ -97,11 +97,12 @@ def measure_cost(job: Job, dense: Dense, pruned: Pruned) -> Costs:
     """The cost after; a physically smaller model is timed again against its dense twin,
     in alternation, so the speedup does not depend on the machine's load over the job."""
     with job.timed("cost"):
-        after = _cost(job, pruned.model, ModelFormat.STATE_DICT, saved={})  # bytes: at saving
+        after = _cost(job, pruned.model, ModelFormat.STATE_DICT, saved={},  # bytes: at saving
+                      sample=dense.sample)
         before = dense.cost
         if pruned.dense_twin is not None:
             dense_ms, shrunk_ms = measure.measure_latencies(
-                [pruned.dense_twin, pruned.model], job.spec.input, job.device)
+                [pruned.dense_twin, pruned.model], job.spec.input, job.device, dense.sample)
             method = measure.paired_method(job.device)
             before = before.model_copy(update={"latency_ms": dense_ms, "latency_method": method})
             after = after.model_copy(update={"latency_ms": shrunk_ms, "latency_method": method})
@@ -118,8 +119,8 @@ def save(job: Job, upload: Upload, pruned: Pruned) -> Saved:
                      saving.file_info(outputs[primary], primary))
 
 
-def report(job: Job, upload: Upload, dense: Dense, scan: Sensitivity | None, pruned: Pruned,
-           tuned: Tuned, costs: Costs, saved: Saved) -> Report:
+def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensitivity | None,
+           pruned: Pruned, tuned: Tuned, costs: Costs, saved: Saved) -> Report:
     spec = job.spec
     rows = pruned.rows()
     after = costs.after.model_copy(update={"bytes": measure.file_bytes(saved.outputs)})
@@ -128,7 +129,7 @@ def report(job: Job, upload: Upload, dense: Dense, scan: Sensitivity | None, pru
         tensors=rows,
         targeted=pruning.totals([(r.elements, r.zeros) for r in rows]),
         all_parameters=pruning.parameter_totals(pruned.model),
-        accuracy=_accuracy(dense, pruned.after_pruning, tuned),
+        accuracy=_accuracy(dense, pruned.after_pruning, tuned, splits.used.figures_from),
         timings_s=job.clock.done(),
         device=device_name(job.device),
         torch_version=torch.__version__,
@@ -139,27 +140,8 @@ def report(job: Job, upload: Upload, dense: Dense, scan: Sensitivity | None, pru
         sensitivity=scan if spec.analysis and spec.analysis.sensitivity else None,
         search=pruned.search,
         shrink=pruned.shrink,
+        dataset=splits.used,
     )
-
-
-def _mnist(
-    spec: JobSpec, settings: Settings, device: torch.device
-) -> tuple[Split, Split | None, Split | None]:
-    """The test split; the train split when there is fine-tuning to do (less the validation
-    images when ``finetune.validation_size`` > 0); the validation split, or None."""
-    def split(train: bool) -> Split:
-        return data.load_split(settings.mnist_root, train, device, spec.input,
-                               download=settings.mnist_download)
-
-    test = split(False)
-    needs_validation = spec.analysis is not None or spec.search is not None
-    if spec.finetune.epochs == 0 and not needs_validation:
-        return test, None, None
-    train = split(True)
-    validation = None
-    if spec.finetune.validation_size > 0:
-        train, validation = data.hold_out(train, spec.finetune.validation_size, spec.seed)
-    return test, train if spec.finetune.epochs > 0 else None, validation
 
 
 def _evaluate_validation(job: Job, model: nn.Module, validation: Split | None
@@ -189,22 +171,29 @@ def _targets(model: nn.Module, spec: PruningSpec) -> list[pruning.Target]:
     return targets
 
 
-def _cost(job: Job, model: nn.Module, primary: ModelFormat, saved: dict[str, int] | None
-          ) -> Cost:
+def _cost(job: Job, model: nn.Module, primary: ModelFormat, saved: dict[str, int] | None,
+          sample: tuple[int, ...]) -> Cost:
     """The model's cost now; ``saved=None``: measure its bytes by writing it under the job's
     output folder (a killed job leaves nothing elsewhere)."""
     if saved is None:
         saved = measure.bytes_as_saved(
             model, lambda m, folder: saving.save_all(m, primary, folder), job.device,
             job.output_dir)
-    return measure.measure(model, job.spec.input, job.device, device_name(job.device), saved)
+    return measure.measure(model, job.spec.input, job.device, device_name(job.device), saved,
+                           sample)
 
 
-def _accuracy(dense: Dense, pruned: Evaluation, tuned: Tuned) -> Accuracy:
+def _accuracy(dense: Dense, pruned: Evaluation, tuned: Tuned,
+              figures_from: Literal["validation", "test"]) -> Accuracy:
+    """The figures, each naming its split (a dataset without a test split reports on its
+    validation split)."""
+    def named(e: Evaluation) -> Evaluation:
+        return e.model_copy(update={"split": figures_from})
+
     return Accuracy(
-        before=dense.test,
-        after_pruning=pruned,
-        after_finetune=tuned.test,
+        before=named(dense.test),
+        after_pruning=named(pruned),
+        after_finetune=named(tuned.test),
         delta_pruning=pruned.accuracy - dense.test.accuracy,
         delta_total=tuned.test.accuracy - dense.test.accuracy,
         validation=tuned.validation,

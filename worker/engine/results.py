@@ -13,6 +13,7 @@ from torch import nn
 from core.jobs.cost import Cost
 from core.jobs.formats import ModelFormat
 from core.jobs.report import (
+    DatasetUsed,
     Evaluation,
     FileInfo,
     Search,
@@ -42,9 +43,15 @@ class Upload:
 
 @dataclass
 class Splits:
-    test: Split
+    test: Split  # the figures' split: test, or validation when the dataset has no test split
     train: Split | None  # None: no fine-tuning
     validation: Split | None  # None: no decision needs one
+    used: DatasetUsed  # what the report says about the data
+
+    @property
+    def sample(self) -> tuple[int, ...]:
+        """One input as fed: (C, H, W), or (C * H * W,) flattened."""
+        return tuple(self.test.images.shape[1:])
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Dense:
     cost: Cost
     test: Evaluation
     validation: Evaluation | None
+    sample: tuple[int, ...]  # the input shape the cost was measured with (the data's)
 
 
 @dataclass
