@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.core.datasets.files import write_safetensors
+from api_tests.core.datasets.files import write_npz, write_safetensors
 from core.datasets import check_dataset
 from core.datasets.record import DatasetRecord
 from core.jobs.error_codes import JobErrorCode
@@ -39,8 +39,10 @@ def coloured(n: int = 40, test: int = 10, splits: bool = True) -> dict[str, np.n
     return out
 
 
-def uploaded(tmp_path: Path, tensors: dict[str, np.ndarray]) -> UploadedDataset:
-    path = write_safetensors(tmp_path / "d.safetensors", tensors)
+def uploaded(tmp_path: Path, tensors: dict[str, np.ndarray],
+             npz: bool = False) -> UploadedDataset:
+    path = (write_npz(tmp_path / "d.npz", tensors) if npz
+            else write_safetensors(tmp_path / "d.safetensors", tensors))
     record = DatasetRecord(id="ds-" + "1" * 32, tenant="local", created_at=datetime.now(UTC),
                            bytes=path.stat().st_size,
                            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -125,3 +127,10 @@ def test_a_family_dataset_missing_under_the_root_is_unavailable(tmp_path: Path) 
         load_job_data(spec, Settings(mnist_root=tmp_path), CPU)
     assert (info.value.code, "FashionMNIST (test split) is not available under"
             in info.value.message) == (JobErrorCode.DATASET_UNAVAILABLE, True)
+
+
+def test_an_npz_dataset_loads_the_same_samples(tmp_path: Path) -> None:
+    tensors = coloured()
+    from_st = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, tensors))
+    from_npz = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, tensors, npz=True))
+    assert torch.equal(from_st.figures.images, from_npz.figures.images)
