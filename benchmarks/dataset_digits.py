@@ -4,7 +4,7 @@ it through the engine; the pruned model's accuracy recomputed on the file's test
 
 How the digits become a dataset: pixels 0..16 scaled to [0, 1], upsampled to 28 x 28
 (bilinear, ``torch.nn.functional.interpolate``) so the MNIST architectures take them, stored
-as uint8 0..255; a seeded 20% (360) marked test, the rest train; the training split's mean and
+as uint8 0..255; a seeded 20% (359) marked test, the rest train; the training split's mean and
 std stored in the file.
 
     .venv/bin/python -m benchmarks.dataset_digits        # prints JSON
