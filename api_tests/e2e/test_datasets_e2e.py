@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.conftest import Stack, mnist_root, submit, wait_for
-from benchmarks.dataset_digits import DigitsCNN, accuracy, normalised, train, write_digits
+from api_tests.support.stacks import Stack, mnist_root, submit, wait_for
 from client.dataset_file import write_dataset
+from testkit.digits import DigitsCNN, accuracy, normalised, train, write_digits
 
 pytestmark = pytest.mark.e2e
 

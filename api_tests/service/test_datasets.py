@@ -11,11 +11,11 @@ import httpx
 import numpy as np
 import pytest
 
-from api_tests.conftest import assert_problem
 from api_tests.core.datasets.files import arrays, write_npz, write_safetensors
-from api_tests.service.conftest import Api
 from api_tests.service.test_auth_matrix import add_tenant
 from api_tests.service.test_quotas import set_limits
+from api_tests.support.api import Api
+from api_tests.support.problems import assert_problem
 from core.datasets.record import DATASET_FILE
 from core.jobs.spec import REFERENCE_RECIPE
 from core.tenants.accounts import Scope
