@@ -151,7 +151,7 @@ def test_a_dataset_on_postgres_and_s3_is_an_object_and_deletes(
     tmp_path: Path, redis_url: str, postgres_server: Any, s3_server: Any,
 ) -> None:
     settings = make_settings(tmp_path, redis_url, database_url=postgres_server.url(),
-                             **s3_server.settings())
+                             auth_pepper=PEPPER, **s3_server.settings())
     path = write_safetensors(tmp_path / "d.safetensors", arrays())
     bucket, prefix = settings.blob_url.removeprefix("s3://").split("/", 1)
     with running_api(settings) as api, path.open("rb") as f:
