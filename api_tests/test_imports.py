@@ -79,7 +79,7 @@ def test_core_is_packages_by_domain() -> None:
     loose = sorted(p.name for p in (ROOT / "core").glob("*.py"))
     assert loose == ["__init__.py", "queue.py", "settings.py"]
     packages = sorted(p.parent.name for p in (ROOT / "core").glob("*/__init__.py"))
-    assert packages == ["jobs", "storage", "tenants", "uploads", "webhooks"]
+    assert packages == ["datasets", "jobs", "storage", "tenants", "uploads", "webhooks"]
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -31,6 +31,7 @@ from client.errors import ApiError, JobCancelled, JobFailed
 from client.events import parse_events
 from client.retry import RETRY_STATUSES, RetryPolicy
 from client.settings import ClientSettings
+from core.datasets.record import DATASETS_PATH, DatasetPublic, DatasetsPublic
 from core.jobs.public import JobPublic, JobsPublic
 from core.jobs.record import JobStatus
 from core.jobs.report import Report
@@ -205,6 +206,46 @@ class PrunerClient:
         target = folder / f"{job_id}-report.json"
         target.write_bytes(self._report_bytes(job_id))
         return target
+
+    # --- datasets (docs/datasets.md) --------------------------------------------------------
+
+    def upload_dataset(self, path: str | Path, *,
+                       idempotency_key: str | None = None) -> DatasetPublic:
+        """Upload a dataset file (safetensors or .npz: ``client.dataset_file`` writes one);
+        returns the dataset, whose ``id`` a job names as ``{"data": {"dataset": id}}``."""
+        key = idempotency_key or str(uuid.uuid4())
+        file = Path(path)
+
+        def send() -> httpx.Response:
+            with file.open("rb") as f:
+                return self._http.post(DATASETS_PATH, files={"dataset": (file.name, f)},
+                                       headers={"Idempotency-Key": key})
+
+        response = self._request(send, safe=True)
+        return DatasetPublic.model_validate_json(_ok(response, 200, 201).content)
+
+    def get_dataset(self, dataset_id: str) -> DatasetPublic:
+        response = self._request(lambda: self._http.get(f"{DATASETS_PATH}/{dataset_id}"),
+                                 safe=True)
+        return DatasetPublic.model_validate_json(_ok(response, 200).content)
+
+    def list_datasets(self, limit: int = 20) -> Iterator[DatasetPublic]:
+        """Your datasets, newest first, following the pages to the end."""
+        params: dict[str, str | int] = {"limit": limit}
+        while True:
+            response = self._request(partial(self._http.get, DATASETS_PATH,
+                                             params=dict(params)), safe=True)
+            page = DatasetsPublic.model_validate_json(_ok(response, 200).content)
+            yield from page.data
+            if page.next_cursor is None:
+                return
+            params["cursor"] = page.next_cursor
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset (409 ``conflict`` while a queued or running job uses it)."""
+        response = self._request(
+            lambda: self._http.delete(f"{DATASETS_PATH}/{dataset_id}"), safe=False)
+        _ok(response, 204)
 
     # --- plumbing -----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
     pruner status JOB | pruner list --status running | pruner watch JOB
     pruner cancel JOB | pruner report JOB | pruner download JOB -o out/
     pruner download JOB --format compressed | pruner decode JOB-pruned.prz -o model.safetensors
+    pruner dataset upload digits.safetensors | pruner dataset list | show ID | delete ID
 
 The API's URL and key come from ``--url`` / ``--api-key`` or PRUNER_URL / PRUNER_API_KEY.
 Exit status: 0 done (the job succeeded, for ``--wait`` and ``watch``); 1 the job failed
@@ -60,6 +61,17 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=[s.value for s in JobStatus])
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     listing.add_argument("--json", action="store_true", help="one job JSON per line")
+
+    dataset = commands.add_parser("dataset", help="upload, list, show or delete datasets")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True,
+                                              metavar="ACTION")
+    upload = dataset_commands.add_parser("upload", help="upload a safetensors or .npz file")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--idempotency-key", help="default: a fresh one (retries reuse it)")
+    upload.add_argument("--json", action="store_true", help="print the dataset as JSON")
+    dataset_commands.add_parser("list", help="list your datasets, newest first")
+    for name, text in (("show", "show a dataset as JSON"), ("delete", "delete a dataset")):
+        dataset_commands.add_parser(name, help=text).add_argument("dataset")
 
     download = commands.add_parser("download", help="save a job's model and report")
     download.add_argument("job")
@@ -198,8 +210,26 @@ def cmd_decode(client: PrunerClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset(client: PrunerClient, args: argparse.Namespace) -> int:
+    if args.dataset_command == "upload":
+        made = client.upload_dataset(args.file, idempotency_key=args.idempotency_key)
+        print(made.model_dump_json() if args.json else made.id)
+    elif args.dataset_command == "list":
+        for d in client.list_datasets():
+            shape = "x".join(str(s) for s in d.shape)
+            print(f"{d.id}  {d.created_at:%Y-%m-%d %H:%M:%S}  {d.samples} x {shape}  "
+                  f"{d.classes} classes  {d.filename or ''}")
+    elif args.dataset_command == "show":
+        print(client.get_dataset(args.dataset).model_dump_json(indent=2))
+    else:
+        client.delete_dataset(args.dataset)
+        print(f"{args.dataset}: deleted")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[PrunerClient, argparse.Namespace], int]] = {
     "submit": cmd_submit, "status": cmd_status, "list": cmd_list, "watch": cmd_watch,
     "cancel": cmd_cancel, "report": cmd_report, "download": cmd_download,
     "decode": cmd_decode,
+    "dataset": cmd_dataset,
 }

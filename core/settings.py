@@ -235,6 +235,17 @@ class Settings(BaseSettings):
     )
     max_tensors: int = Field(default=10_000, ge=1, description="Tensors in one upload.")
 
+    # --- dataset uploads (docs/datasets.md) -------------------------------------------------
+    max_dataset_bytes: int = Field(
+        default=1 * GiB, ge=1, description="Larger dataset files answer 413."
+    )
+    max_dataset_side: int = Field(
+        default=256, ge=1, le=4096, description="Largest image height or width of a dataset."
+    )
+    max_dataset_classes: int = Field(
+        default=1000, ge=2, description="Most classes (labels 0..K-1) a dataset may have."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO",
         description="Log level of the API, the workers and the job processes.",

@@ -2,8 +2,8 @@
 
 The page must render every report a service has stored: older ones, and newer ones whose
 optional sections (``cost``, ``sensitivity``, ``search``, ``target``, ``shrink``, ``data``,
-``warnings``) this code may know
-only by their agreed shape. So each section is read on its own: unknown fields are
+``warnings``, ``dataset``) this code may know only by their agreed shape. So each section is
+read on its own: unknown fields are
 ignored, a missing optional section is ``None``, and a section that does not parse is kept
 as raw JSON for the page to show as such, instead of failing the whole page.
 """
@@ -185,6 +185,18 @@ class Shrink(_View):
     parameters_after: int | None = None
 
 
+class DatasetUsed(_View):
+    name: str
+    sha256: str | None = None
+    shape: list[int] = []
+    classes: int | None = None
+    train: int | None = None
+    validation: int | None = None
+    test: int | None = None
+    validation_from: str | None = None
+    figures_from: str | None = None
+
+
 # Each section the page knows, and how to read it. Order: the order the page shows them.
 _SECTIONS: dict[str, TypeAdapter[Any]] = {
     "tensors": TypeAdapter(list[TensorRow]),
@@ -199,6 +211,7 @@ _SECTIONS: dict[str, TypeAdapter[Any]] = {
     "shrink": TypeAdapter(Shrink),
     "data": TypeAdapter(Data),
     "warnings": TypeAdapter(list[str]),
+    "dataset": TypeAdapter(DatasetUsed),
     "input": TypeAdapter(FileInfo),
     "output": TypeAdapter(FileInfo),
 }
@@ -222,6 +235,7 @@ class ReportView:
     shrink: Shrink | None = None
     data: Data | None = None
     warnings: list[str] | None = None
+    dataset: DatasetUsed | None = None
     input: FileInfo | None = None
     output: FileInfo | None = None
     scalars: dict[str, str] = field(default_factory=dict)

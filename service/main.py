@@ -15,7 +15,7 @@ from core.settings import Settings, get_settings
 from service.deps import make_lifespan
 from service.errors import install_error_handlers
 from service.metrics import new_api_metrics
-from service.routes import admin, architectures, health, jobs, web
+from service.routes import admin, architectures, datasets, health, jobs, web
 
 DESCRIPTION = """\
 Upload a trained PyTorch model (TorchScript, or a state_dict/safetensors file for a built-in
@@ -39,7 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for router in (jobs.router, architectures.router, admin.router, health.router):
+    for router in (jobs.router, datasets.router, architectures.router, admin.router,
+                   health.router):
         _docstrings_as_summaries(router)
         app.include_router(router)
     web.install(app)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from core.datasets.store import DatasetStore
 from core.jobs.estimate import estimate, too_long
 from core.jobs.formats import UploadFormat
 from core.jobs.lifecycle import utcnow
@@ -122,6 +123,24 @@ def check_duration(spec: JobSpec, settings: Settings) -> None:
         raise ValidationFailed(describe([error]), errors=[error])
 
 
+def check_dataset_ref(spec: JobSpec, store: JobStore, tenant: str) -> None:
+    """422 when ``data.dataset`` names no dataset of this tenant (another tenant's does not
+    exist), or holds too few training samples for ``finetune.validation_size``."""
+    if not spec.data.uploaded:
+        return
+    record = DatasetStore(store.sql()).get(spec.data.dataset, tenant)
+    field, msg = ("data", "dataset"), f"no dataset {spec.data.dataset!r} (GET /v1/datasets)"
+    if record is not None:
+        train = record.info.splits.train
+        if spec.finetune.validation_size < train:
+            return
+        field = ("finetune", "validation_size")
+        msg = (f"{spec.finetune.validation_size} validation samples must be fewer than the "
+               f"dataset's {train} training samples")
+    error = FieldError(loc=["body", SPEC_FIELD, *field], msg=msg, type="value_error")
+    raise ValidationFailed(describe([error]), errors=[error])
+
+
 def check_notify_url(notify: Notify, settings: Settings, source: str) -> None:
     """422 for a webhook URL that can never be delivered (``core.webhooks.addresses``)."""
     reason = notify_url_problem(notify.url, settings.webhook_allowed)
@@ -177,6 +196,7 @@ async def submit(
             raise
         spec = parse_spec(form)
         check_duration(spec, settings)
+        await run_in_threadpool(check_dataset_ref, spec, store, tenant)
         account = await run_in_threadpool(tenancy.accounts(store).get_tenant, tenant)
         if spec.notify is not None:  # a tenant's default was checked when it was set
             check_notify_url(spec.notify, settings, "spec")

@@ -55,6 +55,7 @@ class ReceivedForm:
     spec: bytes | None = None
     model_bytes: int = 0
     model_sha256: str | None = None  # None: there was no model part
+    filename: str | None = None  # the file part's, if the client sent a usable one
 
 
 @dataclass
@@ -65,6 +66,8 @@ class _Receiver:
     job_id: str
     max_model_bytes: int
     files: ExitStack
+    file_field: str = MODEL_FIELD  # the file part (the dataset route: ``dataset``)
+    file_name: str = UPLOAD  # its name in the blob store
     form: ReceivedForm = field(default_factory=ReceivedForm)
     ended: bool = False
     _header_field: bytearray = field(default_factory=bytearray)
@@ -100,24 +103,26 @@ class _Receiver:
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
-        if name in (MODEL_FIELD, SPEC_FIELD) and self._seen(name):
+        if name in (self.file_field, SPEC_FIELD) and self._seen(name):
             raise _invalid(name, f"the form has more than one `{name}` field")
         self._part = name
-        if name == MODEL_FIELD:
-            self._sink = self.files.enter_context(self.blobs.writer(self.job_id, UPLOAD))
+        if name == self.file_field:
+            self.form.filename = _filename(params.get(b"filename"))
+            self._sink = self.files.enter_context(self.blobs.writer(self.job_id, self.file_name))
             self._hash = hashlib.sha256()
             self.form.model_sha256 = ""  # seen; set for real at the part's end
 
     def _seen(self, name: str) -> bool:
-        return self.form.model_sha256 is not None if name == MODEL_FIELD else bool(self._spec)
+        return self.form.model_sha256 is not None if name == self.file_field else bool(self._spec)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if self._part == MODEL_FIELD:
+        if self._part == self.file_field:
             self.form.model_bytes += len(chunk)
             if self.form.model_bytes > self.max_model_bytes:
                 raise PayloadTooLarge(
-                    f"the model file is larger than the limit of {self.max_model_bytes} bytes",
+                    f"the {self.file_field} file is larger than the limit of "
+                    f"{self.max_model_bytes} bytes",
                     extra={"limit_bytes": self.max_model_bytes},
                 )
             assert self._sink is not None
@@ -130,7 +135,7 @@ class _Receiver:
         # Any other field is read past and dropped: it counts toward the request limit only.
 
     def _part_end(self) -> None:
-        if self._part == MODEL_FIELD:
+        if self._part == self.file_field:
             self.form.model_sha256 = self._hash.hexdigest()
         elif self._part == SPEC_FIELD:
             self.form.spec = bytes(self._spec)
@@ -145,13 +150,22 @@ def _invalid(name: str, msg: str) -> ValidationFailed:
     return ValidationFailed(f"{name}: {msg}", errors=[error])
 
 
-def multipart_boundary(request: Request) -> bytes:
+def _filename(raw: bytes | None) -> str | None:
+    """The client's file name, kept only as a label: its last path part, printable, short."""
+    if not raw:
+        return None
+    name = raw.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())[:255]
+    return name or None
+
+
+def multipart_boundary(request: Request, file_field: str = MODEL_FIELD) -> bytes:
     content_type, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise UnsupportedMediaType(
-            "send multipart/form-data with a `model` file and a `spec` field (JSON)"
-        )
+        parts = ("a `model` file and a `spec` field (JSON)" if file_field == MODEL_FIELD
+                 else f"a `{file_field}` file")
+        raise UnsupportedMediaType(f"send multipart/form-data with {parts}")
     return boundary
 
 
@@ -198,20 +212,21 @@ async def _paced_chunks(request: Request, pace: UploadPace) -> Any:
 
 
 async def receive_form(
-    request: Request, blobs: BlobStore, job_id: str, settings: Settings
+    request: Request, blobs: BlobStore, job_id: str, settings: Settings, *,
+    max_bytes: int | None = None, file_field: str = MODEL_FIELD, file_name: str = UPLOAD,
 ) -> ReceivedForm:
     """Stream the body: the model part into ``UPLOAD`` of ``job_id``, the spec into memory.
 
     On any error the partial upload is discarded (the writer removes its temporary file).
     The caller must still delete the job's folder when it does not accept the job.
     """
-    boundary = multipart_boundary(request)
-    max_model_bytes = settings.max_upload_bytes
+    boundary = multipart_boundary(request, file_field)
+    max_model_bytes = settings.max_upload_bytes if max_bytes is None else max_bytes
     limit = max_model_bytes + FORM_OVERHEAD_BYTES
     files = ExitStack()
     total = 0
     try:
-        receiver = _Receiver(blobs, job_id, max_model_bytes, files)
+        receiver = _Receiver(blobs, job_id, max_model_bytes, files, file_field, file_name)
         parser = MultipartParser(boundary, receiver.callbacks())
         async for chunk in _paced_chunks(request, UploadPace.of(settings)):
             total += len(chunk)
@@ -222,10 +237,10 @@ async def receive_form(
             parser.write(chunk)
         parser.finalize()
         if not receiver.ended:
-            raise _invalid(MODEL_FIELD, "the multipart body ended early (no closing boundary)")
+            raise _invalid(file_field, "the multipart body ended early (no closing boundary)")
     except MultipartParseError as exc:
         files.__exit__(*sys.exc_info())  # discards the partial upload
-        raise _invalid(MODEL_FIELD, f"malformed multipart body: {exc}") from exc
+        raise _invalid(file_field, f"malformed multipart body: {exc}") from exc
     except OSError as exc:
         files.__exit__(*sys.exc_info())
         raise _storage_error(exc) from exc

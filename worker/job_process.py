@@ -42,6 +42,7 @@ from core.jobs.report import Progress
 from core.settings import Settings, get_settings
 from core.storage.backends import open_blob_store, open_job_store
 from core.storage.protocols import REPORT, UPLOAD, BlobStore, model_file
+from worker.dataset_files import DatasetGone, dataset_file
 from worker.sandbox import is_resource_limit_error
 
 EXIT_OK = 0
@@ -144,13 +145,19 @@ def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
 def _run(job_id: str, record: JobRecord, claim: Claim, watcher: CancelWatcher,
          blobs: BlobStore, output_dir: Path, settings: Settings) -> int:
     # Imported here: torch loads only in this process, never in the Celery worker.
+    from worker.engine.datasets import UploadedDataset
     from worker.engine.errors import Cancelled, EngineError
     from worker.engine.pipeline import run_job
 
     try:
+        found = dataset_file(claim.store, blobs, record, settings)
+    except DatasetGone as exc:
+        return fail(claim, JobErrorCode.DATASET_UNAVAILABLE, str(exc))
+    try:
         result = run_job(
             blobs.local_path(job_id, UPLOAD), record.spec, output_dir, settings=settings,
             on_progress=ProgressWriter(claim), should_cancel=watcher.cancelled.is_set,
+            dataset=UploadedDataset(*found) if found is not None else None,
         )
     except Cancelled:
         if watcher.lost.is_set():

@@ -263,3 +263,12 @@ def test_a_quantised_report_shows_both_accuracies() -> None:
     raw["accuracy"]["before_quantization"] = {"accuracy": 0.9811, "loss": 0.07, "split": "test"}
     page = render_report(raw)
     assert ("after quantisation" in page, "98.11%" in page) == (True, True)
+def test_the_dataset_is_named_with_its_splits_and_digest() -> None:
+    report = full_report()
+    report["dataset"] = {"name": "ds-" + "a" * 32, "sha256": "f" * 64, "shape": [3, 32, 32],
+                         "classes": 4, "train": 25, "validation": 5, "test": 10,
+                         "validation_from": "held_out", "figures_from": "test"}
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_report(report)))
+    assert ("dataset ds-" + "a" * 32 + " , 3 x 32 x 32, 4 classes; train 25, validation 5 "
+            "(held out of train), test 10; figures from the test split sha256 " + "f" * 64
+            ) in text

@@ -4,8 +4,8 @@ The matrix: each route in ``ROUTES`` (the test checks that they are all the oper
 OpenAPI document marks as needing the bearer key) x {no key, malformed key, unknown key,
 revoked key, wrong scope, another tenant's key, the tenant's own key}. No usable key: 401
 ``unauthorized`` with a ``WWW-Authenticate: Bearer`` challenge; a key without the route's
-scope: 403 ``forbidden``; another tenant's job: 404 ``not_found``, byte for byte the answer
-for a job that does not exist; the tenant's own key: the route's normal answer.
+scope: 403 ``forbidden``; another tenant's job or dataset: 404 ``not_found``, byte for byte
+the answer for one that does not exist; the tenant's own key: the route's normal answer.
 
 Jobs are written straight into the store (``make_record``, with the report and model files
 a worker leaves), so no worker is needed. The helpers here (``Tenant``, ``add_tenant``,
@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from safetensors.numpy import save as safetensors_bytes
 
+from api_tests.core.datasets.factories import make_dataset, new_dataset_id
 from api_tests.core.factories import make_record
 from api_tests.report_html.factories import full_report
 from api_tests.service.factories import MODEL_BYTES, NOW
 from api_tests.support.api import REFERENCE, Api, ModelFiles, make_settings, running_api
 from api_tests.support.problems import assert_problem
+from core.datasets.record import DATASET_FILE
+from core.datasets.store import DatasetStore
 from core.jobs.lifecycle import utcnow
 from core.jobs.record import JobRecord, JobStatus, new_job_id
 from core.queue import heartbeat_key
@@ -44,6 +49,10 @@ from core.tenants.accounts import KEY_PREFIX, LOCAL_TENANT, Scope, TenantLimits,
 UNKNOWN_KEY = f"{KEY_PREFIX}0123456789ab_{'A' * 43}"  # well-formed, never issued
 MALFORMED_KEYS = ["not-a-key", "prn_live_short", f"{KEY_PREFIX}0123456789ab_{'A' * 42}",
                   f"prn_test_0123456789ab_{'A' * 43}", f"{KEY_PREFIX}0123456789AB_{'A' * 43}"]
+
+
+DATASET_BYTES = safetensors_bytes({"images": np.zeros((4, 8, 8), np.uint8),
+                                   "labels": np.array([0, 1, 0, 1], np.int64)})
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -109,6 +118,16 @@ def stored(api: Api, job_id: str) -> JobRecord:
     return record
 
 
+def dataset_of(api: Api, tenant: str) -> str:
+    """A dataset of ``tenant``, its record and file as an upload leaves them."""
+    record = make_dataset(tenant, n=0)
+    record = record.model_copy(update={"created_at": utcnow()})
+    DatasetStore(api.store.sql()).create(record)
+    with api.blobs.writer(record.id, DATASET_FILE) as f:
+        f.write(DATASET_BYTES)
+    return record.id
+
+
 def queued_job_of(api: Api, tenant: str) -> str:
     record = make_record(utcnow(), tenant=tenant)
     api.store.create(record)
@@ -151,6 +170,7 @@ class Jobs:
 
     finished: str
     queued: str
+    dataset: str
 
 
 @dataclass(frozen=True)
@@ -161,11 +181,16 @@ class Route:
     ok: int  # the own tenant's answer
     body: Callable[[World], dict[str, Any]] | None = None  # JSON body, made per request
     upload: bool = False  # a model upload (POST /v1/jobs)
+    dataset_upload: bool = False  # POST /v1/datasets
     check: Callable[[World, Jobs, httpx.Response], None] | None = None
 
     @property
     def names_a_job(self) -> bool:
         return "{finished}" in self.path or "{queued}" in self.path
+
+    @property
+    def names_a_dataset(self) -> bool:
+        return "{dataset}" in self.path
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -229,6 +254,23 @@ def _is_new_key(world: World, jobs: Jobs, response: httpx.Response) -> None:
     assert response.json()["key"].startswith(response.json()["info"]["prefix"] + "_")
 
 
+def _is_created_dataset(world: World, jobs: Jobs, response: httpx.Response) -> None:
+    created = DatasetStore(world.api.store.sql()).get(response.json()["id"], OWN)
+    assert created is not None
+
+
+def _listed_own_dataset(world: World, jobs: Jobs, response: httpx.Response) -> None:
+    assert response.json()["data"][0]["id"] == jobs.dataset  # the newest
+
+
+def _is_dataset(world: World, jobs: Jobs, response: httpx.Response) -> None:
+    assert response.json()["id"] == jobs.dataset
+
+
+def _is_deleted(world: World, jobs: Jobs, response: httpx.Response) -> None:
+    assert DatasetStore(world.api.store.sql()).get(jobs.dataset, OWN) is None
+
+
 ROUTES = [
     Route("POST", "/v1/jobs", Scope.JOBS_WRITE, 202, upload=True, check=_is_created_job),
     Route("GET", "/v1/jobs", Scope.JOBS_READ, 200, check=_listed_own),
@@ -239,6 +281,11 @@ ROUTES = [
     Route("GET", "/v1/jobs/{finished}/events", Scope.JOBS_READ, 200, check=_is_stream),
     Route("GET", "/v1/jobs/{finished}/deliveries", Scope.JOBS_READ, 200),
     Route("POST", "/v1/jobs/{queued}/cancel", Scope.JOBS_WRITE, 200, check=_is_cancelled),
+    Route("POST", "/v1/datasets", Scope.JOBS_WRITE, 201, dataset_upload=True,
+          check=_is_created_dataset),
+    Route("GET", "/v1/datasets", Scope.JOBS_READ, 200, check=_listed_own_dataset),
+    Route("GET", "/v1/datasets/{dataset}", Scope.JOBS_READ, 200, check=_is_dataset),
+    Route("DELETE", "/v1/datasets/{dataset}", Scope.JOBS_WRITE, 204, check=_is_deleted),
     Route("GET", "/v1/architectures", Scope.JOBS_READ, 200),
     Route("GET", "/v1/architectures/mnist_mlp", Scope.JOBS_READ, 200),
     Route("GET", "/metrics", Scope.ADMIN, 200, check=_is_metrics),
@@ -257,7 +304,8 @@ CASES = ["no_key", "malformed", "unknown", "revoked", "wrong_scope", "other_tena
 
 
 def _path(route: Route, jobs: Jobs, world: World) -> str:
-    values = {"finished": jobs.finished, "queued": jobs.queued, "key_id": ""}
+    values = {"finished": jobs.finished, "queued": jobs.queued, "dataset": jobs.dataset,
+              "key_id": ""}
     if "{key_id}" in route.path:  # a key made to be revoked by this request
         values["key_id"] = add_tenant(world.api, OWN, READ).key(Scope.JOBS_READ).split("_")[2]
     return route.path.format(**values)
@@ -267,6 +315,9 @@ def call(world: World, route: Route, path: str, headers: dict[str, str],
          model: Path) -> httpx.Response:
     if route.upload:
         return submit_as(world.api, model, headers)
+    if route.dataset_upload:
+        return world.client.post(path, files={"dataset": ("d.safetensors", DATASET_BYTES)},
+                                 headers=headers)
     body = route.body(world) if route.body else None
     return world.client.request(route.method, path, json=body, headers=headers)
 
@@ -289,7 +340,8 @@ def _headers(world: World, route: Route, case: str) -> dict[str, str]:
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("route", ROUTES, ids=str)
 def test_matrix(world: World, route: Route, case: str, model_files: ModelFiles) -> None:
-    jobs = Jobs(finished_job_of(world.api, OWN), queued_job_of(world.api, OWN))
+    jobs = Jobs(finished_job_of(world.api, OWN), queued_job_of(world.api, OWN),
+                dataset_of(world.api, OWN))
     path = _path(route, jobs, world)
     response = call(world, route, path, _headers(world, route, case), model_files.state_dict)
     if case in ("no_key", "malformed", "unknown", "revoked"):
@@ -298,7 +350,7 @@ def test_matrix(world: World, route: Route, case: str, model_files: ModelFiles) 
     elif case == "wrong_scope":
         body = assert_problem(response, 403, "forbidden")
         assert route.scope.value in body["detail"]
-    elif case == "other_tenant" and route.names_a_job:
+    elif case == "other_tenant" and (route.names_a_job or route.names_a_dataset):
         _assert_same_as_missing(world, route, jobs, response)
     else:
         assert response.status_code == route.ok, response.text
@@ -314,15 +366,20 @@ def _assert_same_as_missing(world: World, route: Route, jobs: Jobs,
                             response: httpx.Response) -> None:
     """Another tenant's job answers exactly what a job that does not exist answers."""
     body = assert_problem(response, 404, "not_found")
-    job_id = jobs.finished if "{finished}" in route.path else jobs.queued
-    missing_id = new_job_id()
-    missing = call(world, route, route.path.format(finished=missing_id, queued=missing_id),
+    if route.names_a_dataset:
+        job_id, missing_id = jobs.dataset, new_dataset_id()
+    else:
+        job_id = jobs.finished if "{finished}" in route.path else jobs.queued
+        missing_id = new_job_id()
+    ids = {"finished": missing_id, "queued": missing_id, "dataset": missing_id}
+    missing = call(world, route, route.path.format(**ids),
                    world.other.headers(route.scope), Path("/nonexistent"))
     assert missing.status_code == 404
     assert response.content.replace(job_id.encode(), missing_id.encode()) == missing.content
     assert ({k: v.replace(job_id, missing_id) for k, v in response.headers.items()}
             == dict(missing.headers.items()))
-    assert body["instance"] == route.path.format(finished=job_id, queued=job_id)
+    assert body["instance"] == route.path.format(finished=job_id, queued=job_id,
+                                                 dataset=job_id)
 
 
 def test_the_matrix_covers_every_authenticated_operation(world: World) -> None:
@@ -330,6 +387,7 @@ def test_the_matrix_covers_every_authenticated_operation(world: World) -> None:
     secured = {(method.upper(), path) for path, ops in doc["paths"].items()
                for method, op in ops.items() if op.get("security") == [{"bearer": []}]}
     ours = {(r.method, r.path.replace("{finished}", "{job_id}").replace("{queued}", "{job_id}")
+             .replace("{dataset}", "{dataset_id}")
              .replace(f"/{OWN}", "/{name}").replace("/mnist_mlp", "/{name}"))
             for r in ROUTES}
     assert ours == secured
@@ -343,7 +401,7 @@ def test_openapi_declares_bearer_on_every_v1_operation_and_not_on_health(world: 
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
     v1 = [(path, m, op) for path, ops in doc["paths"].items() for m, op in ops.items()
           if path.startswith("/v1/")]
-    assert len(v1) == 19
+    assert len(v1) == 23
     for path, method, op in v1:
         assert op.get("security") == [{"bearer": []}], (method, path)
         assert {"401", "403"} <= set(op["responses"]), (method, path)

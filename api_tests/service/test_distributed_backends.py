@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 
+from api_tests.core.datasets.files import arrays, write_safetensors
 from api_tests.core.factories import T0, make_record
 from api_tests.support.api import ModelFiles, make_settings, running_api
 from api_tests.support.problems import assert_problem
+from core.datasets.record import DATASET_FILE
 from core.jobs.formats import ModelFormat
 from core.jobs.record import JobStatus
 from core.storage.digest import sha256_file
@@ -143,3 +145,21 @@ def test_object_store_down_alone_answers_503_and_records_nothing(
         response = api.client.get(f"/v1/jobs/{finished.id}/model")
         assert_problem(response, 503, "storage_unavailable")
         assert response.headers["Retry-After"] == "5"
+
+
+def test_a_dataset_on_postgres_and_s3_is_an_object_and_deletes(
+    tmp_path: Path, redis_url: str, postgres_server: Any, s3_server: Any,
+) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url=postgres_server.url(),
+                             auth_pepper=PEPPER, **s3_server.settings())
+    path = write_safetensors(tmp_path / "d.safetensors", arrays())
+    bucket, prefix = settings.blob_url.removeprefix("s3://").split("/", 1)
+    with running_api(settings) as api, path.open("rb") as f:
+        made = api.client.post("/v1/datasets", files={"dataset": (path.name, f)})
+        assert made.status_code == 201, made.text
+        key = f"{prefix}/{made.json()['id']}/{DATASET_FILE}"
+        head = s3_server.client.head_object(Bucket=bucket, Key=key)
+        deleted = api.client.delete(f"/v1/datasets/{made.json()['id']}")
+        listed = s3_server.client.list_objects_v2(Bucket=bucket, Prefix=key)
+    assert (head["ContentLength"], deleted.status_code, listed["KeyCount"]) == (
+        path.stat().st_size, 204, 0)

@@ -236,6 +236,20 @@ class ShrinkReport(BaseModel):
     parameters_after: int
 
 
+class DatasetUsed(BaseModel):
+    """Which data the job's figures come from (absent in reports from before datasets: MNIST)."""
+
+    name: str  # mnist, fashion_mnist, kmnist, or the uploaded dataset's id
+    sha256: str | None = None  # an uploaded dataset's file
+    shape: list[int]  # one sample as fed: [channels, height, width]
+    classes: int
+    train: int  # samples fine-tuned on
+    validation: int  # samples decisions (sensitivity, search) are made on
+    test: int  # samples of the test split (0: the dataset has none)
+    validation_from: Literal["file", "held_out", "test_half", "none"]  # where decisions come from
+    figures_from: Split  # the split accuracy.before/after_* are measured on
+
+
 class Report(BaseModel):
     report_version: int = REPORT_VERSION
     spec: JobSpec  # as applied
@@ -257,3 +271,4 @@ class Report(BaseModel):
     data: DataReport | None = None  # the images behind each figure
     warnings: list[str] = Field(default_factory=list)  # e.g. a memorised validation split
     compressed: CompressedReport | None = Field(default=None, exclude_if=_unset)
+    dataset: DatasetUsed | None = None

@@ -35,6 +35,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.jobs.formats import SAME_FORMAT, ModelFormat
 from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
+from core.jobs.spec_options import DataSpec as DataSpec
 from core.jobs.spec_options import DeploySpec as DeploySpec
 from core.jobs.spec_options import DistillSpec as DistillSpec
 from core.jobs.spec_options import InputSpec as InputSpec
@@ -338,6 +339,7 @@ class JobSpec(SpecModel):
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     input: InputSpec = Field(default_factory=InputSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda|cuda:\d{1,2})$",

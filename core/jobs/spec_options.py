@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.datasets.record import BUILTIN_DATASETS, DEFAULT_DATASET, is_dataset_id
 from core.jobs.formats import ModelFormat
 
 
@@ -205,3 +206,22 @@ class DeploySpec(SpecModel):
     int8: bool = Field(default=True, description="int8 weights through torchao "
                        "(Int8WeightOnlyConfig on Linear layers), saved as a state_dict that "
                        "torch.load(..., weights_only=True) restores (?format=torchao_int8).")
+class DataSpec(SpecModel):
+    """Which dataset the job fine-tunes and evaluates on (docs/datasets.md)."""
+
+    dataset: str = Field(
+        default=DEFAULT_DATASET, max_length=64,
+        description="mnist (the default), fashion_mnist or kmnist (IDX files under the "
+        "worker's data root), or the id of one of your datasets (POST /v1/datasets).")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BUILTIN_DATASETS and not is_dataset_id(value):
+            raise ValueError(f"{value!r} is neither {', '.join(BUILTIN_DATASETS)} nor a "
+                             "dataset id (ds- and 32 hex digits, from POST /v1/datasets)")
+        return value
+
+    @property
+    def uploaded(self) -> bool:
+        return is_dataset_id(self.dataset)

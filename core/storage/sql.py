@@ -102,6 +102,21 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_started ON jobs (tenant, started_us);
 CREATE INDEX IF NOT EXISTS jobs_notify_due ON jobs (notify_due) WHERE notify_due = 1
 """
 
+# Datasets (core/datasets/store.py): SQLite creates the table at open, PostgreSQL in migration
+# 0003, which a test ties to this text. ``bytes`` counts toward the tenant's storage quota.
+DATASET_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    created_us BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS datasets_tenant_created ON datasets (tenant, created_us DESC, id DESC)
+"""
+
 # Columns the jobs table gained with tenants (SQLite adds them when missing; PostgreSQL in
 # migration 0002).
 TENANT_COLUMNS = (

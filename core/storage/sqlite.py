@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from core.settings import Settings
 from core.storage.jobs_sql import SqlJobStore
 from core.storage.protocols import JobStore, StoreUnavailable
-from core.storage.sql import SHARED_SCHEMA, TENANT_COLUMNS, SqlConn, statements
+from core.storage.sql import DATASET_SCHEMA, SHARED_SCHEMA, TENANT_COLUMNS, SqlConn, statements
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -122,7 +122,7 @@ class SqliteJobStore(SqlJobStore):
                     if name == "stored_bytes":
                         conn.execute("UPDATE jobs SET stored_bytes = json_extract(record,"
                                      " '$.upload_bytes') WHERE files_expired = 0")
-            for statement in statements(SHARED_SCHEMA):
+            for statement in statements(SHARED_SCHEMA) + statements(DATASET_SCHEMA):
                 conn.execute(statement)
 
     @contextmanager

@@ -42,6 +42,16 @@ def scoped_key(tenant: str, key: str | None) -> str | None:
     return None if key is None else f"{tenant}/{key}"
 
 
+def stored_bytes(conn: SqlConn, tenant: str) -> int:
+    """What ``quota_storage`` counts: the files of the tenant's unexpired jobs and its
+    datasets."""
+    (jobs,) = conn.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE tenant = ?",
+                           (tenant,)).fetchone()
+    (datasets,) = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM datasets WHERE tenant = ?",
+                               (tenant,)).fetchone()
+    return int(jobs) + int(datasets)
+
+
 def check_quota(conn: SqlConn, record: JobRecord, quota: Quota, now_us: int) -> None:
     tenant = record.tenant
     if quota.max_queued is not None:
@@ -50,10 +60,9 @@ def check_quota(conn: SqlConn, record: JobRecord, quota: Quota, now_us: int) -> 
         if int(queued) >= quota.max_queued:
             raise QuotaExceeded(QuotaKind.QUEUED, quota.max_queued, int(queued), 30)
     if quota.max_stored_bytes is not None:
-        (stored,) = conn.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs"
-                                 " WHERE tenant = ?", (tenant,)).fetchone()
-        if int(stored) + record.upload_bytes > quota.max_stored_bytes:
-            raise QuotaExceeded(QuotaKind.STORAGE, quota.max_stored_bytes, int(stored), 3600)
+        stored = stored_bytes(conn, tenant)
+        if stored + record.upload_bytes > quota.max_stored_bytes:
+            raise QuotaExceeded(QuotaKind.STORAGE, quota.max_stored_bytes, stored, 3600)
     if quota.submissions_per_minute is not None:
         since = now_us - MINUTE_US
         count, oldest = conn.execute(

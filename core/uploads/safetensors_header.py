@@ -25,6 +25,16 @@ _FLOAT_CODES = ", ".join(FLOAT_SAFETENSORS_CODES)
 def check_safetensors(path: Path, settings: Settings) -> ModelFormat:
     """Header of a safetensors file: length, JSON, dtypes, shapes vs offsets, caps; then, for
     the compact layout, how its pieces fit (``core/uploads/compact.py``)."""
+    header, raw, data_len = read_header(path, settings)
+    _check_entries(header, data_len, settings)
+    if check_compact_safetensors(path, raw, settings):
+        return ModelFormat.SPARSE_SAFETENSORS
+    return ModelFormat.SAFETENSORS
+
+
+def read_header(path: Path, settings: Settings) -> tuple[dict[str, Any], bytes, int]:
+    """(the tensor entries, the raw header, the data length) of a safetensors file, its
+    length cap and JSON checked; ``__metadata__`` is checked and left out of the entries."""
     file_size = path.stat().st_size
     with path.open("rb") as f:
         prefix = f.read(8)
@@ -42,11 +52,24 @@ def check_safetensors(path: Path, settings: Settings) -> ModelFormat:
                 f"but the file has {file_size}"
             )
         raw = f.read(header_len)
-    header = _parse_header(raw)
-    _check_entries(header, file_size - 8 - header_len, settings)
-    if check_compact_safetensors(path, raw, settings):
-        return ModelFormat.SPARSE_SAFETENSORS
-    return ModelFormat.SAFETENSORS
+    return _parse_header(raw), raw, file_size - 8 - header_len
+
+
+def entry_span(name: str, entry: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each part's form checked (the dtype
+    only for being a string: callers hold their own lists)."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise malformed(f"tensor {name!r}: expected exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str):
+        raise malformed(f"tensor {name!r} has unknown dtype {dtype!r}")
+    size = int_tuple(tuple(shape)) if isinstance(shape, list) else None
+    if size is None or any(s < 0 for s in size):
+        raise malformed(f"tensor {name!r}: shape must be a list of non-negative integers")
+    span = int_tuple(tuple(offsets)) if isinstance(offsets, list) else None
+    if span is None or len(span) != 2 or not 0 <= span[0] <= span[1]:
+        raise malformed(f"tensor {name!r}: data_offsets must be [begin, end] with begin <= end")
+    return dtype, size, span[0], span[1]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -101,9 +124,7 @@ def _check_entries(header: dict[str, Any], data_len: int, settings: Settings) ->
 
 
 def _entry(name: str, entry: Any, settings: Settings) -> tuple[int, int, int]:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise malformed(f"tensor {name!r}: expected exactly dtype, shape and data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    dtype, size, begin, end = entry_span(name, entry)
     if dtype in _SAFETENSORS_UNSUPPORTED:
         raise unsupported(
             f"tensor {name!r} has dtype {dtype}; only floating point ({_FLOAT_CODES}) "
@@ -111,22 +132,16 @@ def _entry(name: str, entry: Any, settings: Settings) -> tuple[int, int, int]:
         )
     if dtype not in SAFETENSORS_ITEMSIZE:
         raise malformed(f"tensor {name!r} has unknown dtype {dtype!r}")
-    size = int_tuple(tuple(shape)) if isinstance(shape, list) else None
-    if size is None or any(s < 0 for s in size):
-        raise malformed(f"tensor {name!r}: shape must be a list of non-negative integers")
     numel = math.prod(size)
     if numel > settings.max_tensor_elements:
         raise too_large(
             f"tensor {name!r} declares shape {list(size)} = {numel} elements; the limit is "
             f"{settings.max_tensor_elements} (PRUNER_MAX_TENSOR_ELEMENTS)"
         )
-    span = int_tuple(tuple(offsets)) if isinstance(offsets, list) else None
-    if span is None or len(span) != 2 or not 0 <= span[0] <= span[1]:
-        raise malformed(f"tensor {name!r}: data_offsets must be [begin, end] with begin <= end")
     itemsize = SAFETENSORS_ITEMSIZE[dtype]
-    if span[1] - span[0] != numel * itemsize:
+    if end - begin != numel * itemsize:
         raise malformed(
             f"tensor {name!r}: shape {list(size)} of {dtype} needs {numel * itemsize} bytes "
-            f"but data_offsets span {span[1] - span[0]}"
+            f"but data_offsets span {end - begin}"
         )
-    return span[0], span[1], numel
+    return begin, end, numel

@@ -65,23 +65,31 @@ class Split:
             )
 
 
-_RAW: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
-_CPU: dict[tuple[str, bool, float, float, bool], Split] = {}
-_ON_DEVICE: dict[tuple[str, bool, str, float, float, bool], Split] = {}
+_RAW: dict[tuple[str, bool, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_CPU: dict[tuple[str, bool, float, float, bool, str], Split] = {}
+_ON_DEVICE: dict[tuple[str, bool, str, float, float, bool, str], Split] = {}
+# The MNIST family by name: torchvision's class and its folder under the root (IDX files in
+# <root>/<folder>/raw/, as for MNIST).
+FAMILY = {"mnist": ("MNIST", "MNIST"), "fashion_mnist": ("FashionMNIST", "FashionMNIST"),
+          "kmnist": ("KMNIST", "KMNIST")}
 
 
-def _raw(root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (str(root.resolve()), train)
+def _raw(root: Path, train: bool, download: bool,
+         name: str = "mnist") -> tuple[torch.Tensor, torch.Tensor]:
+    key = (str(root.resolve()), train, name)
     if key not in _RAW:
-        from torchvision.datasets import MNIST  # torchvision import is slow; only when needed
+        import torchvision.datasets  # torchvision import is slow; only when needed
 
+        cls, folder = FAMILY[name]
         try:
-            dataset = MNIST(str(root), train=train, download=download)
+            dataset = getattr(torchvision.datasets, cls)(str(root), train=train,
+                                                         download=download)
         except RuntimeError as exc:  # torchvision: "Dataset not found..."
             raise EngineError(
                 JobErrorCode.DATASET_UNAVAILABLE,
-                f"MNIST ({'train' if train else 'test'} split) is not available under "
-                f"{root} (expected {root}/MNIST/raw/*-ubyte): {exc}. {_dataset_fix(download)}",
+                f"{cls} ({'train' if train else 'test'} split) is not available under "
+                f"{root} (expected {root}/{folder}/raw/*-ubyte): {exc}. "
+                f"{_dataset_fix(download)}",
             ) from exc
         _RAW[key] = (dataset.data, dataset.targets)
     return _RAW[key]
@@ -94,11 +102,12 @@ def _dataset_fix(download: bool) -> str:
     return "Point PRUNER_MNIST_ROOT at a torchvision MNIST root, or set PRUNER_MNIST_DOWNLOAD=true."
 
 
-def _on_cpu(root: Path, train: bool, spec: InputSpec, download: bool) -> Split:
+def _on_cpu(root: Path, train: bool, spec: InputSpec, download: bool,
+            name: str = "mnist") -> Split:
     """The normalised split in CPU memory, cached per process."""
-    key = (str(root.resolve()), train, spec.mean, spec.std, spec.flatten)
+    key = (str(root.resolve()), train, spec.mean, spec.std, spec.flatten, name)
     if key not in _CPU:
-        images, labels = _raw(root, train, download)  # (N, 28, 28) uint8, (N,) int64
+        images, labels = _raw(root, train, download, name)  # (N, 28, 28) uint8, (N,) int64
         # Built outside inference mode so that training can save these for backward.
         with torch.inference_mode(False):
             x = images.unsqueeze(1).float().div_(255).sub_(spec.mean).div_(spec.std)
@@ -114,13 +123,14 @@ def preload(root: Path, spec: InputSpec, *, download: bool = False) -> None:
 
 
 def load_split(
-    root: Path, train: bool, device: torch.device, spec: InputSpec, *, download: bool = False
+    root: Path, train: bool, device: torch.device, spec: InputSpec, *, download: bool = False,
+    name: str = "mnist",
 ) -> Split:
-    """The normalised split on ``device``, cached per process."""
-    split = _on_cpu(root, train, spec, download)
+    """The normalised split on ``device``, cached per process (``name``: one of ``FAMILY``)."""
+    split = _on_cpu(root, train, spec, download, name)
     if device.type == "cpu":
         return split
-    key = (str(root.resolve()), train, str(device), spec.mean, spec.std, spec.flatten)
+    key = (str(root.resolve()), train, str(device), spec.mean, spec.std, spec.flatten, name)
     if key not in _ON_DEVICE:
         with torch.inference_mode(False):
             _ON_DEVICE[key] = Split(split.images.to(device), split.labels.to(device))

@@ -126,7 +126,8 @@ def _onnx(model: nn.Module, input_spec: InputSpec, split: Split, reference: floa
     runtime = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider"
     path = output_dir / ModelFormat.ONNX.file_name
     scripted = isinstance(model, torch.jit.ScriptModule)
-    example = measure.example_batch(input_spec, training.EVAL_BATCH if scripted else 2, CPU)
+    example = measure.example_batch(input_spec, training.EVAL_BATCH if scripted else 2, CPU,
+                                    tuple(split.images.shape[1:]))
     reason = export_onnx(model, example, path)
     if reason is not None:
         return RuntimeCost(runtime=runtime, available=False, reason=reason)
@@ -134,7 +135,8 @@ def _onnx(model: nn.Module, input_spec: InputSpec, split: Split, reference: floa
     accuracy = ort_accuracy(session, split, training.EVAL_BATCH)
     outputs[ModelFormat.ONNX] = path
     batches = (training.EVAL_BATCH,) if scripted else measure.BATCHES
-    ours, theirs = _paired(model, functools.partial(ort_run, session), input_spec, batches)
+    ours, theirs = _paired(model, functools.partial(ort_run, session), input_spec, batches,
+                           tuple(split.images.shape[1:]))
     return RuntimeCost(runtime=runtime, available=True, accuracy=accuracy,
                        accuracy_delta=accuracy - reference, bytes=path.stat().st_size,
                        latency_ms=theirs, reference_latency_ms=ours)
@@ -169,20 +171,22 @@ def _int8(model: nn.Module, input_spec: InputSpec, split: Split, reference: floa
     torch.load(str(path), weights_only=True)  # what a user will do: it must work
     outputs[ModelFormat.TORCHAO_INT8] = path
     accuracy = training.evaluate(quantized, split).accuracy
-    ours, theirs = _paired(model, quantized, input_spec, measure.BATCHES)
+    ours, theirs = _paired(model, quantized, input_spec, measure.BATCHES,
+                           tuple(split.images.shape[1:]))
     return RuntimeCost(runtime=runtime, available=True, accuracy=accuracy,
                        accuracy_delta=accuracy - reference, bytes=path.stat().st_size,
                        latency_ms=theirs, reference_latency_ms=ours)
 
 
 def _paired(model: nn.Module, other: Callable[[torch.Tensor], object], input_spec: InputSpec,
-            batches: tuple[int, ...]) -> tuple[dict[str, Latency], dict[str, Latency]]:
+            batches: tuple[int, ...], sample: tuple[int, ...]
+            ) -> tuple[dict[str, Latency], dict[str, Latency]]:
     """(PyTorch's, the other's) latency per batch size, timed in alternation on the CPU."""
     ours: dict[str, Latency] = {}
     theirs: dict[str, Latency] = {}
     with torch.inference_mode():
         for batch in batches:
-            images = measure.example_batch(input_spec, batch, CPU)
+            images = measure.example_batch(input_spec, batch, CPU, sample)
             a, b = measure.time_alternating(
                 [functools.partial(model, images), functools.partial(other, images)], CPU)
             ours[f"batch_{batch}"], theirs[f"batch_{batch}"] = a, b

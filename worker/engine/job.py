@@ -15,6 +15,7 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import Phase, Progress
 from core.jobs.spec import JobSpec
 from core.settings import Settings
+from worker.engine.datasets import UploadedDataset
 from worker.engine.errors import Cancelled, EngineError
 
 ProgressFn = Callable[[Progress], None]
@@ -77,6 +78,7 @@ class Job:
     device: torch.device
     on_progress: ProgressFn | None = None
     should_cancel: CancelFn | None = None
+    dataset: UploadedDataset | None = None  # the spec's data.dataset when it is an upload
     clock: Clock = field(default_factory=Clock)
 
     def enter(self, name: Phase) -> None:

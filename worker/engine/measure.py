@@ -91,18 +91,25 @@ def warm_up() -> None:
         torch.ones(1) + 1
 
 
-def example_batch(spec: InputSpec, batch: int, device: torch.device) -> torch.Tensor:
-    """A fixed random batch shaped as the job feeds MNIST: (N, 1, 28, 28) or (N, 784)."""
-    shape = (batch, 784) if spec.flatten else (batch, 1, 28, 28)
+Sample = tuple[int, ...]  # one input as the job feeds it, e.g. (1, 28, 28), (784,), (3, 32, 32)
+
+
+def example_batch(spec: InputSpec, batch: int, device: torch.device,
+                  sample: Sample | None = None) -> torch.Tensor:
+    """A fixed random batch shaped as the job feeds its data: ``sample`` per image, by
+    default MNIST's (N, 1, 28, 28) or (N, 784)."""
+    sample = sample or ((784,) if spec.flatten else (1, 28, 28))
+    shape = (batch, *sample)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(shape, generator=generator).to(device)
 
 
-def count_flops(model: nn.Module, spec: InputSpec, device: torch.device) -> tuple[int, int]:
+def count_flops(model: nn.Module, spec: InputSpec, device: torch.device,
+                sample: Sample | None = None) -> tuple[int, int]:
     """(dense, effective) FLOPs of one image."""
     pointers = {p.untyped_storage().data_ptr() for p in model.parameters()}
     counter = _FlopCount(pointers)
-    image = example_batch(spec, 1, device)  # made outside the mode (randn in it is slow)
+    image = example_batch(spec, 1, device, sample)  # made outside the mode (randn in it is slow)
     # no_grad, not inference_mode: under inference_mode linear reaches the dispatcher whole,
     # and flop_registry only knows the addmm/mm it decomposes into.
     with _evaluating(model, torch.no_grad()), counter:
@@ -167,20 +174,22 @@ def time_alternating(runs: Sequence[Callable[[], object]], device: torch.device)
                     runs=len(ms)) for ms in times]
 
 
-def latency_at(model: nn.Module, spec: InputSpec, device: torch.device, batch: int
-               ) -> Latency:
+def latency_at(model: nn.Module, spec: InputSpec, device: torch.device, batch: int,
+               sample: Sample | None = None) -> Latency:
     """Latency of one batch size (the target's), timed as ``measure_latency`` times each."""
-    images = example_batch(spec, batch, device)
+    images = example_batch(spec, batch, device, sample)
     with _evaluating(model):
         return time_runs(functools.partial(model, images), device)
 
 
-def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device) -> dict[str, Latency]:
-    return measure_latencies([model], spec, device)[0]
+def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device,
+                    sample: Sample | None = None) -> dict[str, Latency]:
+    return measure_latencies([model], spec, device, sample)[0]
 
 
 def measure_latencies(
-    models: Sequence[nn.Module], spec: InputSpec, device: torch.device
+    models: Sequence[nn.Module], spec: InputSpec, device: torch.device,
+    sample: Sample | None = None,
 ) -> list[dict[str, Latency]]:
     """Latency per batch size of each model on the same batches, timed in alternation."""
     latency: list[dict[str, Latency]] = [{} for _ in models]
@@ -188,7 +197,7 @@ def measure_latencies(
         for model in models:
             stack.enter_context(_evaluating(model))
         for batch in BATCHES:
-            images = example_batch(spec, batch, device)
+            images = example_batch(spec, batch, device, sample)
             timed = time_alternating([functools.partial(m, images) for m in models], device)
             for per_model, measured in zip(latency, timed, strict=True):
                 per_model[f"batch_{batch}"] = measured
@@ -213,18 +222,18 @@ def latency_method(device: torch.device) -> str:
 
 def measure(
     model: nn.Module, spec: InputSpec, device: torch.device, device_label: str,
-    file_bytes: dict[str, int],
+    file_bytes: dict[str, int], sample: Sample | None = None,
 ) -> Cost:
-    """The cost of ``model`` as it is now (on ``device``)."""
+    """The cost of ``model`` as it is now (on ``device``, fed ``sample``-shaped inputs)."""
     params = list(model.parameters())
-    dense, effective = count_flops(model, spec, device)
+    dense, effective = count_flops(model, spec, device, sample)
     return Cost(
         parameters=sum(p.numel() for p in params),
         nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in params),
         flops=dense,
         effective_flops=effective,
         bytes=file_bytes,
-        latency_ms=measure_latency(model, spec, device),
+        latency_ms=measure_latency(model, spec, device, sample),
         latency_method=latency_method(device),
         device=device_label,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,13 +21,11 @@ from core.jobs.report import (
     Evaluation,
     Report,
     Sensitivity,
-    SplitSource,
     ValidationAccuracy,
 )
-from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec, ValidationFrom
-from core.settings import Settings
+from core.jobs.spec import JobSpec, PruningSpec, SensitivitySpec
 from worker.engine import (
-    data,
+    datasets,
     deep_compression,
     deploy,
     measure,
@@ -60,15 +59,15 @@ def load(job: Job, model_path: Path) -> Upload:
 def load_data(job: Job, upload: Upload) -> Splits:
     torch.manual_seed(job.spec.seed)  # the model's own randomness (dropout), for determinism
     with job.timed("data"):
-        splits = _mnist(job.spec, job.settings, job.device)
-        training.check_io_contract(upload.model, splits.test, job.spec.input)
-    return splits
+        data = datasets.load_job_data(job.spec, job.settings, job.device, job.dataset)
+        datasets.check_fits(upload.model, data, job.spec.input)  # before any training
+    return Splits(data.figures, data.train, data.validation, data.sources, data.used)
 
 
 def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
     """Cost and accuracy of the model as uploaded; with distillation, its soft targets."""
     with job.timed("cost"):
-        cost = _cost(job, upload.model, upload.primary, saved=None)
+        cost = _cost(job, upload.model, upload.primary, saved=None, sample=splits.sample)
     job.enter("evaluating")
     with job.timed("evaluate"):
         test = training.evaluate(upload.model, splits.test, job.should_cancel)
@@ -78,7 +77,7 @@ def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
             splits.train = splits.train.with_teacher(training.teacher_targets(
                 upload.model, splits.train, job.spec.finetune.distill, job.should_cancel))
     upload.targets = _targets(upload.model, upload.pruning)
-    return Dense(cost, test, validation)
+    return Dense(cost, test, validation, splits.sample)
 
 
 def scan_sensitivity(job: Job, upload: Upload, splits: Splits) -> Sensitivity | None:
@@ -128,11 +127,12 @@ def measure_cost(job: Job, dense: Dense, pruned: Pruned) -> Costs:
     """The cost after; a physically smaller model is timed again against its dense twin,
     in alternation, so the speedup does not depend on the machine's load over the job."""
     with job.timed("cost"):
-        after = _cost(job, pruned.model, ModelFormat.STATE_DICT, saved={})  # bytes: at saving
+        after = _cost(job, pruned.model, ModelFormat.STATE_DICT, saved={},  # bytes: at saving
+                      sample=dense.sample)
         before = dense.cost
         if pruned.dense_twin is not None:
             dense_ms, shrunk_ms = measure.measure_latencies(
-                [pruned.dense_twin, pruned.model], job.spec.input, job.device)
+                [pruned.dense_twin, pruned.model], job.spec.input, job.device, dense.sample)
             method = measure.paired_method(job.device)
             before = before.model_copy(update={"latency_ms": dense_ms, "latency_method": method})
             after = after.model_copy(update={"latency_ms": shrunk_ms, "latency_method": method})
@@ -175,7 +175,7 @@ def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensiti
         tensors=rows,
         targeted=pruning.totals([(r.elements, r.zeros) for r in rows]),
         all_parameters=pruning.parameter_totals(pruned.model),
-        accuracy=_accuracy(dense, pruned.after_pruning, tuned),
+        accuracy=_accuracy(dense, pruned.after_pruning, tuned, splits.used.figures_from),
         timings_s=job.clock.done(),
         device=device_name(job.device),
         torch_version=torch.__version__,
@@ -191,52 +191,10 @@ def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensiti
         warnings=[w for w in [memorised_warning(dense, splits.sources)] if w is not None],
         compressed=(deep_compression.compressed_report(saved.outputs, costs.before.parameters)
                     if pruned.quantized is not None else None),
+        dataset=splits.used,
     )
 
 
-def _mnist(spec: JobSpec, settings: Settings, device: torch.device) -> Splits:
-    """The splits and which images each is (``finetune.validation_from``):
-
-    - a job that decides nothing: train on all 60000 (less ``validation_size`` only when
-      validation_from is train), report the whole test split;
-    - test_half: decide on the even-indexed test images, report the odd-indexed ones, train
-      on all 60000;
-    - train: decide on a seeded hold-out of train, report the whole test split.
-    No fine-tuning: no train split."""
-    def split(train: bool) -> Split:
-        return data.load_split(settings.mnist_root, train, device, spec.input,
-                               download=settings.mnist_download)
-
-    from_train = spec.finetune.validation_from is ValidationFrom.TRAIN
-    holding_out = from_train and spec.finetune.validation_size > 0
-    test = split(False)
-    test_source = SplitSource(images=len(test), source="MNIST test, all 10000 images")
-    validation, validation_source = None, None
-    if spec.decides and not from_train:
-        validation, test = data.test_halves(test)
-        validation_source = SplitSource(images=len(validation), source=EVEN_HALF)
-        test_source = SplitSource(images=len(test), source=ODD_HALF)
-    train: Split | None = None
-    train_source = None
-    if spec.finetune.epochs > 0 or (holding_out and spec.decides):
-        train = split(True)
-        if holding_out:
-            train, validation = data.hold_out(train, spec.finetune.validation_size, spec.seed)
-            validation_source = SplitSource(
-                images=len(validation), source=f"MNIST train, {len(validation)} images held "
-                f"out by a permutation seeded with seed {spec.seed}; never trained on")
-        train_source = SplitSource(images=len(train), source="MNIST train" + (
-            ", less the validation images" if holding_out else ", all 60000 images"))
-    if spec.finetune.epochs == 0:
-        train, train_source = None, None
-    sources = DataReport(validation_from=spec.finetune.validation_from.value,
-                         train=train_source, validation=validation_source, test=test_source)
-    return Splits(test, train, validation, sources)
-
-
-EVEN_HALF = "MNIST test, the 5000 even-indexed images (0, 2, ..., 9998): decisions only"
-ODD_HALF = ("MNIST test, the 5000 odd-indexed images (1, 3, ..., 9999): reported only, read by "
-            "no decision")
 # Above this many standard errors of the gap, validation beating test is memorisation, not luck
 MEMORISED_SIGMAS = 3.0
 MEMORISED_MIN_GAP = 0.005
@@ -287,22 +245,29 @@ def _targets(model: nn.Module, spec: PruningSpec) -> list[pruning.Target]:
     return targets
 
 
-def _cost(job: Job, model: nn.Module, primary: ModelFormat, saved: dict[str, int] | None
-          ) -> Cost:
+def _cost(job: Job, model: nn.Module, primary: ModelFormat, saved: dict[str, int] | None,
+          sample: tuple[int, ...]) -> Cost:
     """The model's cost now; ``saved=None``: measure its bytes by writing it under the job's
     output folder (a killed job leaves nothing elsewhere)."""
     if saved is None:
         saved = measure.bytes_as_saved(
             model, lambda m, folder: saving.save_all(m, primary, folder), job.device,
             job.output_dir)
-    return measure.measure(model, job.spec.input, job.device, device_name(job.device), saved)
+    return measure.measure(model, job.spec.input, job.device, device_name(job.device), saved,
+                           sample)
 
 
-def _accuracy(dense: Dense, pruned: Evaluation, tuned: Tuned) -> Accuracy:
+def _accuracy(dense: Dense, pruned: Evaluation, tuned: Tuned,
+              figures_from: Literal["validation", "test"]) -> Accuracy:
+    """The figures, each naming its split (a dataset without a test split reports on its
+    validation split)."""
+    def named(e: Evaluation) -> Evaluation:
+        return e.model_copy(update={"split": figures_from})
+
     return Accuracy(
-        before=dense.test,
-        after_pruning=pruned,
-        after_finetune=tuned.test,
+        before=named(dense.test),
+        after_pruning=named(pruned),
+        after_finetune=named(tuned.test),
         delta_pruning=pruned.accuracy - dense.test.accuracy,
         delta_total=tuned.test.accuracy - dense.test.accuracy,
         validation=tuned.validation,

@@ -16,6 +16,7 @@ from core.jobs.report import Progress, Report
 from core.jobs.spec import JobSpec
 from core.settings import Settings, get_settings
 from worker.engine import phases, strategies
+from worker.engine.datasets import UploadedDataset
 from worker.engine.job import CancelFn, Job, ProgressFn, resolve_device
 
 
@@ -34,13 +35,15 @@ def run_job(
     settings: Settings | None = None,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    dataset: UploadedDataset | None = None,
 ) -> RunResult:
     """Prune the model in ``model_path`` as ``spec`` says; files go to ``output_dir``.
+    ``dataset``: the local file and record of the spec's uploaded ``data.dataset``.
 
     Raises EngineError (a documented JobErrorCode) or Cancelled."""
     settings = settings or get_settings()
     job = Job(spec, settings, output_dir, resolve_device(spec.device, settings),
-              on_progress, should_cancel)
+              on_progress, should_cancel, dataset)
     job.enter("loading")
     upload = phases.load(job, model_path)  # the model, its targets; refuses before any work
     splits = phases.load_data(job, upload)  # test, train, validation, which images each is

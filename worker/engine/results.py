@@ -14,6 +14,7 @@ from core.jobs.cost import Cost, RuntimeCost
 from core.jobs.formats import ModelFormat
 from core.jobs.report import (
     DataReport,
+    DatasetUsed,
     Evaluation,
     FileInfo,
     Search,
@@ -47,10 +48,16 @@ class Upload:
 
 @dataclass
 class Splits:
-    test: Split  # what the reported test figures come from
+    test: Split  # the reported figures' images: test (a half of it when the job decides)
     train: Split | None  # None: no fine-tuning
     validation: Split | None  # what decisions are judged on; None: nothing decides
     sources: DataReport  # which images each split is, for the report
+    used: DatasetUsed  # which dataset, its shape, classes and split sizes
+
+    @property
+    def sample(self) -> tuple[int, ...]:
+        """One input as fed: (C, H, W), or (C * H * W,) flattened."""
+        return tuple(self.test.images.shape[1:])
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Dense:
     cost: Cost
     test: Evaluation
     validation: Evaluation | None
+    sample: tuple[int, ...]  # the input shape the cost was measured with (the data's)
 
 
 @dataclass

@@ -51,7 +51,7 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
     spec, target = job.spec, job.spec.target
     assert target is not None and upload.target_groups is not None
     assert splits.validation is not None and dense.validation is not None
-    meter = targets.Meter(target, spec, job.device)
+    meter = targets.Meter(target, spec, job.device, splits.sample)
     builder = targets.Builder(upload.target_groups, spec.seed)
     with job.timed("target"):
         dense_value = meter(upload.model)

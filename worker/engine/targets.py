@@ -105,6 +105,7 @@ class Meter:
     target: TargetSpec
     spec: JobSpec
     device: torch.device
+    sample: tuple[int, ...] | None = None  # one input as the job feeds it (the dataset's)
 
     @property
     def name(self) -> str:
@@ -121,12 +122,12 @@ class Meter:
 
     def __call__(self, model: nn.Module) -> float:
         if self.target.flops is not None:
-            return float(measure.count_flops(model, self.spec.input, self.device)[0])
+            return float(measure.count_flops(model, self.spec.input, self.device, self.sample)[0])
         if self.target.parameters is not None:
             return float(sum(p.numel() for p in model.parameters()))
         if self.target.latency_ms is not None:
             batch = self.target.latency_ms.batch
-            return measure.latency_at(model, self.spec.input, self.device, batch).p50
+            return measure.latency_at(model, self.spec.input, self.device, batch, self.sample).p50
         assert self.target.bytes is not None
         fmt = ModelFormat(self.target.bytes.format)
         sizes = measure.bytes_as_saved(

@@ -13,7 +13,7 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import Sensitivity, TensorSensitivity
 from core.jobs.spec import FinetuneSpec, JobSpec, PruningSpec, ValidationFrom
 from core.settings import Settings
-from worker.engine import data, phases, pipeline, pruning, sensitivity, training
+from worker.engine import data, datasets, pipeline, pruning, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.search import next_amount
@@ -59,8 +59,8 @@ def test_training_batches_never_hold_a_validation_image() -> None:
 def test_job_splits_come_from_the_seeded_hold_out(engine_settings: Settings) -> None:
     spec = JobSpec(finetune=FinetuneSpec(epochs=1, validation_size=5000,
                                          validation_from=ValidationFrom.TRAIN), seed=7)
-    splits = phases._mnist(spec, engine_settings, torch.device("cpu"))
-    test, train, val = splits.test, splits.train, splits.validation
+    job = datasets.load_job_data(spec, engine_settings, torch.device("cpu"))
+    test, train, val = job.figures, job.train, job.validation
     assert train is not None and val is not None
     assert (len(test), len(train), len(val)) == (10000, 55000, 5000)
     full = data.load_split(engine_settings.mnist_root, True, torch.device("cpu"), spec.input)
@@ -69,9 +69,9 @@ def test_job_splits_come_from_the_seeded_hold_out(engine_settings: Settings) -> 
     assert torch.equal(train.labels, expected_train.labels)
     plain = JobSpec(finetune=FinetuneSpec(epochs=1, validation_size=0,
                                           validation_from=ValidationFrom.TRAIN))
-    splits = phases._mnist(plain, engine_settings, torch.device("cpu"))
-    assert splits.train is not None and len(splits.train) == 60000
-    assert splits.validation is None
+    plain_job = datasets.load_job_data(plain, engine_settings, torch.device("cpu"))
+    assert plain_job.train is not None and len(plain_job.train) == 60000
+    assert plain_job.validation is None
 
 
 def test_next_amount_bisects_the_remaining_fraction() -> None:

@@ -10,15 +10,16 @@ from core.jobs.cost import Cost
 from core.jobs.report import DataReport, Evaluation, SplitSource
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import data, phases
+from worker.engine import data, datasets, phases
 from worker.engine.data import Split
-from worker.engine.results import Dense, Splits
+from worker.engine.datasets import JobData
+from worker.engine.results import Dense
 
 CPU = torch.device("cpu")
 
 
-def _mnist(spec: dict[str, object], settings: Settings) -> Splits:
-    return phases._mnist(JobSpec.model_validate(spec), settings, CPU)
+def _mnist(spec: dict[str, object], settings: Settings) -> JobData:
+    return datasets.load_job_data(JobSpec.model_validate(spec), settings, CPU)
 
 
 def test_test_halves_interleave_and_partition() -> None:
@@ -35,20 +36,23 @@ def test_a_deciding_job_decides_on_even_test_images_and_reports_the_odd(
     full = data.load_split(engine_settings.mnist_root, False, CPU, JobSpec().input)
     assert splits.validation is not None and splits.train is not None
     assert torch.equal(splits.validation.images, full.images[0::2])
-    assert torch.equal(splits.test.images, full.images[1::2])
+    assert torch.equal(splits.figures.images, full.images[1::2])
     assert len(splits.train) == 60000  # nothing is held out of train
     assert splits.sources.validation is not None and splits.sources.train is not None
     assert (splits.sources.train.images, splits.sources.validation.images,
             splits.sources.test.images) == (60000, 5000, 5000)
-    assert splits.sources.validation.source == phases.EVEN_HALF
-    assert splits.sources.test.source == phases.ODD_HALF
+    assert splits.sources.validation.source == (
+        "MNIST test, the 5000 even-indexed images (0, 2, ..., 9998): decisions only")
+    assert splits.sources.test.source == (
+        "MNIST test, the 5000 odd-indexed images (1, 3, ..., 9999): reported only, read by no "
+        "decision")
 
 
 def test_a_job_that_decides_nothing_trains_on_all_of_train(engine_settings: Settings) -> None:
     splits = _mnist({"finetune": {"epochs": 1}}, engine_settings)
     assert splits.train is not None and len(splits.train) == 60000
     assert splits.validation is None and splits.sources.validation is None
-    assert len(splits.test) == 10000 and splits.sources.test.images == 10000
+    assert len(splits.figures) == 10000 and splits.sources.test.images == 10000
 
 
 def test_validation_from_train_holds_out_and_reports_the_whole_test_split(
@@ -57,7 +61,7 @@ def test_validation_from_train_holds_out_and_reports_the_whole_test_split(
     splits = _mnist({"search": {}, "seed": 3, "finetune": {
         "validation_from": "train", "validation_size": 2000}}, engine_settings)
     assert splits.validation is not None and splits.train is not None
-    assert (len(splits.train), len(splits.validation), len(splits.test)) == (58000, 2000, 10000)
+    assert (len(splits.train), len(splits.validation), len(splits.figures)) == (58000, 2000, 10000)
     assert splits.sources.validation is not None
     assert splits.sources.validation.source.startswith("MNIST train, 2000 images held out")
 

@@ -1,0 +1,136 @@
+"""The data a job runs on (``worker.engine.datasets``): an uploaded dataset's splits,
+normalisation from training samples only, figures from test or else validation, the model's
+fit checked before training, the MNIST family's missing files."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from api_tests.core.datasets.files import write_npz, write_safetensors
+from core.datasets import check_dataset
+from core.datasets.record import DatasetRecord
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import DataSpec, FinetuneSpec, JobSpec
+from core.settings import Settings
+from worker.engine.datasets import UploadedDataset, check_fits, load_job_data
+from worker.engine.errors import EngineError
+
+CPU = torch.device("cpu")
+SETTINGS = Settings()
+
+
+def coloured(n: int = 40, test: int = 10, splits: bool = True) -> dict[str, np.ndarray]:
+    """3 x 32 x 32 'coloured digits': class k is a bright square in channel k % 3."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(n, dtype=np.int64) % 4
+    images = rng.integers(0, 30, size=(n, 3, 32, 32), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        images[i, k % 3, 4 * k:4 * k + 8, 8:16] = 250
+    out = {"images": images, "labels": labels}
+    if splits:
+        out["splits"] = np.array([0] * (n - test) + [2] * test, dtype=np.uint8)
+    return out
+
+
+def uploaded(tmp_path: Path, tensors: dict[str, np.ndarray],
+             npz: bool = False) -> UploadedDataset:
+    path = (write_npz(tmp_path / "d.npz", tensors) if npz
+            else write_safetensors(tmp_path / "d.safetensors", tensors))
+    record = DatasetRecord(id="ds-" + "1" * 32, tenant="local", created_at=datetime.now(UTC),
+                           bytes=path.stat().st_size,
+                           sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                           info=check_dataset(path, SETTINGS))
+    return UploadedDataset(path, record)
+
+
+def spec_on(validation_size: int = 5, epochs: int = 1) -> JobSpec:
+    return JobSpec(data=DataSpec(dataset="ds-" + "1" * 32),
+                   finetune=FinetuneSpec(validation_size=validation_size, epochs=epochs))
+
+
+def test_splits_follow_the_file_and_the_held_out_validation(tmp_path: Path) -> None:
+    job = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, coloured()))
+    assert (job.used.train, job.used.validation, job.used.test, job.used.figures_from,
+            job.used.validation_from, list(job.figures.images.shape)) == (
+        25, 5, 10, "test", "held_out", [10, 3, 32, 32])
+
+
+def test_normalisation_never_looks_at_the_test_split(tmp_path: Path) -> None:
+    tensors = coloured()
+    first = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, tensors))
+    tensors["images"][30:] = 255  # only test images change
+    (tmp_path / "d.safetensors").unlink()
+    second = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, tensors))
+    assert first.train is not None and second.train is not None
+    assert torch.equal(first.train.images, second.train.images)
+
+
+def test_without_a_test_split_the_figures_come_from_validation(tmp_path: Path) -> None:
+    job = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, coloured(splits=False)))
+    assert (job.used.figures_from, len(job.figures), job.used.test) == ("validation", 5, 0)
+
+
+def test_without_test_or_validation_there_is_nothing_to_report_on(tmp_path: Path) -> None:
+    with pytest.raises(EngineError) as info:
+        load_job_data(spec_on(validation_size=0), SETTINGS, CPU,
+                      uploaded(tmp_path, coloured(splits=False)))
+    assert info.value.code is JobErrorCode.INVALID_SPEC
+
+
+def test_a_file_that_changed_since_upload_is_refused(tmp_path: Path) -> None:
+    data = uploaded(tmp_path, coloured())
+    with data.path.open("r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")
+    with pytest.raises(EngineError) as info:
+        load_job_data(spec_on(), SETTINGS, CPU, data)
+    assert info.value.code is JobErrorCode.DATASET_UNAVAILABLE
+
+
+def small_cnn(in_channels: int, classes: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, classes))
+
+
+def test_a_model_that_fits_passes(tmp_path: Path) -> None:
+    job = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, coloured()))
+    check_fits(small_cnn(3, 4), job, spec_on().input)
+
+
+def test_a_one_channel_model_on_colour_images_is_a_mismatch(tmp_path: Path) -> None:
+    job = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, coloured()))
+    with pytest.raises(EngineError) as info:
+        check_fits(small_cnn(1, 4), job, spec_on().input)
+    assert (info.value.code, "[2, 3, 32, 32] (3x32x32 images)" in info.value.message) == (
+        JobErrorCode.ARCHITECTURE_MISMATCH, True)
+
+
+def test_a_model_with_too_few_classes_is_a_mismatch(tmp_path: Path) -> None:
+    job = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, coloured()))
+    with pytest.raises(EngineError) as info:
+        check_fits(small_cnn(3, 10), job, spec_on().input)
+    assert info.value.message.startswith(f"dataset {'ds-' + '1' * 32} has 4 classes but for "
+                                         "3x32x32 images the model returned a torch.float32 "
+                                         "tensor of shape [2, 10]")
+
+
+def test_a_family_dataset_missing_under_the_root_is_unavailable(tmp_path: Path) -> None:
+    spec = JobSpec(data=DataSpec(dataset="fashion_mnist"))
+    with pytest.raises(EngineError) as info:
+        load_job_data(spec, Settings(mnist_root=tmp_path), CPU)
+    assert (info.value.code, "FashionMNIST (test split) is not available under"
+            in info.value.message) == (JobErrorCode.DATASET_UNAVAILABLE, True)
+
+
+def test_an_npz_dataset_loads_the_same_samples(tmp_path: Path) -> None:
+    tensors = coloured()
+    from_st = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, tensors))
+    from_npz = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, tensors, npz=True))
+    assert torch.equal(from_st.figures.images, from_npz.figures.images)
