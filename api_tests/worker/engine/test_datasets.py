@@ -50,16 +50,29 @@ def uploaded(tmp_path: Path, tensors: dict[str, np.ndarray],
     return UploadedDataset(path, record)
 
 
-def spec_on(validation_size: int = 5, epochs: int = 1) -> JobSpec:
-    return JobSpec(data=DataSpec(dataset="ds-" + "1" * 32),
-                   finetune=FinetuneSpec(validation_size=validation_size, epochs=epochs))
+def spec_on(validation_size: int = 5, epochs: int = 1, validation_from: str = "train",
+            search: bool = False) -> JobSpec:
+    return JobSpec.model_validate({
+        "data": {"dataset": "ds-" + "1" * 32}, "search": {} if search else None,
+        "finetune": {"validation_size": validation_size, "epochs": epochs,
+                     "validation_from": validation_from}})
 
 
-def test_splits_follow_the_file_and_the_held_out_validation(tmp_path: Path) -> None:
-    job = load_job_data(spec_on(), SETTINGS, CPU, uploaded(tmp_path, coloured()))
+@pytest.mark.parametrize(("spec", "expected"), [
+    # validation_from train: a seeded hold-out of the training samples
+    (spec_on(), (25, 5, 10, "test", "held_out", [10, 3, 32, 32])),
+    # deciding nothing: all of train, the whole test split, no validation
+    (spec_on(validation_from="test_half"), (30, 0, 10, "test", "none", [10, 3, 32, 32])),
+    # deciding (a search): the even test samples decide, the odd ones are reported
+    (spec_on(validation_from="test_half", search=True),
+     (30, 5, 10, "test", "test_half", [5, 3, 32, 32])),
+])
+def test_splits_follow_the_file_and_the_spec(
+    tmp_path: Path, spec: JobSpec, expected: tuple[object, ...],
+) -> None:
+    job = load_job_data(spec, SETTINGS, CPU, uploaded(tmp_path, coloured()))
     assert (job.used.train, job.used.validation, job.used.test, job.used.figures_from,
-            job.used.validation_from, list(job.figures.images.shape)) == (
-        25, 5, 10, "test", "held_out", [10, 3, 32, 32])
+            job.used.validation_from, list(job.figures.images.shape)) == expected
 
 
 def test_normalisation_never_looks_at_the_test_split(tmp_path: Path) -> None:

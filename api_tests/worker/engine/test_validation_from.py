@@ -70,7 +70,7 @@ def _dense(validation: float, test: float) -> Dense:
     cost = Cost(parameters=1, nonzero_parameters=1, flops=1, effective_flops=1, bytes={},
                 latency_ms={}, latency_method="", device="cpu")
     return Dense(cost, Evaluation(accuracy=test, loss=0.1),
-                 Evaluation(accuracy=validation, loss=0.1, split="validation"))
+                 Evaluation(accuracy=validation, loss=0.1, split="validation"), (1, 28, 28))
 
 
 SOURCES = DataReport(validation_from="train", train=None,
