@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.settings import Settings  # noqa: E402
+from docs.tables import main, write_between  # noqa: E402
 
 START, END = "<!-- CONFIG -->", "<!-- /CONFIG -->"
 PAGE = ROOT / "docs" / "configuration.md"
@@ -29,14 +30,8 @@ def rows() -> list[str]:
 
 
 def write(page: Path = PAGE) -> None:
-    text = page.read_text()
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    page.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
+    write_between(page, START, END, rows())
 
 
 if __name__ == "__main__":
-    if "--write" in sys.argv:
-        write()
-    else:
-        print("\n".join(rows()))
+    main(rows, write)

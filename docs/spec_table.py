@@ -28,6 +28,7 @@ from pydantic import BaseModel, TypeAdapter  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 
 from core.jobs.spec import JobSpec  # noqa: E402
+from docs.tables import main, write_between  # noqa: E402
 
 START, END = "<!-- SPEC -->", "<!-- /SPEC -->"
 PAGE = ROOT / "docs" / "spec.md"
@@ -182,14 +183,8 @@ def rows() -> list[str]:
 
 
 def write(page: Path = PAGE) -> None:
-    text = page.read_text()
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    page.write_text(head + START + "\n" + "\n".join(rows()) + "\n" + END + tail)
+    write_between(page, START, END, rows())
 
 
 if __name__ == "__main__":
-    if "--write" in sys.argv:
-        write()
-    else:
-        print("\n".join(rows()))
+    main(rows, write)
