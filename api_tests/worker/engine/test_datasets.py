@@ -17,7 +17,7 @@ from api_tests.core.datasets.files import write_npz, write_safetensors
 from core.datasets import check_dataset
 from core.datasets.record import DatasetRecord
 from core.jobs.error_codes import JobErrorCode
-from core.jobs.spec import DataSpec, FinetuneSpec, JobSpec
+from core.jobs.spec import DataSpec, JobSpec
 from core.settings import Settings
 from worker.engine.datasets import UploadedDataset, check_fits, load_job_data
 from worker.engine.errors import EngineError
