@@ -97,6 +97,12 @@ class DatasetStore:
             return page, None
         return page, encode_cursor(int(rows[limit - 1][0]), str(rows[limit - 1][1]))
 
+    def digests(self) -> set[str]:
+        """The sha256 of every stored dataset, all tenants' (for the workers' caches)."""
+        with self.sql.read() as conn:
+            rows = conn.execute("SELECT record FROM datasets").fetchall()
+        return {DatasetRecord.model_validate_json(r[0]).sha256 for r in rows}
+
     def delete(self, dataset_id: str, tenant: str) -> DeleteResult:
         """Delete first, then look for users and roll back if there are any: the DELETE locks
         the row (PostgreSQL), so a job insert that holds it (``JobStore.create``) commits
