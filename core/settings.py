@@ -245,6 +245,11 @@ class Settings(BaseSettings):
     max_dataset_classes: int = Field(
         default=1000, ge=2, description="Most classes (labels 0..K-1) a dataset may have."
     )
+    dataset_cache_max_age_s: int = Field(
+        default=24 * 3600, ge=1, description="A worker's cached copy of a dataset (S3 "
+        "backends: data_dir/dataset-cache) that no queued job or job running here needs is "
+        "removed by the janitor once unused this long (at once when its dataset was deleted)."
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO",

@@ -30,6 +30,7 @@ from core.settings import Settings
 from core.storage.protocols import (
     UPLOAD,
     BlobStore,
+    DatasetMissing,
     IdempotencyConflict,
     JobStore,
     QueueLimitReached,
@@ -129,16 +130,24 @@ def check_dataset_ref(spec: JobSpec, store: JobStore, tenant: str) -> None:
     if not spec.data.uploaded:
         return
     record = DatasetStore(store.sql()).get(spec.data.dataset, tenant)
-    field, msg = ("data", "dataset"), f"no dataset {spec.data.dataset!r} (GET /v1/datasets)"
-    if record is not None:
-        train = record.info.splits.train
-        if spec.finetune.validation_size < train:
-            return
-        field = ("finetune", "validation_size")
-        msg = (f"{spec.finetune.validation_size} validation samples must be fewer than the "
-               f"dataset's {train} training samples")
-    error = FieldError(loc=["body", SPEC_FIELD, *field], msg=msg, type="value_error")
+    if record is None:
+        raise no_such_dataset(spec.data.dataset)
+    train = record.info.splits.train
+    if spec.finetune.validation_size < train:
+        return
+    msg = (f"{spec.finetune.validation_size} validation samples must be fewer than the "
+           f"dataset's {train} training samples")
+    error = FieldError(loc=["body", SPEC_FIELD, "finetune", "validation_size"], msg=msg,
+                       type="value_error")
     raise ValidationFailed(describe([error]), errors=[error])
+
+
+def no_such_dataset(dataset_id: str) -> ValidationFailed:
+    """422 at ``data.dataset``: checked before the upload is judged, and again inside the
+    job insert's transaction (a dataset deleted in between: ``DatasetMissing``)."""
+    error = FieldError(loc=["body", SPEC_FIELD, "data", "dataset"],
+                       msg=f"no dataset {dataset_id!r} (GET /v1/datasets)", type="value_error")
+    return ValidationFailed(describe([error]), errors=[error])
 
 
 def check_notify_url(notify: Notify, settings: Settings, source: str) -> None:
@@ -250,6 +259,8 @@ def _create(
             headers={"Retry-After": str(exc.retry_after_s)},
             extra={"limit": exc.limit, "current": exc.current},
         ) from exc
+    except DatasetMissing as exc:
+        raise no_such_dataset(exc.dataset_id) from exc
     except IdempotencyConflict as exc:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used for a different request (another spec or model "

@@ -3,8 +3,10 @@
 On a local (or mounted) blob store the stored file is used in place. On a remote one (S3)
 each worker host keeps one copy per sha256 under ``data_dir/dataset-cache/``: the first job
 on a dataset downloads it (and checks its sha256), later jobs on the same bytes read the copy.
-Deleting a dataset leaves the cached copy, which no job can name any more; the folder may be
-emptied at any time.
+A cache hit touches the copy, so its mtime says when a job last used it; the janitor
+(``worker/janitor.py``) removes a copy no queued job and no job running here needs once it
+is unused for ``dataset_cache_max_age_s``, or at once when no dataset holds its sha256 any
+more. The folder may also be emptied by hand at any time.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def dataset_file(store: JobStore, blobs: BlobStore, job: JobRecord,
 def _cached(blobs: BlobStore, record: DatasetRecord, folder: Path) -> Path:
     target = folder / record.sha256
     if target.is_file() and target.stat().st_size == record.bytes:
+        os.utime(target)  # used now: the janitor keeps it another dataset_cache_max_age_s
         return target
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{record.sha256}-{os.getpid()}"

@@ -19,6 +19,11 @@
   made, whose record we may have read a moment early) waits for the next pass, and one of a
   job with no record yet (an upload an API on the same data dir is still receiving or
   checking) waits ``upload_max_s``.
+- **Dataset cache**: on remote stores, ``data_dir/dataset-cache/<sha256>`` (one copy per
+  dataset file, ``worker/dataset_files.py``) is removed when no queued job and no job running
+  here names a dataset with that sha256, and either no dataset holds the sha256 any more or
+  the copy was not used for ``dataset_cache_max_age_s``. A copy touched within the last
+  ``janitor_interval_s`` waits a pass; a download's ``.tmp-*`` file waits the max age.
 
 Several workers may each run a janitor; every step is idempotent.
 """
@@ -37,12 +42,14 @@ from pathlib import Path
 import redis
 from celery import Celery
 
+from core.datasets.store import DatasetStore
 from core.jobs.lifecycle import lease_expired, requeue, utcnow
 from core.jobs.record import JobRecord, JobStatus
 from core.queue import BROKER_MARKER_KEY, enqueue_job, heartbeat_key
 from core.settings import Settings
 from core.storage.backends import open_blob_store, open_job_store
 from core.storage.protocols import BlobStore, JobStore
+from worker.dataset_files import CACHE_DIR as DATASET_CACHE
 
 log = logging.getLogger("worker.janitor")
 
@@ -63,7 +70,8 @@ class Janitor:
 
     def run_once(self) -> None:
         """One pass; each step survives the others failing (e.g. Redis down)."""
-        for step in (self.heartbeat, self.reconcile, self.sweep, self.sweep_local_copies):
+        for step in (self.heartbeat, self.reconcile, self.sweep, self.sweep_local_copies,
+                     self.sweep_dataset_cache):
             try:
                 step()
             except redis.RedisError as exc:
@@ -154,6 +162,43 @@ class Janitor:
         if removed:
             log.info("janitor: removed local copies of %d job(s): %s", len(removed), removed)
         return removed
+
+    def sweep_dataset_cache(self) -> list[str]:
+        """Remove cached dataset copies nothing here needs (see the module's docstring);
+        returns their file names."""
+        folder = self.settings.data_dir / DATASET_CACHE
+        if not folder.is_dir():
+            return []
+        needed = self._datasets_needed_here()
+        held = DatasetStore(self.store.sql()).digests()
+        removed = []
+        for path in sorted(folder.iterdir()):
+            if path.name in needed or not path.is_file():
+                continue
+            stored = path.name in held or path.name.startswith(".tmp-")
+            wait = self.settings.dataset_cache_max_age_s if stored \
+                else self.settings.janitor_interval_s
+            if not _touched_within(path, wait):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        if removed:
+            log.info("janitor: removed %d cached dataset file(s)", len(removed))
+        return removed
+
+    def _datasets_needed_here(self) -> set[str]:
+        """The sha256 of the datasets of queued jobs and of jobs running on this data dir."""
+        here = self._workers_here()
+        datasets = DatasetStore(self.store.sql())
+        needed = set()
+        for job in self.store.unfinished():
+            if not job.spec.data.uploaded:
+                continue
+            if job.status is JobStatus.RUNNING and job.worker not in here:
+                continue
+            record = datasets.get(job.spec.data.dataset, job.tenant)
+            if record is not None:
+                needed.add(record.sha256)
+        return needed
 
     def _register(self) -> None:
         """Say that this worker uses this data dir (its jobs' copies here are its own)."""

@@ -17,8 +17,10 @@ from api_tests.service.test_quotas import set_limits
 from api_tests.support.api import Api
 from api_tests.support.problems import assert_problem
 from core.datasets.record import DATASET_FILE
+from core.datasets.store import DatasetStore
 from core.jobs.spec import REFERENCE_RECIPE
 from core.tenants.accounts import Scope
+from service import submit
 
 
 @pytest.fixture()
@@ -161,3 +163,19 @@ def test_a_validation_split_as_large_as_the_training_split_is_422(
     body = assert_problem(api.submit(model_files.state_dict, _spec_on(dataset_id, 8)),
                           422, "validation_error")
     assert body["errors"][0]["loc"] == ["body", "spec", "finetune", "validation_size"]
+
+
+def test_a_dataset_deleted_after_the_check_is_422_at_submission(
+        api: Api, dataset_file: Path, model_files: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset_id = upload(api, dataset_file).json()["id"]
+    check = submit.check_dataset_ref
+
+    def check_then_lose_it(*args: Any) -> None:
+        check(*args)  # passes; the delete lands between it and the job's insert
+        DatasetStore(api.store.sql()).delete(dataset_id, "local")
+
+    monkeypatch.setattr(submit, "check_dataset_ref", check_then_lose_it)
+    body = assert_problem(api.submit(model_files.state_dict, _spec_on(dataset_id)),
+                          422, "validation_error")
+    assert (body["errors"][0]["loc"], api.queued_job_ids()) == (
+        ["body", "spec", "data", "dataset"], [])

@@ -4,6 +4,8 @@ cached copy per sha256 on a remote one, gone when deleted."""
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,14 @@ def test_mnist_needs_no_file(tmp_path: Path) -> None:
     blobs = LocalBlobStore(tmp_path / "jobs")
     store = SqliteJobStore(tmp_path / "db.sqlite3")
     assert dataset_file(store, blobs, make_record(), Settings(data_dir=tmp_path)) is None
+
+
+def test_a_cache_hit_marks_the_copy_used(tmp_path: Path) -> None:
+    blobs = RemoteLike(tmp_path / "jobs")
+    store, job = setup(tmp_path, blobs)
+    settings = Settings(data_dir=tmp_path)
+    found = dataset_file(store, blobs, job, settings)
+    assert found is not None
+    os.utime(found[0], (0, 0))  # last used long ago: the janitor's max age has passed
+    dataset_file(store, blobs, job, settings)
+    assert found[0].stat().st_mtime > time.time() - 60

@@ -5,7 +5,9 @@ PostgreSQL), beside the jobs so that one transaction sees both.
   storage quota (jobs' files and datasets together) decided inside the insert's transaction;
 - ``get`` / ``list``: only the tenant's own (another tenant's dataset does not exist);
 - ``delete``: refused while a queued or running job of the tenant names the dataset, decided
-  in the same transaction as the delete.
+  in the same transaction as the delete; ``JobStore.create`` checks the dataset in the job
+  insert's transaction, and the two serialise on the dataset's row, so a submission and a
+  delete that race end either with the job refused or with the delete refused.
 """
 
 from __future__ import annotations
@@ -95,17 +97,34 @@ class DatasetStore:
             return page, None
         return page, encode_cursor(int(rows[limit - 1][0]), str(rows[limit - 1][1]))
 
+    def digests(self) -> set[str]:
+        """The sha256 of every stored dataset, all tenants' (for the workers' caches)."""
+        with self.sql.read() as conn:
+            rows = conn.execute("SELECT record FROM datasets").fetchall()
+        return {DatasetRecord.model_validate_json(r[0]).sha256 for r in rows}
+
     def delete(self, dataset_id: str, tenant: str) -> DeleteResult:
-        with self.sql.write() as conn:
-            found = conn.execute("SELECT 1 FROM datasets WHERE id = ? AND tenant = ?",
-                                 (dataset_id, tenant)).fetchone()
-            if found is None:
-                return DeleteResult(DeleteOutcome.NOT_FOUND)
-            users = _unfinished_users(conn, dataset_id, tenant)
-            if users:
-                return DeleteResult(DeleteOutcome.IN_USE, users)
-            conn.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
-        return DeleteResult(DeleteOutcome.DELETED)
+        """Delete first, then look for users and roll back if there are any: the DELETE locks
+        the row (PostgreSQL), so a job insert that holds it (``JobStore.create``) commits
+        first and is seen here, and one that comes after finds no dataset."""
+        try:
+            with self.sql.write() as conn:
+                deleted = conn.execute("DELETE FROM datasets WHERE id = ? AND tenant = ?",
+                                       (dataset_id, tenant)).rowcount
+                users = _unfinished_users(conn, dataset_id, tenant) if deleted else []
+                if users:
+                    raise _InUse(users)
+        except _InUse as exc:
+            return DeleteResult(DeleteOutcome.IN_USE, exc.jobs)
+        return DeleteResult(DeleteOutcome.DELETED if deleted else DeleteOutcome.NOT_FOUND)
+
+
+class _InUse(Exception):
+    """Rolls the delete back (raised inside its transaction)."""
+
+    def __init__(self, jobs: list[str]) -> None:
+        super().__init__(f"used by {jobs}")
+        self.jobs = jobs
 
 
 def _unfinished_users(conn: SqlConn, dataset_id: str, tenant: str) -> list[str]:

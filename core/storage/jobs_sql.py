@@ -28,7 +28,13 @@ from datetime import datetime
 from typing import Any
 
 from core.jobs.record import JobRecord, JobStatus
-from core.storage.protocols import Histogram, IdempotencyConflict, QueueLimitReached, merge_fields
+from core.storage.protocols import (
+    DatasetMissing,
+    Histogram,
+    IdempotencyConflict,
+    QueueLimitReached,
+    merge_fields,
+)
 from core.storage.sql import SqlAccess, SqlConn, micros
 from core.tenants import scheduling as tenancy_sql
 from core.tenants.quotas import Quota, RunningLimits
@@ -118,6 +124,8 @@ class SqlJobStore(ABC):
                     raise QueueLimitReached(int(queued))
             if quota is not None:
                 tenancy_sql.check_quota(conn, record, quota, micros(record.created_at))
+            if record.spec.data.uploaded and not self._hold_dataset(conn, record):
+                raise DatasetMissing(record.spec.data.dataset)
             conn.execute(
                 "INSERT INTO jobs (id, created_us, status, started_us, finished_us,"
                 " files_expired, tenant, stored_bytes, notify_due, idempotency_key,"
@@ -126,6 +134,13 @@ class SqlJobStore(ABC):
                  key, request_hash, record.model_dump_json()),
             )
         return record, True
+
+    def _hold_dataset(self, conn: SqlConn, record: JobRecord) -> bool:
+        """Whether the job's dataset is its tenant's, its row locked until the insert commits
+        (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises this with a delete)."""
+        row = conn.execute("SELECT 1 FROM datasets WHERE id = ? AND tenant = ?" + self._ROW_LOCK,
+                           (record.spec.data.dataset, record.tenant)).fetchone()
+        return row is not None
 
     def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord | None:
         sql, params = "SELECT record FROM jobs WHERE id = ?", [job_id]

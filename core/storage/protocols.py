@@ -69,6 +69,16 @@ class QueueLimitReached(Exception):
         self.queued = queued
 
 
+class DatasetMissing(Exception):
+    """``create`` refused a job: its spec names an uploaded dataset that is not (or no longer)
+    one of its tenant's. Decided in the insert's transaction, so a dataset deleted between
+    the API's check and the insert cannot leave a job that fails later."""
+
+    def __init__(self, dataset_id: str) -> None:
+        super().__init__(f"no dataset {dataset_id!r}")
+        self.dataset_id = dataset_id
+
+
 class JobStore(Protocol):
     # True when a read is a local file read of microseconds (SQLite): the API then reads on
     # its event loop; a networked store (PostgreSQL) is read from the thread pool instead.
@@ -87,8 +97,10 @@ class JobStore(Protocol):
         request hash, return the existing job and ``False``; with a different hash raise
         ``IdempotencyConflict``; with ``max_queued`` jobs already queued raise
         ``QueueLimitReached``; over one of the tenant's ``quota`` limits raise
-        ``QuotaExceeded``. Atomic: concurrent duplicates create one job, concurrent
-        submissions never overshoot a limit."""
+        ``QuotaExceeded``; when the spec names an uploaded dataset the tenant does not hold
+        raise ``DatasetMissing`` (the dataset's row is locked until the insert commits, so
+        ``DatasetStore.delete`` cannot interleave). Atomic: concurrent duplicates create one
+        job, concurrent submissions never overshoot a limit."""
         ...
 
     def get(self, job_id: str, *, tenant: str | None = None) -> JobRecord | None:

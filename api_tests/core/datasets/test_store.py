@@ -3,6 +3,8 @@ idempotency, the storage quota shared with jobs, deletion while in use."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from api_tests.core.datasets.factories import make_dataset
@@ -10,7 +12,7 @@ from api_tests.core.factories import make_record
 from core.datasets.store import DatasetStore, DeleteOutcome
 from core.jobs.record import JobRecord, JobStatus
 from core.jobs.spec import REFERENCE_RECIPE, DataSpec
-from core.storage.protocols import IdempotencyConflict, JobStore
+from core.storage.protocols import DatasetMissing, IdempotencyConflict, JobStore
 from core.tenants.quotas import Quota, QuotaExceeded
 
 
@@ -87,3 +89,48 @@ def test_another_tenants_delete_finds_nothing(store: JobStore) -> None:
     datasets = DatasetStore(store.sql())
     record, _ = datasets.create(make_dataset("acme"))
     assert datasets.delete(record.id, "other").outcome is DeleteOutcome.NOT_FOUND
+
+
+def test_a_job_on_a_deleted_dataset_is_refused_at_insert(store: JobStore) -> None:
+    datasets = DatasetStore(store.sql())
+    record, _ = datasets.create(make_dataset("acme"))
+    datasets.delete(record.id, "acme")
+    with pytest.raises(DatasetMissing):
+        store.create(_job_on(record.id, JobStatus.QUEUED))
+
+
+def test_a_job_on_another_tenants_dataset_is_refused_at_insert(store: JobStore) -> None:
+    record, _ = DatasetStore(store.sql()).create(make_dataset("other"))
+    with pytest.raises(DatasetMissing):
+        store.create(_job_on(record.id, JobStatus.QUEUED))
+
+
+def _race(store: JobStore) -> tuple[bool, DeleteOutcome]:
+    """A job insert and a delete of its dataset at once: (job created, delete outcome)."""
+    datasets = DatasetStore(store.sql())
+    record, _ = datasets.create(make_dataset("acme"))
+    start, created, outcome = threading.Barrier(2), [False], [DeleteOutcome.NOT_FOUND]
+
+    def submit() -> None:
+        start.wait()
+        try:
+            store.create(_job_on(record.id, JobStatus.QUEUED))
+            created[0] = True
+        except DatasetMissing:
+            pass
+
+    def delete() -> None:
+        start.wait()
+        outcome[0] = datasets.delete(record.id, "acme").outcome
+
+    threads = [threading.Thread(target=submit), threading.Thread(target=delete)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return created[0], outcome[0]
+
+
+def test_a_racing_submission_and_delete_never_both_succeed(store: JobStore) -> None:
+    results = {_race(store) for _ in range(20)}
+    assert results <= {(True, DeleteOutcome.IN_USE), (False, DeleteOutcome.DELETED)}

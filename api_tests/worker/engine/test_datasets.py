@@ -19,7 +19,7 @@ from core.datasets.record import DatasetRecord
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import DataSpec, JobSpec
 from core.settings import Settings
-from worker.engine.datasets import UploadedDataset, check_fits, load_job_data
+from worker.engine.datasets import LABELS, UploadedDataset, check_fits, load_job_data
 from worker.engine.errors import EngineError
 
 CPU = torch.device("cpu")
@@ -140,6 +140,38 @@ def test_a_family_dataset_missing_under_the_root_is_unavailable(tmp_path: Path) 
         load_job_data(spec, Settings(mnist_root=tmp_path), CPU)
     assert (info.value.code, "FashionMNIST (test split) is not available under"
             in info.value.message) == (JobErrorCode.DATASET_UNAVAILABLE, True)
+
+
+def write_idx(folder: Path, prefix: str, labels: np.ndarray) -> None:
+    """``<prefix>-images-idx3-ubyte`` and ``-labels-idx1-ubyte`` as the MNIST family ships
+    them, gunzipped: a big-endian magic (0x0803 images, 0x0801 labels), the sizes, the bytes
+    (image i filled with the value i)."""
+    n = len(labels)
+    images = np.repeat(np.arange(n, dtype=np.uint8), 28 * 28).reshape(n, 28, 28)
+    header = np.array([0x0803, n, 28, 28], dtype=">u4").tobytes()
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    header = np.array([0x0801, n], dtype=">u4").tobytes()
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(header + labels.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize(("name", "folder"), [("fashion_mnist", "FashionMNIST"),
+                                              ("kmnist", "KMNIST")])
+def test_a_family_dataset_present_under_the_root_loads(tmp_path: Path, name: str,
+                                                       folder: str) -> None:
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw, "train", np.arange(20) % 10)
+    test_labels = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    write_idx(raw, "t10k", test_labels)
+    spec = JobSpec.model_validate({"data": {"dataset": name}, "finetune": {
+        "epochs": 1, "validation_size": 5, "validation_from": "train"}})
+    job = load_job_data(spec, Settings(mnist_root=tmp_path), CPU)
+    assert job.train is not None and job.validation is not None
+    assert (job.used.name, job.used.train, job.used.validation, job.used.test,
+            list(job.figures.images.shape), job.figures.labels.tolist(),
+            job.sources.test.source if job.sources.test else None) == (
+        name, 15, 5, 10, [10, 1, 28, 28], test_labels.tolist(),
+        f"{LABELS[name]} test, all 10 images")
 
 
 def test_an_npz_dataset_loads_the_same_samples(tmp_path: Path) -> None:
