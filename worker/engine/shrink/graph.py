@@ -129,6 +129,14 @@ class _Analysis(AnalysisBase):
         if kind == "aten::append" and ins[0] in self.containers:
             self.containers[ins[0]].append(ins[1])
             return True
+        if kind in ("prim::TupleUnpack", "prim::ListUnpack") and ins[0] in self.containers:
+            self.unpack(self.containers[ins[0]], list(node.outputs()))
+            return True
+        if kind in ("prim::TupleIndex", "aten::__getitem__") and ins[0] in self.containers:
+            index, items = constant(ins[1]), self.containers[ins[0]]
+            if isinstance(index, int) and -len(items) <= index < len(items):
+                self.unpack([items[index]], [node.output()])
+                return True
         packed = [self.states[v] for v in ins for v in self.containers.get(v, [])
                   if v in self.states]
         if not packed:
@@ -138,6 +146,14 @@ class _Analysis(AnalysisBase):
         for state in packed:
             self.block_state(state, f"{kind} (a list of channel tensors)", node)
         return True
+
+    def unpack(self, items: list[torch._C.Value], outs: list[torch._C.Value]) -> None:
+        """Values taken out of a list or tuple are the values put in."""
+        for item, out in zip(items, outs, strict=False):
+            if item in self.states:
+                self.states[out] = self.states[item]
+            if item in self.containers:
+                self.containers[out] = self.containers[item]
 
     def concat(self, node: torch._C.Node, ins: list[torch._C.Value]) -> bool:
         items = self.containers[ins[0]]
