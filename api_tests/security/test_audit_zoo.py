@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchvision.models as tv
 
-from api_tests import zoo
 from api_tests.security.test_audit import refused
+from testkit import zoo
 from worker.engine.audit import find_disallowed
 
 

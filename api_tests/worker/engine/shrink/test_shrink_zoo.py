@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests import zoo
 from api_tests.worker.engine.shrink.models import randomize_batchnorm
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import PruningSpec
+from testkit import zoo
 from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare
 from worker.engine.shrink.graph import analyse
