@@ -13,6 +13,7 @@ spec's amount. A group that feeds the model's output (the logits) is never prune
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,14 +64,16 @@ def plan_groups(
             scores = method.scores(weights[0], generator)
         else:
             scores = torch.stack([method.scores(w, generator).cpu() for w in weights]).sum(0)
-        pruned = _pruned_channels(group, scores.cpu(), amount)
+        pruned = _pruned_channels(group, scores.cpu(), amount, spec.round_to)
         plans.append(GroupPlan(group, torch.nonzero(~pruned).flatten(), True, None))
     return plans
 
 
-def _pruned_channels(group: Group, scores: torch.Tensor, amount: float) -> torch.Tensor:
+def _pruned_channels(group: Group, scores: torch.Tensor, amount: float,
+                     round_to: int) -> torch.Tensor:
     """The lowest-scoring channels, in whole blocks of ``group.block`` (a grouped conv's
-    groups go whole: a block's score is the sum of its channels')."""
+    groups go whole: a block's score is the sum of its channels'); the count kept rounded up
+    to a multiple of ``round_to`` channels (all of them when the group has fewer)."""
     name = "+".join(group.producers)
     units = group.channels // group.block
     what = f"channel group {name}" if group.block == 1 else (
@@ -81,6 +84,8 @@ def _pruned_channels(group: Group, scores: torch.Tensor, amount: float) -> torch
             f"amount {amount} would remove all {group.channels} channels of {name}; "
             "a group keeps at least one channel"
         )
+    step = math.lcm(group.block, round_to) // group.block  # in blocks
+    k = units - min(units, -(-(units - k) // step) * step)
     blocks = scores.reshape(units, group.block).sum(1)
     return smallest_k(blocks, k).repeat_interleave(group.block)
 

@@ -118,3 +118,18 @@ def test_channel_multiplier_is_refused_naming_the_layer(kind: str) -> None:
     assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
     assert "8 output channels from 4 inputs (a channel multiplier) (layer dw)" in \
         caught.value.message
+
+
+@pytest.mark.parametrize(("round_to", "kept"), [(1, 12), (8, 16), (5, 15), (32, 24)])
+def test_round_to_keeps_a_multiple_of_n_channels(round_to: int, kept: int) -> None:
+    """24 channels at amount 0.5 keep 12; rounded up to a multiple of round_to, at most 24."""
+    model = _compile(models.ResidualNet(channels=24), "script")
+    spec = HALF.model_copy(update={"round_to": round_to})
+    plans = [p for p in prepare(model, spec, None, seed=0).plans if p.pruned]
+    assert {p.name: p.keep.numel() for p in plans} == {
+        "stem+block1.conv2+block2.conv2": kept, "block1.conv1": kept, "block2.conv1": kept}
+
+
+def test_round_to_needs_shrink() -> None:
+    with pytest.raises(ValueError, match="round_to rounds the channels shrink keeps"):
+        PruningSpec(method="ln_structured", dim=0, round_to=8)
