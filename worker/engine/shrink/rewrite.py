@@ -97,9 +97,8 @@ def generic_groups(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
 
 
 def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not in the stubs
-    for node in list(graph.nodes()):
-        if node.kind() not in CONV:
-            continue
+    """Every conv node, inside nested blocks too (an inlined forward's ``if``)."""
+    for node in [n for kind in sorted(CONV) for n in graph.findAllNodes(kind, True)]:
         ins = list(node.inputs())
         at = 8 if node.kind() == "aten::_convolution" else 6
         groups = conv_groups(node, ins)

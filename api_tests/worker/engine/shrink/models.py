@@ -177,3 +177,19 @@ class DenseConcat(nn.Module):
         features.append(self.grow1(F.relu(self.norm1(torch.cat(features, 1)))))
         features.append(self.grow2(F.relu(self.norm2(torch.cat(features, 1)))))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.cat(features, 1), 1), 1))
+
+
+class BranchyDepthwise(nn.Module):
+    """MobileNetV2's shape: a depthwise conv inside `if self.residual:`, a module attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.residual = True
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = x + self.dw(x) if self.residual else self.dw(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -133,3 +133,14 @@ def test_round_to_keeps_a_multiple_of_n_channels(round_to: int, kept: int) -> No
 def test_round_to_needs_shrink() -> None:
     with pytest.raises(ValueError, match="round_to rounds the channels shrink keeps"):
         PruningSpec(method="ln_structured", dim=0, round_to=8)
+
+
+def test_groups_are_rewritten_inside_an_inlined_forward() -> None:
+    """A scripted forward can come back inlined in place (the depthwise conv then sits in the
+    top graph's `if` block); its groups must be rewritten there too."""
+    model = _compile(models.BranchyDepthwise(), "script")
+    torch._C._jit_pass_inline(model.graph)
+    assert model.graph.findAllNodes("aten::conv2d", True)  # the convs are in forward now
+    shapes, gap = _shrunk_shapes_and_gap(model)
+    assert shapes["dw.weight"] == [4, 1, 3, 3]
+    assert gap < 1e-4
