@@ -395,6 +395,9 @@ class JobSpec(SpecModel):
                               "fine-tuning: epochs must be > 0")
         if self.target is not None:
             self._check_target()
+        if self.data.uploaded and (self.input.channels != 1 or self.input.size != 28):
+            raise field_error(("input",), "input.channels and input.size reshape the MNIST "
+                              "family's images; an uploaded dataset is fed at its own shape")
         if (self.quantize is not None and self.quantize.epochs > 0
                 and self.finetune.epochs == 0):
             raise field_error(("quantize", "epochs"), "the quantised model is fine-tuned on "

@@ -100,3 +100,9 @@ def test_a_torchvision_mobilenet_is_shrunk_on_mnist(how: str, engine_settings: S
     loaded = torch.jit.load(str(result.outputs["torchscript"])).eval()  # plain PyTorch
     with torch.no_grad():
         assert loaded(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_an_uploaded_dataset_takes_no_input_reshaping() -> None:
+    with pytest.raises(ValidationError, match="an uploaded dataset is fed at its own shape"):
+        JobSpec.model_validate({"data": {"dataset": "ds-" + "0" * 32},
+                                "input": {"channels": 3}})
