@@ -10,11 +10,11 @@ from torch import nn
 class Block(nn.Module):
     """conv-BN-ReLU-conv-BN, added to the input: the add couples its channels."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, bias: bool = True) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
         self.bn2 = nn.BatchNorm2d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -25,12 +25,12 @@ class Block(nn.Module):
 class ResidualNet(nn.Module):
     """Stem conv+BN, two residual blocks, linear head; (N, 1, 28, 28) -> (N, 10)."""
 
-    def __init__(self, channels: int = 8) -> None:
+    def __init__(self, channels: int = 8, bias: bool = True) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(1, channels, 3, padding=1)
+        self.stem = nn.Conv2d(1, channels, 3, padding=1, bias=bias)
         self.bn = nn.BatchNorm2d(channels)
-        self.block1 = Block(channels)
-        self.block2 = Block(channels)
+        self.block1 = Block(channels, bias)
+        self.block2 = Block(channels, bias)
         self.fc = nn.Linear(channels * 7 * 7, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -183,6 +183,11 @@ class PruningSpec(SpecModel):
         "(BatchNorm, the next layer's inputs, residual partners) and return a smaller dense "
         "model. Needs ln_structured or random_structured with dim 0.",
     )
+    round_to: int = Field(
+        default=1, ge=1, le=1024,
+        description="shrink: each channel group keeps a multiple of this many channels "
+        "(e.g. 8, as GPU kernels like), rounding the count kept up.",
+    )
 
     @model_validator(mode="after")
     def _shrink_needs_output_channels(self) -> PruningSpec:
@@ -191,6 +196,9 @@ class PruningSpec(SpecModel):
                 "shrink removes whole output channels: use method ln_structured or "
                 f"random_structured with dim 0 (got {self.method.value}, dim {self.dim})"
             )
+        if self.round_to != 1 and not self.shrink:
+            raise field_error(("round_to",), "round_to rounds the channels shrink keeps: "
+                              "set shrink: true, or leave round_to at 1")
         return self
 
     nm: tuple[StrictInt, StrictInt] = Field(
@@ -387,6 +395,9 @@ class JobSpec(SpecModel):
                               "fine-tuning: epochs must be > 0")
         if self.target is not None:
             self._check_target()
+        if self.data.uploaded and (self.input.channels != 1 or self.input.size != 28):
+            raise field_error(("input",), "input.channels and input.size reshape the MNIST "
+                              "family's images; an uploaded dataset is fed at its own shape")
         if (self.quantize is not None and self.quantize.epochs > 0
                 and self.finetune.epochs == 0):
             raise field_error(("quantize", "epochs"), "the quantised model is fine-tuned on "

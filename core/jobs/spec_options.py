@@ -60,11 +60,29 @@ class DistillSpec(SpecModel):
 
 
 class InputSpec(SpecModel):
-    """How MNIST images are fed to the model: (N, 1, 28, 28) floats, normalised."""
+    """How MNIST images are fed to the model: (N, channels, size, size) floats, normalised;
+    by default (N, 1, 28, 28)."""
 
     mean: float = Field(default=0.1307, ge=-10, le=10)
     std: float = Field(default=0.3081, gt=0, le=10)
     flatten: bool = Field(default=False, description="Feed (N, 784) instead of (N, 1, 28, 28).")
+    channels: Literal[1, 3] = Field(
+        default=1, description="3: the grey channel replicated to three, for a model built for "
+        "RGB input (every torchvision classifier).")
+    size: int = Field(
+        default=28, ge=8, le=256, description="Side of the square image fed: the 28 x 28 digits "
+        "resized (bilinear), e.g. 32, 64, or 75 for Inception-v3.")
+
+    @model_validator(mode="after")
+    def _flatten_is_plain(self) -> InputSpec:
+        if self.flatten and (self.channels != 1 or self.size != 28):
+            raise ValueError("input.flatten feeds (N, 784): leave channels at 1 and size at 28")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One image as fed: (784,) flattened, else (channels, size, size)."""
+        return (784,) if self.flatten else (self.channels, self.size, self.size)
 
 
 class LimitsSpec(SpecModel):

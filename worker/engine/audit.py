@@ -37,7 +37,8 @@ from worker.engine.errors import EngineError
 # that touches files (aten::from_file, aten::save), processes, threads/futures (prim::fork,
 # aten::wait), the Python runtime (prim::PythonOp, prim::Print), process-wide state
 # (aten::manual_seed, aten::set_num_threads), raw memory (aten::set_, aten::as_strided,
-# aten::empty), and every namespace but aten:: and prim::.
+# aten::empty unless filled at once, see _filled_at_once), and every namespace but aten:: and
+# prim::.
 
 # Control flow, constants, containers, attributes, scalars: the language itself.
 _PRIM = {
@@ -109,7 +110,34 @@ _TENSOR = {
     "aten::rand_like", "aten::randn_like", "aten::bernoulli", "aten::scalar_tensor",
     "aten::one_hot",
 }  # fmt: skip
-ALLOWED_NODE_KINDS: frozenset[str] = frozenset(_PRIM | _LANGUAGE | _TENSOR)
+# Added for torchvision's classifiers (every one of them, scripted and traced, passes:
+# api_tests/security/test_audit_zoo.py). Each reviewed as pure tensor computation on tensors
+# the graph already holds, or a read-only query; none reaches a file, process, thread or the
+# Python runtime.
+_ZOO = {
+    # in-place activations (MobileNetV3): the same math as hardswish/hardsigmoid, written back
+    "aten::hardswish_", "aten::hardsigmoid_",
+    # in-place random fill (stochastic depth: EfficientNet, ConvNeXt, Swin, MaxViT); the
+    # out-of-place bernoulli was already allowed
+    "aten::bernoulli_",
+    # transpose's alias (MaxViT traced)
+    "aten::swapaxes",
+    # elementwise arithmetic: ShuffleNetV2's and ViT's traced shape math, Swin's masks
+    "aten::floor_divide", "aten::rsub", "aten::masked_fill_", "aten::baddbmm",
+    # a norm (Swin V2's cosine attention), the fused attention kernels (ViT)
+    "aten::linalg_vector_norm", "aten::scaled_dot_product_attention",
+    "aten::_native_multi_head_attention",
+    # a zero-filled tensor shaped like another (Swin's attention mask); list.copy() (Swin)
+    "aten::new_zeros", "aten::copy",
+    # read-only queries of the thread's autograd/autocast mode and of a value's type (ViT's
+    # nn.MultiheadAttention fast-path checks); they change nothing
+    "aten::is_grad_enabled", "aten::is_autocast_enabled", "prim::is_nested", "prim::type",
+}  # fmt: skip
+ALLOWED_NODE_KINDS: frozenset[str] = frozenset(_PRIM | _LANGUAGE | _TENSOR | _ZOO)
+# aten::empty hands out uninitialised memory, which may hold bytes the process freed before.
+# Allowed only where the graph fills it whole before anything reads it (stochastic depth's
+# ``torch.empty(size).bernoulli_(p)``): its one use is one of these, as the tensor filled.
+_FILLS = frozenset({"aten::bernoulli_", "aten::fill_", "aten::zero_"})
 
 # Calls that inlining could not resolve (interfaces) name code we cannot see statically.
 _UNRESOLVED_CALLS = {"prim::CallFunction", "prim::CallMethod"}
@@ -154,13 +182,21 @@ def _inlined(graph: Any) -> Any:
     return copy
 
 
+def _filled_at_once(node: Any) -> bool:
+    """An ``aten::empty`` whose only use fills it whole (see ``_FILLS``)."""
+    if node.kind() != "aten::empty":
+        return False
+    uses = node.output().uses()
+    return len(uses) == 1 and uses[0].offset == 0 and uses[0].user.kind() in _FILLS
+
+
 def find_disallowed(module: torch.jit.ScriptModule) -> list[str]:
     """Each operator outside the allow-list, once per location: "kind in method (file:line)"."""
     found: dict[str, None] = {}
     for method, graph in _graphs(module):
         for node in _nodes(_inlined(graph)):
             kind = node.kind()
-            if kind in ALLOWED_NODE_KINDS:
+            if kind in ALLOWED_NODE_KINDS or _filled_at_once(node):
                 continue
             why = " (a call the audit cannot resolve)" if kind in _UNRESOLVED_CALLS else ""
             found[f"{kind}{why} in {method} ({_where(node)})"] = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import InputSpec
@@ -23,7 +24,9 @@ from worker.engine.errors import EngineError
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, 1, 28, 28) float, normalised; or (N, 784) when flattened
+    # (N, C, S, S) float, normalised (by default C = 1, S = 28); or (N, 784) when flattened.
+    # With C = 3 the grey channel is one tensor seen three times (an expand view).
+    images: torch.Tensor
     labels: torch.Tensor  # (N,) int64
     # (N, 10) float: a teacher's log-probabilities at the distillation temperature, or None
     teacher: torch.Tensor | None = None
@@ -66,12 +69,38 @@ class Split:
 
 
 _RAW: dict[tuple[str, bool, str], tuple[torch.Tensor, torch.Tensor]] = {}
-_CPU: dict[tuple[str, bool, float, float, bool, str], Split] = {}
-_ON_DEVICE: dict[tuple[str, bool, str, float, float, bool, str], Split] = {}
+_CPU: dict[tuple[object, ...], Split] = {}
+_ON_DEVICE: dict[tuple[object, ...], Split] = {}
 # The MNIST family by name: torchvision's class and its folder under the root (IDX files in
 # <root>/<folder>/raw/, as for MNIST).
 FAMILY = {"mnist": ("MNIST", "MNIST"), "fashion_mnist": ("FashionMNIST", "FashionMNIST"),
           "kmnist": ("KMNIST", "KMNIST")}
+
+
+def _key(spec: InputSpec) -> tuple[object, ...]:
+    return spec.mean, spec.std, spec.flatten, spec.channels, spec.size
+
+
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, 28, 28) -> (N, 1, size, size), bilinear, in chunks (no N-sized temporary)."""
+    return torch.cat([F.interpolate(part, size=(size, size), mode="bilinear",
+                                    align_corners=False) for part in torch.split(x, 8192)])
+
+
+def _replicated(grey: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, 1, S, S) seen as (N, channels, S, S) without copying."""
+    return grey if channels == 1 else grey.expand(-1, channels, -1, -1)
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    """The one stored channel of replicated images (the images themselves otherwise)."""
+    replicated = images.dim() == 4 and images.shape[1] > 1 and images.stride(1) == 0
+    return images[:, :1] if replicated else images
+
+
+def _take(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """images[index], keeping replicated channels a view."""
+    return _replicated(_grey(images)[index], images.shape[1] if images.dim() == 4 else 1)
 
 
 def _raw(root: Path, train: bool, download: bool,
@@ -105,14 +134,15 @@ def _dataset_fix(download: bool) -> str:
 def _on_cpu(root: Path, train: bool, spec: InputSpec, download: bool,
             name: str = "mnist") -> Split:
     """The normalised split in CPU memory, cached per process."""
-    key = (str(root.resolve()), train, spec.mean, spec.std, spec.flatten, name)
+    key = (str(root.resolve()), train, *_key(spec), name)
     if key not in _CPU:
         images, labels = _raw(root, train, download, name)  # (N, 28, 28) uint8, (N,) int64
         # Built outside inference mode so that training can save these for backward.
         with torch.inference_mode(False):
             x = images.unsqueeze(1).float().div_(255).sub_(spec.mean).div_(spec.std)
+            x = _resized(x, spec.size) if spec.size != 28 else x  # (N, 1, S, S)
             x = x.reshape(len(x), -1) if spec.flatten else x
-            _CPU[key] = Split(x.contiguous(), labels)
+            _CPU[key] = Split(_replicated(x.contiguous(), spec.channels), labels)
     return _CPU[key]
 
 
@@ -130,10 +160,11 @@ def load_split(
     split = _on_cpu(root, train, spec, download, name)
     if device.type == "cpu":
         return split
-    key = (str(root.resolve()), train, str(device), spec.mean, spec.std, spec.flatten, name)
+    key = (str(root.resolve()), train, str(device), *_key(spec), name)
     if key not in _ON_DEVICE:
         with torch.inference_mode(False):
-            _ON_DEVICE[key] = Split(split.images.to(device), split.labels.to(device))
+            images = _replicated(_grey(split.images).to(device), spec.channels)
+            _ON_DEVICE[key] = Split(images, split.labels.to(device))
     return _ON_DEVICE[key]
 
 
@@ -149,8 +180,8 @@ def hold_out(train: Split, size: int, seed: int) -> tuple[Split, Split]:
     order = order.to(train.labels.device)
     with torch.inference_mode(False):
         val, rest = order[:size].sort().values, order[size:].sort().values
-        return (Split(train.images[rest], train.labels[rest]),
-                Split(train.images[val], train.labels[val]))
+        return (Split(_take(train.images, rest), train.labels[rest]),
+                Split(_take(train.images, val), train.labels[val]))
 
 
 def test_halves(test: Split) -> tuple[Split, Split]:

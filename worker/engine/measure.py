@@ -97,8 +97,8 @@ Sample = tuple[int, ...]  # one input as the job feeds it, e.g. (1, 28, 28), (78
 def example_batch(spec: InputSpec, batch: int, device: torch.device,
                   sample: Sample | None = None) -> torch.Tensor:
     """A fixed random batch shaped as the job feeds its data: ``sample`` per image, by
-    default MNIST's (N, 1, 28, 28) or (N, 784)."""
-    sample = sample or ((784,) if spec.flatten else (1, 28, 28))
+    default as the spec's input block says: (N, 1, 28, 28), (N, 784), (N, 3, 32, 32)..."""
+    sample = sample or spec.shape
     shape = (batch, *sample)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(shape, generator=generator).to(device)

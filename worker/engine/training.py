@@ -8,6 +8,7 @@ trained and scored the same way.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -71,16 +72,41 @@ def _check_cancel(should_cancel: CancelFn | None) -> None:
         raise Cancelled()
 
 
+_CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels")
+_TOO_SMALL = re.compile(r"can't be greater than actual input size|Output size is too small")
+
+
+def _input_fix(error: str, spec: InputSpec) -> str | None:
+    """What to set in the spec's input block when the model was built for other images."""
+    channels = _CHANNELS.search(error)
+    if channels is not None:
+        wanted = int(channels.group(1))
+        if wanted in (1, 3):
+            return (f"its first layer takes {wanted} channels: set input.channels: {wanted}"
+                    + (" (the grey channel replicated)" if wanted == 3 else ""))
+        return f"its first layer takes {wanted} channels; input.channels can be 1 or 3"
+    if _TOO_SMALL.search(error):
+        return (f"its layers need images larger than {spec.size} x {spec.size}: set input.size "
+                "(e.g. 32 or 64; 75 for Inception-v3)")
+    return None
+
+
 def check_io_contract(model: nn.Module, split: Split, spec: InputSpec) -> None:
     """Run two test images through the model: it must return a (2, 10) float tensor."""
     images = split.images[:2]
     was_training = model.training
     model.eval()
-    expected_in = "(N, 784)" if spec.flatten else "(N, 1, 28, 28)"
+    expected_in = f"(N, {', '.join(str(d) for d in spec.shape)})"
     try:
         with torch.no_grad():
             outputs = model(images)
     except Exception as exc:  # the model's own code failed: say what it was given
+        fix = _input_fix(str(exc), spec)
+        if fix is not None:
+            raise EngineError(
+                JobErrorCode.ARCHITECTURE_MISMATCH,
+                f"the model does not take MNIST as fed, {expected_in}: {fix}. It raised: {exc}",
+            ) from exc
         hint = "" if spec.flatten else " (set input.flatten=true to feed (N, 784))"
         raise EngineError(
             JobErrorCode.INCOMPATIBLE_MODEL,

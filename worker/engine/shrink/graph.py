@@ -6,10 +6,15 @@ forward through the inlined graph and records every tensor slice that must shrin
 features after a flatten). A residual ``add`` (or elementwise ``mul``) of two groups merges
 them into one group (union-find), as DepGraph does.
 
-A group that reaches something the analysis cannot follow (a concat, a fixed-size reshape, a
-custom op, an activation that does not map 0 to 0) records a *blocker* naming the op and the
-source location; pruning such a group is refused, while a group nobody asked to prune (e.g.
-the logits) may keep its blockers harmlessly.
+A concatenation along channels carries its parts in order (a consumer's input channels map to
+each part at its offset); a depthwise or grouped conv passes its input's group through
+(``layers.py``); a multiply of two groups (a squeeze-and-excitation gate) couples them.
+
+A group that reaches something the analysis cannot follow (a fixed-size reshape, a split, a
+custom op, a layer reading channels that an activation made non-zero) records a *blocker*
+naming the op and the source location; pruning such a group is refused, while a group nobody
+asked to prune (e.g. the logits) may keep its blockers harmlessly. A Conv/Linear that opens
+no group is a *refusal* of the graph, with its op and line: no layer vanishes unexplained.
 
 Removal is exact when the producers' output channels are zero in the masked model: every op
 we let a group pass through maps a zero channel to a zero channel, so the consumer's slices
@@ -19,117 +24,46 @@ multiply zeros only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import torch
 
+from worker.engine.shrink import layers
 from worker.engine.shrink.ops import (
+    CONCAT,
     CONV,
     COUPLING,
     METADATA,
+    NONZERO,
     PASSTHROUGH,
     SCALE,
+    TRANSPOSED,
     Opaque,
     State,
+    constant,
     flatten_state,
     is_number,
     location,
     mean_state,
-    plain_conv,
     reshape_rank,
 )
+from worker.engine.shrink.state import AnalysisBase, ChannelGraph, Group, Slice
+
+__all__ = ["ChannelGraph", "Group", "Slice", "analyse"]
+
+LAYERS = CONV | TRANSPOSED | {"aten::linear"}
+# Module types whose weights the accounting expects in a group or a refusal.
+LAYER_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                         "ConvTranspose3d", "Linear"})
+_TRAINING = "training"
 
 
-@dataclass(frozen=True)
-class Slice:
-    """Tensor ``tensor`` is indexed along ``dim`` by a group's channels; with ``inner`` > 1
-    each channel owns ``inner`` consecutive entries (a Linear after flatten: C*H*W)."""
-
-    tensor: str
-    dim: int
-    inner: int = 1
-
-
-@dataclass
-class Group:
-    """Channels that must be removed together."""
-
-    id: int
-    channels: int
-    producers: list[str] = field(default_factory=list)  # module paths: "layer1.conv1"
-    slices: list[Slice] = field(default_factory=list)
-    blockers: list[str] = field(default_factory=list)  # why it cannot be pruned
-    feeds_output: bool = False
-
-
-@dataclass
-class ChannelGraph:
-    groups: list[Group]
-    tensor_shapes: dict[str, list[int]]
-
-
-class _Analysis:
-    def __init__(self, module: torch.jit.ScriptModule) -> None:
-        self.tensors = dict(module.state_dict())
-        self.parent: list[int] = []
-        self.groups: list[Group] = []
-        self.states: dict[torch._C.Value, State] = {}
-        self.paths: dict[torch._C.Value, str] = {}
-        self.ranks: dict[torch._C.Value, int] = {}
-        self.containers: dict[torch._C.Value, list[State]] = {}
-
-    # -- union-find over groups ------------------------------------------------------------
-    def find(self, g: int) -> int:
-        while self.parent[g] != g:
-            self.parent[g] = self.parent[self.parent[g]]
-            g = self.parent[g]
-        return g
-
-    def new_group(self, channels: int, producer: str) -> int:
-        self.parent.append(len(self.groups))
-        self.groups.append(Group(id=len(self.groups), channels=channels, producers=[producer]))
-        return len(self.groups) - 1
-
-    def union(self, a: int, b: int, node: torch._C.Node | None, what: str = "") -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if self.groups[ra].channels != self.groups[rb].channels:
-                what = what or (node.kind() if node is not None else "")
-                self.block(ra, f"{what} of {self.groups[ra].channels} and "
-                               f"{self.groups[rb].channels} channels", node)
-            self.parent[rb] = ra
-        return ra
-
-    def block(self, group: int, why: str, node: torch._C.Node | None) -> None:
-        where = f" at {location(node)}" if node is not None else ""
-        self.groups[self.find(group)].blockers.append(f"{why}{where}")
-
-    def add_slice(self, group: int, tensor: str | None, dim: int, inner: int = 1) -> None:
-        if tensor is not None:
-            self.groups[self.find(group)].slices.append(Slice(tensor, dim, inner))
-
-    # -- value helpers ---------------------------------------------------------------------
-    def rank(self, value: torch._C.Value) -> int | None:
-        if value in self.ranks:
-            return self.ranks[value]
-        state = self.states.get(value)
-        if state is not None:
-            return state.rank
-        typ = value.type()
-        return typ.dim() if isinstance(typ, torch.TensorType) else None
-
-    def param(self, value: torch._C.Value) -> str | None:
-        """State-dict name of a parameter/buffer input, None for a None constant."""
-        if value.node().kind() == "prim::Constant" and value.type().kind() == "NoneType":
-            return None
-        if value not in self.paths or self.paths[value] not in self.tensors:
-            raise Opaque("a weight that is not a parameter of a submodule")
-        return self.paths[value]
-
-    # -- the walk ----------------------------------------------------------------------------
+class _Analysis(AnalysisBase):
     def run(self, graph: torch._C.Graph) -> None:
         inputs = list(graph.inputs())
         self.paths[inputs[0]] = ""  # self
+        self.assigned = {n.s("name") for n in graph.findAllNodes(  # type: ignore[attr-defined]
+            "prim::SetAttr", True)}
         self.walk(graph.nodes())
         for value in graph.outputs():
             self.mark_output(value)
@@ -137,18 +71,18 @@ class _Analysis:
 
     def couple_shared_tensors(self) -> None:
         """A layer called twice slices one tensor for two groups: they are one group."""
-        owner: dict[tuple[str, int], int] = {}
+        owner: dict[tuple[str, int, int], int] = {}
         for group in self.groups:
             for piece in group.slices:
-                first = owner.setdefault((piece.tensor, piece.dim), group.id)
+                first = owner.setdefault((piece.tensor, piece.dim, piece.offset), group.id)
                 self.union(first, group.id, None, f"{piece.tensor} shared by layers")
 
     def mark_output(self, value: torch._C.Value) -> None:
-        state = self.states.get(value)
-        if state is not None:
-            self.groups[self.find(state.group)].feeds_output = True
-        for packed in self.containers.get(value, []):
-            self.groups[self.find(packed.group)].feeds_output = True
+        states = [self.states[value]] if value in self.states else []
+        states += [self.states[v] for v in self.containers.get(value, []) if v in self.states]
+        for state in states:
+            for part in state.parts:
+                self.groups[self.find(part)].feeds_output = True
 
     def walk(self, nodes: Iterable[torch._C.Node]) -> None:
         for node in nodes:
@@ -163,21 +97,17 @@ class _Analysis:
                 name = node.s("name")
                 self.paths[node.output()] = f"{owner}.{name}" if owner else name
             return
-        packed = [s for v in ins for s in self.containers.get(v, [])]
-        if kind in ("prim::ListConstruct", "prim::TupleConstruct") and any(
-                v in self.states for v in ins):
-            self.containers[node.output()] = [self.states[v] for v in ins if v in self.states]
-            return
-        if packed:  # a list of channel tensors reaches an op (torch.cat, a tuple unpack...)
-            for state in packed:
-                self.block(state.group, f"{kind} (a list of channel tensors)", node)
+        for value in ins:
+            if value in self.paths and self.paths[value] in self.tensors:
+                self.uses.setdefault(self.paths[value], node)
+        if self.container_op(node, kind, ins):
             return
         tracked = [v for v in ins if v in self.states]
         try:
-            if kind in CONV or kind == "aten::linear":
-                self.layer(node, ins)
+            if kind in LAYERS:
+                layers.layer(self, node, ins)
             elif kind == "aten::batch_norm":
-                self.batch_norm(node, ins)
+                layers.batch_norm(self, node, ins)
             elif kind == "prim::If":
                 self.branch(node)
             elif not tracked:
@@ -186,7 +116,59 @@ class _Analysis:
                 self.follow(node, kind, ins, tracked)
         except Opaque as exc:
             for value in tracked:
-                self.block(self.states[value].group, f"{kind} ({exc})", node)
+                self.block_state(self.states[value], f"{kind} ({exc})", node)
+
+    def container_op(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value]) -> bool:
+        """Lists and tuples of channel tensors: built, appended to (DenseNet's feature list),
+        concatenated along channels. Anything else done to such a list blocks its groups."""
+        if kind in ("prim::ListConstruct", "prim::TupleConstruct"):
+            if any(v in self.states for v in ins):
+                self.containers[node.output()] = list(ins)
+                return True
+            return False
+        if kind == "aten::append" and ins[0] in self.containers:
+            self.containers[ins[0]].append(ins[1])
+            return True
+        if kind in ("prim::TupleUnpack", "prim::ListUnpack") and ins[0] in self.containers:
+            self.unpack(self.containers[ins[0]], list(node.outputs()))
+            return True
+        if kind in ("prim::TupleIndex", "aten::__getitem__") and ins[0] in self.containers:
+            index, items = constant(ins[1]), self.containers[ins[0]]
+            if isinstance(index, int) and -len(items) <= index < len(items):
+                self.unpack([items[index]], [node.output()])
+                return True
+        packed = [self.states[v] for v in ins for v in self.containers.get(v, [])
+                  if v in self.states]
+        if not packed:
+            return False
+        if kind in CONCAT and self.concat(node, ins):
+            return True
+        for state in packed:
+            self.block_state(state, f"{kind} (a list of channel tensors)", node)
+        return True
+
+    def unpack(self, items: list[torch._C.Value], outs: list[torch._C.Value]) -> None:
+        """Values taken out of a list or tuple are the values put in."""
+        for item, out in zip(items, outs, strict=False):
+            if item in self.states:
+                self.states[out] = self.states[item]
+            if item in self.containers:
+                self.containers[out] = self.containers[item]
+
+    def concat(self, node: torch._C.Node, ins: list[torch._C.Value]) -> bool:
+        items = self.containers[ins[0]]
+        states = [self.states.get(v) for v in items]
+        ranks = {s.rank for s in states if s is not None}
+        if any(s is None or s.flat for s in states) or len(ranks) != 1:
+            return False  # a tensor of unknown channels among them: offsets unknown
+        rank = ranks.pop()
+        dim = constant(ins[1])
+        if rank is None or not isinstance(dim, int) or dim % rank != 1:
+            return False
+        parts = tuple(p for s in states if s is not None for p in s.parts)
+        nonzero = next((s.nonzero for s in states if s is not None and s.nonzero), None)
+        self.states[node.output()] = State(parts, rank, nonzero=nonzero)
+        return True
 
     def untracked(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value]) -> None:
         """A node no group flows into: only ranks matter (for a later Linear/flatten)."""
@@ -202,94 +184,106 @@ class _Analysis:
         state = self.states[tracked[0]]
         if kind in METADATA:
             return
-        if kind in PASSTHROUGH:
-            if ins[0] is not tracked[0]:
+        first = ins[0] is tracked[0]
+        if kind in PASSTHROUGH or kind in NONZERO:
+            if not first:
                 raise Opaque("a channel tensor in an unexpected argument")
-            self.states[next(node.outputs())] = state
+            if kind in NONZERO and state.nonzero is None:
+                state = replace(state, nonzero=f"{kind} at {location(node)}")
+            self.states[node.output()] = state
         elif kind in COUPLING and len(tracked) == 2:
-            other = self.states[tracked[1]]
-            if state.flat != other.flat:
-                raise Opaque("adds a flattened and an unflattened tensor")
-            group = self.union(state.group, other.group, node)
-            rank = state.rank if state.rank is not None else other.rank
-            self.states[node.output()] = State(group, rank, state.flat)
-        elif kind in SCALE and len(tracked) == 1 and ins[0] is tracked[0] and is_number(ins[1]):
+            self.states[node.output()] = self.couple(node, state, self.states[tracked[1]])
+        elif kind in SCALE and len(tracked) == 1 and first and is_number(ins[1]):
             self.states[node.output()] = state  # x * 0.5 keeps zeros zero
-        elif kind in ("aten::flatten", "aten::view", "aten::reshape") and ins[0] is tracked[0]:
+        elif kind in ("aten::mul", "aten::mul_") and len(tracked) == 1 and self.computed(
+                ins[1] if first else ins[0]):
+            # times a computed tensor (stochastic depth's per-sample noise): zeros stay zero
+            self.states[node.output()] = state
+        elif kind in ("aten::flatten", "aten::view", "aten::reshape") and first:
             self.states[node.output()] = flatten_state(node, ins, state)
-        elif kind == "aten::mean" and ins[0] is tracked[0]:
+        elif kind == "aten::mean" and first:
             self.states[node.output()] = mean_state(node, ins, state)
         else:
             raise Opaque("an op the channel analysis does not know")
 
-    def layer(self, node: torch._C.Node, ins: list[torch._C.Value]) -> None:
-        """Conv/Linear: consumes its input's group (weight dim 1), produces a new group."""
-        weight, bias = self.param(ins[1]), self.param(ins[2])
-        if weight is None:
-            raise Opaque("a layer without a weight")
-        shape = list(self.tensors[weight].shape)
-        conv = node.kind() in CONV
-        source = self.states.get(ins[0])
-        if conv and not plain_conv(node, ins):
-            if source is not None:
-                layer = weight.rsplit(".", 1)[0]
-                self.block(source.group, f"{node.kind()} with groups != 1 or transposed "
-                           f"(layer {layer})", node)
-            return
-        if source is not None:
-            self.consume(node, source, shape, weight, conv)
-        module = weight.rsplit(".", 1)[0] if "." in weight else ""
-        group = self.new_group(shape[0], module)
-        self.add_slice(group, weight, 0)
-        self.add_slice(group, bias, 0)
-        rank = len(shape) if conv else self.rank(ins[0])
-        self.states[node.output()] = State(group, rank)
+    def computed(self, value: torch._C.Value) -> bool:
+        """A tensor computed in forward, not a parameter or buffer (whose channel dimension
+        would have to be sliced)."""
+        return isinstance(value.type(), torch.TensorType) and value not in self.paths
 
-    def consume(self, node: torch._C.Node, source: State, shape: list[int], weight: str,
-                conv: bool) -> None:
-        channels = self.groups[self.find(source.group)].channels
-        if conv or not source.flat:
-            if not conv and source.rank != 2:
-                self.block(source.group, "a Linear applied to a tensor whose last dimension "
-                           "is not the channel dimension", node)
-                return
-            if shape[1] != channels:
-                self.block(source.group, f"{weight} expects {shape[1]} inputs", node)
-                return
-            self.add_slice(source.group, weight, 1)
-            return
-        if shape[1] % channels:
-            self.block(source.group, f"{weight}'s {shape[1]} inputs are not a multiple of "
-                       f"{channels} channels", node)
-            return
-        self.add_slice(source.group, weight, 1, shape[1] // channels)
+    def couple(self, node: torch._C.Node, a: State, b: State) -> State:
+        """Two channel tensors meet elementwise (residual add, gate multiply): one group per
+        position. A product's removed channel is 0 when either factor's is."""
+        if a.flat != b.flat:
+            raise Opaque("adds a flattened and an unflattened tensor")
+        sizes = [[self.groups[self.find(g)].channels for g in s.parts] for s in (a, b)]
+        if sizes[0] != sizes[1]:
+            raise Opaque(f"channel parts {sizes[0]} and {sizes[1]} do not line up")
+        parts = tuple(self.union(x, y, node) for x, y in zip(a.parts, b.parts, strict=True))
+        if node.kind().startswith("aten::mul"):
+            nonzero = a.nonzero if a.nonzero and b.nonzero else None
+        else:
+            nonzero = a.nonzero or b.nonzero
+        rank = a.rank if a.rank is not None else b.rank
+        return State(parts, rank, a.flat, nonzero)
 
-    def batch_norm(self, node: torch._C.Node, ins: list[torch._C.Value]) -> None:
-        source = self.states.get(ins[0])
-        if source is None:
-            return
-        names = [self.param(value) for value in ins[1:5]]  # weight, bias, mean, var
-        if names[0] is None or names[1] is None:  # 0 would come out as -mean/std, not 0
-            raise Opaque("BatchNorm without affine weight and bias")
-        for name in names:
-            self.add_slice(source.group, name, 0)
-        self.states[node.output()] = source
+    def settled(self, cond: torch._C.Value) -> bool | None:
+        """A condition that is a module's bool attribute no code assigns (MobileNetV2's
+        ``use_res_connect``): its value, so only the branch taken is followed. ``training``
+        is left open: fine-tuning takes the other branch."""
+        node = cond.node()
+        if node.kind() == "prim::Constant":
+            fixed = constant(cond)
+            return fixed if isinstance(fixed, bool) else None
+        if node.kind() == "prim::If":  # `a and b` is an If on a yielding b or False
+            taken = self.settled(node.input())
+            if taken is None:
+                return None
+            block = list(node.blocks())[0 if taken else 1]
+            return self.settled(list(block.outputs())[list(node.outputs()).index(cond)])
+        if node.kind() != "prim::GetAttr" or cond not in self.paths:
+            return None
+        name = node.s("name")
+        if name == _TRAINING or name in self.assigned:
+            return None
+        value = self._attribute(self.paths[cond])
+        return value if isinstance(value, bool) else None
 
     def branch(self, node: torch._C.Node) -> None:
-        """prim::If: walk both branches; an output carries a group only if both agree."""
-        for block in node.blocks():
+        """prim::If: walk both branches (only the one taken when ``settled``); an output
+        carries a group only if the branches walked agree."""
+        taken = self.settled(node.input())
+        blocks = list(node.blocks())
+        if taken is not None:
+            blocks = [blocks[0] if taken else blocks[1]]
+        for block in blocks:
             self.walk(block.nodes())
         for i, out in enumerate(node.outputs()):
-            states = [self.states.get(list(block.outputs())[i]) for block in node.blocks()]
+            states = [self.states.get(list(block.outputs())[i]) for block in blocks]
             known = [s for s in states if s is not None]
             if not known:
                 continue
-            groups = {self.find(s.group) for s in known}
-            if len(known) == len(states) and len(groups) == 1:
+            roots = {tuple(self.find(g) for g in s.parts) for s in known}
+            if len(known) == len(states) and len(roots) == 1:
                 self.states[out] = known[0]
             else:
                 for s in known:
-                    self.block(s.group, "a branch whose outputs carry different channels", node)
+                    self.block_state(s, "a branch whose outputs carry different channels",
+                                     node)
+
+    def account(self) -> list[str]:
+        """Every Conv/Linear in a group or refused with its op and line."""
+        producers = {p for g in self.groups for p in g.producers}
+        for name, sub in self.module.named_modules():
+            kind = str(getattr(sub, "original_name", type(sub).__name__))
+            if kind not in LAYER_TYPES or name in producers or name in self.refusals:
+                continue
+            node = self.uses.get(f"{name}.weight")
+            self.refusals[name] = (
+                f"layer {name}: its weight is read by {node.kind()}, which the channel "
+                f"analysis does not follow, at {location(node)}" if node is not None
+                else f"layer {name}: not called by forward")
+        return list(self.refusals.values())
 
 
 def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:
@@ -300,15 +294,17 @@ def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:
     analysis.run(graph)
     merged: dict[int, Group] = {}
     for group in analysis.groups:
-        root = merged.setdefault(analysis.find(group.id), Group(
-            id=len(merged), channels=analysis.groups[analysis.find(group.id)].channels))
-        root.producers += [p for p in group.producers if p not in root.producers]
-        root.slices += [s for s in group.slices if s not in root.slices]
-        root.blockers += group.blockers
-        root.feeds_output |= group.feeds_output
+        root = analysis.groups[analysis.find(group.id)]
+        into = merged.setdefault(root.id, Group(id=len(merged), channels=root.channels,
+                                                block=root.block))
+        into.producers += [p for p in group.producers if p not in into.producers]
+        into.slices += [s for s in group.slices if s not in into.slices]
+        into.blockers += group.blockers
+        into.feeds_output |= group.feeds_output
     for group in merged.values():
-        cuts = [(s.tensor, s.dim) for s in group.slices]
+        cuts = [(s.tensor, s.dim, s.offset) for s in group.slices]
         if len(set(cuts)) != len(cuts):  # one tensor, two layouts (a flatten and not)
             group.blockers.append("a tensor reached both flattened and not")
     shapes = {k: list(v.shape) for k, v in analysis.tensors.items()}
-    return ChannelGraph(groups=list(merged.values()), tensor_shapes=shapes)
+    return ChannelGraph(groups=list(merged.values()), tensor_shapes=shapes,
+                        refusals=analysis.account(), grouped=analysis.grouped)

@@ -7,7 +7,7 @@ two groups, how flatten/reshape/mean move the channel dimension, and where a nod
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,25 +21,41 @@ PASSTHROUGH = frozenset(
         "clone", "detach", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
         "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
         "adaptive_avg_pool3d", "lp_pool2d", "upsample_nearest2d", "upsample_bilinear2d",
+        "gelu_", "selu", "selu_", "mish_", "feature_alpha_dropout", "adaptive_max_pool2d",
     )
 )
+# Elementwise ops that keep the channel dimension but map 0 elsewhere (sigmoid(0) = 0.5): a
+# removed channel is no longer zero after them, until a multiply by a zero channel (the
+# squeeze-and-excitation gate) or an affine BatchNorm whose removed slices are zeroed.
+NONZERO = frozenset({"aten::sigmoid", "aten::sigmoid_", "aten::hardsigmoid",
+                     "aten::hardsigmoid_", "aten::softplus", "aten::exp"})
 # Elementwise ops of two tensors: two groups meeting here are coupled (one group).
 COUPLING = frozenset({"aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::mul",
                        "aten::mul_"})
 SCALE = frozenset({"aten::mul", "aten::mul_", "aten::div", "aten::div_"})
 # Ops that read a tensor's metadata only: fine on any shape, nothing to rewrite.
 METADATA = frozenset({"aten::size", "aten::dim", "aten::len", "aten::numel", "prim::shape",
-                       "aten::__is__", "aten::__isnot__"})
+                       "aten::__is__", "aten::__isnot__", "prim::dtype", "prim::device",
+                       "prim::layout", "prim::is_cuda", "prim::requires_grad"})
 CONV = frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution"})
+TRANSPOSED = frozenset({"aten::conv_transpose1d", "aten::conv_transpose2d",
+                        "aten::conv_transpose3d"})
+CONCAT = frozenset({"aten::cat", "aten::concat"})
 
 
 @dataclass(frozen=True)
 class State:
-    """A tensor value whose dimension 1 carries group ``group``'s channels."""
+    """A tensor value whose dimension 1 carries channel groups ``parts``, in order (one group,
+    or several after a concatenation)."""
 
-    group: int
+    parts: tuple[int, ...]
     rank: int | None  # None: unknown
     flat: bool = False  # channel-major flattened: feature = channel * inner + rest
+    nonzero: str | None = None  # the op that made removed channels non-zero, and where
+
+    @property
+    def group(self) -> int:
+        return self.parts[0]
 
 
 class Opaque(Exception):
@@ -86,10 +102,19 @@ def _constant(value: torch._C.Value) -> object:
     return value.toIValue()
 
 
-def plain_conv(node: torch._C.Node, ins: list[torch._C.Value]) -> bool:
+def conv_groups(node: torch._C.Node, ins: list[torch._C.Value]) -> int | None:
+    """A conv's ``groups`` (None: not a constant); 0 for a transposed ``_convolution``."""
     if node.kind() == "aten::_convolution":
-        return _constant(ins[6]) is False and _constant(ins[8]) == 1
-    return _constant(ins[6]) == 1
+        if _constant(ins[6]) is not False:
+            return 0
+        groups = _constant(ins[8])
+    else:
+        groups = _constant(ins[6])
+    return groups if isinstance(groups, int) else None
+
+
+def constant(value: torch._C.Value) -> object:
+    return _constant(value)
 
 
 def _list_items(value: torch._C.Value) -> list[torch._C.Value] | None:
@@ -118,9 +143,9 @@ def flatten_state(node: torch._C.Node, ins: list[torch._C.Value], state: State) 
     if node.kind() == "aten::flatten":
         start, end = _constant(ins[1]), _constant(ins[2])
         if start == 1 and end == -1:
-            return State(state.group, 2, flat=True)
+            return replace(state, rank=2, flat=True)
         if isinstance(start, int) and start >= 2 and end == -1:
-            return State(state.group, start + 1, state.flat)
+            return replace(state, rank=start + 1)
         raise Opaque(f"flatten({start}, {end}) merges the channel dimension into the batch")
     items = _list_items(ins[1])
     if items is None or len(items) != 2 or _constant(items[1]) != -1:
@@ -130,7 +155,7 @@ def flatten_state(node: torch._C.Node, ins: list[torch._C.Value], state: State) 
     while first.node().kind() in ("aten::Int", "prim::NumToTensor", "aten::ScalarImplicit"):
         first = next(first.node().inputs())  # traced graphs wrap x.size(0) in tensors
     if first.node().kind() == "aten::size" and _constant(list(first.node().inputs())[1]) == 0:
-        return State(state.group, 2, flat=True)
+        return replace(state, rank=2, flat=True)
     raise Opaque("a reshape whose batch size is not x.size(0); write x.flatten(1)")
 
 
@@ -142,6 +167,6 @@ def mean_state(node: torch._C.Node, ins: list[torch._C.Value], state: State) -> 
     real = [d % state.rank for d in dims]
     if any(d < 2 for d in real):
         raise Opaque("a mean over the batch or channel dimension")
-    return State(state.group, state.rank if keepdim else state.rank - len(real))
+    return replace(state, rank=state.rank if keepdim else state.rank - len(real))
 
 

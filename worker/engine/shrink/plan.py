@@ -13,6 +13,7 @@ spec's amount. A group that feeds the model's output (the logits) is never prune
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,32 +59,49 @@ def plan_groups(
             continue
         override = spec.override_for(f"{asked[0]}.weight")
         amount = spec.amount if override is None else override
-        name = "+".join(group.producers)
-        k = amount_to_count(amount, group.channels, f"channel group {name}")
-        if k >= group.channels:
-            raise PruningError(
-                f"amount {amount} would remove all {group.channels} channels of {name}; "
-                "a group keeps at least one channel"
-            )
         weights = [tensors[f"{p}.weight"].detach() for p in group.producers]
         if method.structured and spec.method.value == "random_structured":
             scores = method.scores(weights[0], generator)
         else:
             scores = torch.stack([method.scores(w, generator).cpu() for w in weights]).sum(0)
-        pruned = smallest_k(scores.cpu(), k)
+        pruned = _pruned_channels(group, scores.cpu(), amount, spec.round_to)
         plans.append(GroupPlan(group, torch.nonzero(~pruned).flatten(), True, None))
     return plans
+
+
+def _pruned_channels(group: Group, scores: torch.Tensor, amount: float,
+                     round_to: int) -> torch.Tensor:
+    """The lowest-scoring channels, in whole blocks of ``group.block`` (a grouped conv's
+    groups go whole: a block's score is the sum of its channels'); the count kept rounded up
+    to a multiple of ``round_to`` channels (all of them when the group has fewer)."""
+    name = "+".join(group.producers)
+    units = group.channels // group.block
+    what = f"channel group {name}" if group.block == 1 else (
+        f"channel group {name} ({units} blocks of {group.block} channels)")
+    k = amount_to_count(amount, units, what)
+    if k >= units:
+        raise PruningError(
+            f"amount {amount} would remove all {group.channels} channels of {name}; "
+            "a group keeps at least one channel"
+        )
+    step = math.lcm(group.block, round_to) // group.block  # in blocks
+    k = units - min(units, -(-(units - k) // step) * step)
+    blocks = scores.reshape(units, group.block).sum(1)
+    return smallest_k(blocks, k).repeat_interleave(group.block)
 
 
 def check_supported(graph: ChannelGraph, targeted: set[str]) -> None:
     """Refuse before any work when a group the spec asks to prune has blockers."""
     for group in graph.groups:
         asked = [p for p in group.producers if f"{p}.weight" in targeted]
+        if asked and group.channels % group.block and not group.feeds_output:
+            group.blockers.append(f"a grouped conv's blocks of {group.block} channels that "
+                                  f"do not divide {group.channels}")
         if asked and group.blockers and not group.feeds_output:
             raise UnsupportedModel(
                 f"cannot remove channels of {', '.join(group.producers)} (asked for by "
                 f"{asked[0]}.weight): they reach {group.blockers[0]}. Exclude these layers "
-                "(pruning.exclude) or rewrite that code; shrink follows Conv, Linear, "
-                "BatchNorm, zero-preserving activations, pooling, residual add and "
-                "flatten(1)"
+                "(pruning.exclude) or rewrite that code; shrink follows Conv (grouped and "
+                "depthwise too), Linear, BatchNorm, activations, pooling, residual add, "
+                "channel concatenation, gate multiply and flatten(1)"
             )

@@ -11,33 +11,52 @@ forwards never read.)
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 import torch
 from torch import nn
 
 from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
+from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
+from worker.engine.shrink.state import Slice
 
 
-def _indices(keep: torch.Tensor, inner: int) -> torch.Tensor:
-    """Channel indices -> entry indices when each channel owns ``inner`` entries (C*H*W)."""
-    if inner == 1:
-        return keep
-    return (keep[:, None] * inner + torch.arange(inner)).flatten()
+def _indices(channels: torch.Tensor, piece: Slice) -> torch.Tensor:
+    """A slice's entries for ``channels``: ``inner`` per channel, after ``offset`` channels."""
+    first = (channels + piece.offset) * piece.inner
+    if piece.inner == 1:
+        return first
+    return (first[:, None] + torch.arange(piece.inner)).flatten()
+
+
+def _removed(plan: GroupPlan) -> torch.Tensor:
+    gone = torch.ones(plan.group.channels, dtype=torch.bool)
+    gone[plan.keep] = False
+    return torch.nonzero(gone).flatten()
 
 
 def sliced_tensors(
     tensors: dict[str, torch.Tensor], plans: list[GroupPlan]
 ) -> dict[str, torch.Tensor]:
-    """The new value of every tensor a pruned group slices (others are unchanged)."""
-    out: dict[str, torch.Tensor] = {}
+    """The new value of every tensor a pruned group slices (others are unchanged). A tensor
+    may be cut by several groups along one dimension (a consumer of a concatenation): the
+    entries all of them remove go at once."""
+    removed: dict[tuple[str, int], list[torch.Tensor]] = {}
     for plan in plans:
-        if not plan.pruned:
-            continue
-        for piece in plan.group.slices:
-            current = out.get(piece.tensor, tensors[piece.tensor]).detach()
-            index = _indices(plan.keep, piece.inner).to(current.device)
-            out[piece.tensor] = current.index_select(piece.dim, index).contiguous()
+        if plan.pruned:
+            gone = _removed(plan)
+            for piece in plan.group.slices:
+                removed.setdefault((piece.tensor, piece.dim), []).append(_indices(gone, piece))
+    out: dict[str, torch.Tensor] = {}
+    for (name, dim), pieces in removed.items():
+        current = out.get(name, tensors[name]).detach()
+        keep = torch.ones(tensors[name].shape[dim], dtype=torch.bool)
+        keep[torch.cat(pieces)] = False
+        index = torch.nonzero(keep).flatten().to(current.device)
+        out[name] = current.index_select(dim, index).contiguous()
     return out
 
 
@@ -50,13 +69,46 @@ def zero_removed(module: nn.Module, plans: list[GroupPlan]) -> None:
     for plan in plans:
         if not plan.pruned:
             continue
-        removed = torch.ones(plan.group.channels, dtype=torch.bool)
-        removed[plan.keep] = False
+        gone = _removed(plan)
         for piece in plan.group.slices:
             if piece.dim != 0 or piece.tensor.endswith(("running_mean", "running_var")):
                 continue
             tensor = state[piece.tensor]
-            tensor[removed.to(tensor.device)] = 0
+            tensor[_indices(gone, piece).to(tensor.device)] = 0
+
+
+def generic_groups(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """A copy of ``module`` whose grouped convs compute ``groups`` from their tensors,
+    ``in_channels // weight.size(1)``, instead of a constant: a depthwise or grouped conv
+    that lost whole groups runs with the new count. The code is edited in every method's
+    graph and the module saved and loaded again (the interpreter keeps plans of the old
+    graphs; a saved archive prints the edited ones)."""
+    for sub in module.modules():
+        if isinstance(sub, torch.jit.ScriptModule):
+            for name in sub._c._method_names():
+                _patch_groups(sub._c._get_method(name).graph)
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    device = next(iter(module.state_dict().values())).device
+    loaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+        buffer, map_location=device)
+    return loaded.train(module.training)
+
+
+def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not in the stubs
+    """Every conv node, inside nested blocks too (an inlined forward's ``if``)."""
+    for node in [n for kind in sorted(CONV) for n in graph.findAllNodes(kind, True)]:
+        ins = list(node.inputs())
+        at = 8 if node.kind() == "aten::_convolution" else 6
+        groups = conv_groups(node, ins)
+        if groups is None or groups <= 1:  # computed already, transposed, or plain
+            continue
+        with graph.insert_point_guard(node):
+            one = graph.insertConstant(1)
+            count = graph.insert("aten::floordiv", [graph.insert("aten::size", [ins[0], one]),
+                                                   graph.insert("aten::size", [ins[1], one])])
+        node.replaceInput(at, count)
 
 
 def swap_into_script(module: torch.jit.ScriptModule, new: dict[str, torch.Tensor]) -> None:

@@ -18,6 +18,7 @@ from worker.engine.methods import PruningError
 from worker.engine.shrink.graph import ChannelGraph, analyse
 from worker.engine.shrink.plan import GroupPlan, UnsupportedModel, plan_groups
 from worker.engine.shrink.rewrite import (
+    generic_groups,
     rebuild_registry,
     registry_widths,
     sliced_tensors,
@@ -52,7 +53,8 @@ class Prepared:
         after = {**before, **new}
         if isinstance(self.model, torch.jit.ScriptModule):
             swap_into_script(self.model, new)
-            model: nn.Module = self.model
+            model: nn.Module = (generic_groups(self.model) if self.graph.grouped
+                                else self.model)
             producers = {p for g in self.graph.groups for p in g.producers}
             widths = {name: int(after[f"{name}.weight"].shape[0])
                       for name, _ in model.named_modules() if name in producers}

@@ -114,3 +114,82 @@ class Transposed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.up(F.relu(self.conv1(x))), 1))
+
+
+class Grouped(nn.Module):
+    """A grouped conv (4 groups of 2 channels) after conv1: whole groups go together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)
+        self.fc = nn.Linear(8 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.grouped(F.relu(self.conv1(x)))), 1))
+
+
+class Multiplier(nn.Module):
+    """A depthwise conv with 2 filters per input channel: out != in, refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.dw = nn.Conv2d(4, 8, 3, padding=1, groups=4)
+        self.fc = nn.Linear(8 * 28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.dw(F.relu(self.conv1(x))), 1))
+
+
+class Excite(nn.Module):
+    """Squeeze-and-excitation: the trunk times a sigmoid gate computed from its pooled
+    channels; the gate's last conv and the trunk are one group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.squeeze = nn.Conv2d(8, 4, 1)
+        self.excite = nn.Conv2d(4, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.bn(self.conv(x)))
+        scale = torch.sigmoid(self.excite(F.relu(self.squeeze(F.adaptive_avg_pool2d(x, 1)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x * scale, 1), 1))
+
+
+class DenseConcat(nn.Module):
+    """DenseNet's pattern: BatchNorm over a growing concatenation, a list appended to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(4)
+        self.grow1 = nn.Conv2d(4, 2, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(6)
+        self.grow2 = nn.Conv2d(6, 2, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.stem(x)]
+        features.append(self.grow1(F.relu(self.norm1(torch.cat(features, 1)))))
+        features.append(self.grow2(F.relu(self.norm2(torch.cat(features, 1)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.cat(features, 1), 1), 1))
+
+
+class BranchyDepthwise(nn.Module):
+    """MobileNetV2's shape: a depthwise conv inside `if self.residual:`, a module attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.residual = True
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = x + self.dw(x) if self.residual else self.dw(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -1,0 +1,146 @@
+"""Shrink's op rules one by one, scripted and traced: the shapes each rule cuts, and the
+shrunk model's outputs equal to the masked model's (exactness), on random inputs."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from api_tests.worker.engine.shrink import models
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import PruningSpec
+from worker.engine.errors import EngineError
+from worker.engine.shrink import prepare
+from worker.engine.shrink.rewrite import zero_removed
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+HALF = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0, shrink=True)
+KINDS = ["script", "trace"]
+
+
+def _compile(module: nn.Module, kind: str) -> torch.jit.ScriptModule:
+    module = models.randomize_batchnorm(module)
+    if kind == "script":
+        return torch.jit.script(module)
+    return torch.jit.trace(module, torch.zeros(2, 1, 28, 28))
+
+
+def _reload(model: nn.Module) -> torch.jit.ScriptModule:
+    buffer = io.BytesIO()
+    torch.jit.save(model, buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+def _shrunk_shapes_and_gap(model: torch.jit.ScriptModule) -> tuple[dict[str, Any], float]:
+    """(tensor -> shape after, max |shrunk - masked| on a random batch), the shrunk model
+    read back from a saved archive as a user would."""
+    masked = _reload(model)
+    prepared = prepare(model, HALF, None, seed=0)
+    zero_removed(masked, prepared.plans)
+    shrunk = prepared.apply()
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gap = (_reload(shrunk.model)(x) - masked(x)).abs().max().item()
+    return {c.name: c.shape_after for c in shrunk.report.tensors}, gap
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_depthwise_conv_passes_its_group_through(kind: str) -> None:
+    shapes, gap = _shrunk_shapes_and_gap(_compile(models.Depthwise(), kind))
+    assert shapes["dw.weight"] == [4, 1, 3, 3]
+    assert shapes["fc.weight"] == [10, 4 * 28 * 28]
+    assert gap < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_grouped_conv_loses_whole_groups(kind: str) -> None:
+    model = _compile(models.Grouped(), kind)
+    shapes, gap = _shrunk_shapes_and_gap(_reload(model))
+    assert shapes["grouped.weight"] == [4, 2, 3, 3]  # 2 of 4 groups of 2 channels
+    assert shapes["conv1.weight"] == [4, 1, 3, 3]
+    assert gap < 1e-4
+    [plan] = [p for p in prepare(model, HALF, None, seed=0).plans if p.pruned]
+    norms = [torch.linalg.vector_norm(model.state_dict()[f"{p}.weight"], HALF.n, (1, 2, 3))
+             for p in ("conv1", "grouped")]
+    best = (norms[0] + norms[1]).view(4, 2).sum(1).argsort(descending=True)[:2].sort().values
+    assert plan.keep.tolist() == [c for b in best.tolist() for c in (2 * b, 2 * b + 1)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_squeeze_excitation_couples_gate_and_trunk(kind: str) -> None:
+    model = _compile(models.Excite(), kind)
+    prepared = prepare(model, HALF, None, seed=0)
+    groups = [g.group.producers for g in prepared.plans if g.pruned]
+    assert ["conv", "excite"] in groups
+    shapes, gap = _shrunk_shapes_and_gap(_compile(models.Excite(), kind))
+    assert shapes["excite.weight"] == [4, 2, 1, 1]  # out: the trunk's half; in: squeeze's
+    assert shapes["squeeze.weight"] == [2, 4, 1, 1]
+    assert shapes["fc.weight"] == [10, 4]
+    assert gap < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_concatenation_maps_consumer_inputs_to_its_parts(kind: str) -> None:
+    shapes, gap = _shrunk_shapes_and_gap(_compile(models.Concat(), kind))
+    assert shapes["fc.weight"] == [10, 4 * 28 * 28]  # 2 of a's 4 and 2 of b's 4 channels
+    assert gap < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batchnorm_over_a_growing_concatenation(kind: str) -> None:
+    shapes, gap = _shrunk_shapes_and_gap(_compile(models.DenseConcat(), kind))
+    assert shapes["norm2.weight"] == [3]  # stem 4 -> 2, grow1 2 -> 1
+    assert shapes["grow2.weight"] == [1, 3, 3, 3]
+    assert shapes["fc.weight"] == [10, 4]
+    assert gap < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bias_free_convs_are_followed(kind: str) -> None:
+    """The scripted conv with bias=False reads an Optional attribute set to None."""
+    model = _compile(models.ResidualNet(bias=False), kind)
+    shapes, gap = _shrunk_shapes_and_gap(model)
+    assert shapes["stem.weight"] == [4, 1, 3, 3]
+    assert shapes["block1.conv1.weight"] == [4, 4, 3, 3]
+    assert gap < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_channel_multiplier_is_refused_naming_the_layer(kind: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        prepare(_compile(models.Multiplier(), kind), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    assert "8 output channels from 4 inputs (a channel multiplier) (layer dw)" in \
+        caught.value.message
+
+
+@pytest.mark.parametrize(("round_to", "kept"), [(1, 12), (8, 16), (5, 15), (32, 24)])
+def test_round_to_keeps_a_multiple_of_n_channels(round_to: int, kept: int) -> None:
+    """24 channels at amount 0.5 keep 12; rounded up to a multiple of round_to, at most 24."""
+    model = _compile(models.ResidualNet(channels=24), "script")
+    spec = HALF.model_copy(update={"round_to": round_to})
+    plans = [p for p in prepare(model, spec, None, seed=0).plans if p.pruned]
+    assert {p.name: p.keep.numel() for p in plans} == {
+        "stem+block1.conv2+block2.conv2": kept, "block1.conv1": kept, "block2.conv1": kept}
+
+
+def test_round_to_needs_shrink() -> None:
+    with pytest.raises(ValueError, match="round_to rounds the channels shrink keeps"):
+        PruningSpec(method="ln_structured", dim=0, round_to=8)
+
+
+def test_groups_are_rewritten_inside_an_inlined_forward() -> None:
+    """A scripted forward can come back inlined in place (the depthwise conv then sits in the
+    top graph's `if` block); its groups must be rewritten there too."""
+    model = _compile(models.BranchyDepthwise(), "script")
+    torch._C._jit_pass_inline(model.graph)
+    assert model.graph.findAllNodes("aten::conv2d", True)  # the convs are in forward now
+    shapes, gap = _shrunk_shapes_and_gap(model)
+    assert shapes["dw.weight"] == [4, 1, 3, 3]
+    assert gap < 1e-4

@@ -1,0 +1,88 @@
+"""torchvision's CNN families (width-reduced, same classes), scripted and traced: every Conv
+and Linear ends up in a channel group or in a refusal naming the op and the source line;
+each family shrinks, exactly (shrunk == masked to 1e-4), or is refused saying where."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from api_tests.worker.engine.shrink.models import randomize_batchnorm
+from core.jobs.error_codes import JobErrorCode
+from core.jobs.spec import PruningSpec
+from testkit import zoo
+from worker.engine.errors import EngineError
+from worker.engine.shrink import prepare
+from worker.engine.shrink.graph import analyse
+from worker.engine.shrink.rewrite import zero_removed
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+HALF = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0, shrink=True)
+SHRINKS = ["alexnet", "vgg", "resnet", "resnext", "densenet", "googlenet", "inception",
+           "mnasnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet_x", "regnet_y",
+           "squeezenet1_1"]
+# family -> {how: what the refusal names}
+REFUSED = {
+    "convnext": {"script": "aten::permute", "trace": "aten::permute"},
+    "shufflenet": {"script": "aten::chunk", "trace": "aten::view (a reshape to fixed sizes"},
+}
+KINDS = ["script", "trace"]
+
+
+def _model(family: str, how: str) -> torch.jit.ScriptModule:
+    return zoo.compile_(randomize_batchnorm(zoo.build(family)), how, family)
+
+
+def _layers(model: nn.Module) -> set[str]:
+    kinds = {"Conv1d", "Conv2d", "Conv3d", "Linear"}
+    return {name for name, sub in model.named_modules()
+            if getattr(sub, "original_name", "") in kinds}
+
+
+def _logits(out: object) -> torch.Tensor:
+    """GoogLeNet and Inception scripted return a named tuple; the logits come first."""
+    return out if isinstance(out, torch.Tensor) else out[0]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("how", KINDS)
+@pytest.mark.parametrize("family", SHRINKS + sorted(REFUSED))
+def test_every_layer_is_in_a_group_or_a_refusal(family: str, how: str) -> None:
+    model = _model(family, how)
+    graph = analyse(model)
+    grouped = {p for g in graph.groups for p in g.producers}
+    refused = {r.split(":")[0].removeprefix("layer ") for r in graph.refusals}
+    assert _layers(model) - grouped - refused == set()
+    assert [r for r in graph.refusals if ".py:" not in r] == []  # each names its line
+
+
+@pytest.mark.parametrize("how", KINDS)
+@pytest.mark.parametrize("family", SHRINKS)
+def test_family_shrinks_exactly(family: str, how: str) -> None:
+    model = _model(family, how)
+    buffer = io.BytesIO()
+    torch.jit.save(model, buffer)
+    buffer.seek(0)
+    masked = torch.jit.load(buffer)
+    prepared = prepare(model, HALF, None, seed=0)
+    zero_removed(masked, prepared.plans)
+    shrunk = prepared.apply()
+    x = zoo.example(family)
+    with torch.no_grad():
+        gap = (_logits(shrunk.model(x)) - _logits(masked(x))).abs().max().item()
+    assert gap < 1e-4
+    assert shrunk.report.parameters_after < 0.6 * shrunk.report.parameters_before
+
+
+@pytest.mark.parametrize("how", KINDS)
+@pytest.mark.parametrize("family", sorted(REFUSED))
+def test_family_is_refused_naming_op_and_line(family: str, how: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        prepare(_model(family, how), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    message = caught.value.message
+    assert REFUSED[family][how] in message
+    assert f"torchvision/models/{family}" in message  # the line in the model's own code
