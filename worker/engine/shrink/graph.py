@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import torch
 
-from worker.engine.shrink import layers
+import worker.engine.shrink.layers as layers
 from worker.engine.shrink.ops import (
     CONCAT,
     CONV,
