@@ -94,7 +94,8 @@ def test_a_coloured_dataset_runs_through_the_three_channel_path(stack: Stack,
     dataset = upload(stack, coloured_mnist(tmp_path / "coloured.safetensors"))
     torch.jit.script(cnn(3)).save(str(tmp_path / "rgb.pt"))
     job = run(stack, tmp_path / "rgb.pt", {
-        "data": {"dataset": dataset["id"]}, "finetune": {"epochs": 2, "validation_size": 50}})
+        "data": {"dataset": dataset["id"]},
+        "finetune": {"epochs": 2, "validation_size": 50, "validation_from": "train"}})
     assert job["status"] == "succeeded", job
     stated = report(stack, job)
     assert (dataset["shape"], stated["dataset"]["shape"], stated["dataset"]["train"],
