@@ -36,6 +36,7 @@ from core.jobs.report import Report
 from core.jobs.spec import DeploySpec, InputSpec
 from worker.engine import measure, training
 from worker.engine.data import Split
+from worker.engine.script_copy import reloaded
 
 CPU = torch.device("cpu")
 
@@ -79,7 +80,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | No
             if isinstance(model, torch.jit.ScriptModule):
                 from torch._export.converter import TS2EPConverter
 
-                target = TS2EPConverter(model, (example,)).convert()
+                # a copy: the converter inlines the graphs it is given, in place
+                target = TS2EPConverter(reloaded(model), (example,)).convert()
                 dynamic = None  # the converted program's shapes are fixed at the example's
             else:
                 dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)},)

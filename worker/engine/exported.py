@@ -24,6 +24,7 @@ from core.jobs.error_codes import JobErrorCode
 from core.settings import Settings
 from worker.engine import audit
 from worker.engine.errors import EngineError
+from worker.engine.script_copy import reloaded
 
 EXPORTED_KIND = "exported_kind"  # the attribute layer_kind reads on a GraphModule's holders
 _EXAMPLES = ((2, 1, 28, 28), (2, 784))
@@ -118,7 +119,8 @@ def _from_torchscript(module: torch.jit.ScriptModule) -> nn.Module:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                program = TS2EPConverter(module, (torch.zeros(shape),)).convert()
+                # a copy: the converter inlines the graphs it is given, in place
+                program = TS2EPConverter(reloaded(module), (torch.zeros(shape),)).convert()
             converted: nn.Module = program.module()
             return converted
         except Exception as exc:  # noqa: BLE001 - the next example shape may fit

@@ -11,7 +11,6 @@ forwards never read.)
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
+from worker.engine.script_copy import reloaded
 from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
 from worker.engine.shrink.state import Slice
@@ -81,19 +81,16 @@ def generic_groups(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """A copy of ``module`` whose grouped convs compute ``groups`` from their tensors,
     ``in_channels // weight.size(1)``, instead of a constant: a depthwise or grouped conv
     that lost whole groups runs with the new count. The code is edited in every method's
-    graph and the module saved and loaded again (the interpreter keeps plans of the old
-    graphs; a saved archive prints the edited ones)."""
-    for sub in module.modules():
+    graph of a reloaded copy (its own compilation unit: a module scripted in this process
+    shares its compiled methods with every module of the same type, which must not change),
+    then saved and loaded again (the interpreter keeps plans of the old graphs; a saved
+    archive prints the edited ones)."""
+    copy = reloaded(module)
+    for sub in copy.modules():
         if isinstance(sub, torch.jit.ScriptModule):
             for name in sub._c._method_names():
                 _patch_groups(sub._c._get_method(name).graph)
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    buffer.seek(0)
-    device = next(iter(module.state_dict().values())).device
-    loaded: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
-        buffer, map_location=device)
-    return loaded.train(module.training)
+    return reloaded(copy)
 
 
 def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not in the stubs
