@@ -119,7 +119,7 @@ def test_bytes_as_saved_writes_every_format_and_restores_the_model() -> None:
         model, lambda m, folder: saving.save_all(m, ModelFormat.STATE_DICT, folder), CPU
     )
     assert set(sizes) == {"torchscript", "state_dict", "safetensors", "sparse_safetensors",
-                          "compressed"}
+                          "pt2", "compressed"}
     assert sizes["safetensors"] > 4 * 235_146 and model.training
     # Dense weights gain nothing from the bitmask: the compact file stores them as they are.
     assert sizes["sparse_safetensors"] == pytest.approx(sizes["safetensors"], rel=0.01)

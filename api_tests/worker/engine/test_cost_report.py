@@ -49,7 +49,8 @@ def test_cost_is_present_and_consistent(engine_settings: Settings, tmp_path: Pat
         assert all(0 < lat.p50 <= lat.p90 for lat in c.latency_ms.values())
     assert "cost" in report.timings_s
     line = cli.cost_summary(report.cost)
-    assert line.startswith("cost: 235146/235146 -> ") and "(sparse_safetensors)" in line
+    # the smallest download: the entropy-coded compressed one, before and after
+    assert line.startswith("cost: 235146/235146 -> ") and line.count("(compressed)") == 2
 
 
 def test_a_shrunk_model_reports_fewer_flops_and_a_speedup(
