@@ -63,14 +63,15 @@ def dense_model(name: str, epochs: int, seed: int, settings: Settings, folder: P
     return 1.0 - training.evaluate(model, test).accuracy
 
 
-def job_spec(name: str, epochs: int, seed: int) -> JobSpec:
+def job_spec(name: str, epochs: int, seed: int, deploy: bool = True) -> JobSpec:
+    extra: dict[str, Any] = {"deploy": {}} if deploy else {}
     return JobSpec.model_validate({
         "architecture": name, "device": "cpu", "seed": seed,
         "pruning": {"amount": 0.95, "schedule": {"kind": "agp", "end": 0.5,
                                                  "every_steps": 100}},
         "finetune": {"epochs": epochs, "lr": 1e-3, "lr_schedule": "cosine",
                      "batch_size": BATCH, "distill": {}},
-        "quantize": QUANTIZE[name], "deploy": {}})
+        "quantize": QUANTIZE[name], **extra})
 
 
 def coders(data_bytes: bytes) -> dict[str, int]:
@@ -105,9 +106,9 @@ def streams(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def one_run(name: str, seed: int, epochs: int, folder: Path, settings: Settings
-            ) -> dict[str, Any]:
-    spec = job_spec(name, epochs, seed)
+def one_run(name: str, seed: int, epochs: int, folder: Path, settings: Settings,
+            deploy: bool = True) -> dict[str, Any]:
+    spec = job_spec(name, epochs, seed, deploy)
     started = time.perf_counter()
     result = run_job(folder / f"{name}-{seed}.pt", spec, folder / f"out-{name}-{seed}",
                      settings=settings)
@@ -197,6 +198,8 @@ def main() -> None:
                         help="the dense models of an earlier run (DIR printed at its start)")
     parser.add_argument("--conv-bits", type=int, help="LeNet-5's conv bits (paper: 8)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-deploy", action="store_true",
+                        help="skip ONNX/int8 (the compression figures only)")
     args = parser.parse_args()
     if args.reencode is not None:
         reencode(args.reencode, args.results)
@@ -219,6 +222,7 @@ def main() -> None:
         "dense": [], "runs": []}
     for seed in args.seeds:
         for name in args.archs:
+            dense_started = time.perf_counter()
             if args.dense_from is not None:  # trained by an earlier run: scored again
                 model = registry.build(name)
                 model.load_state_dict(torch.load(args.dense_from / f"{name}-{seed}.pt"))
@@ -229,8 +233,10 @@ def main() -> None:
             else:
                 error = dense_model(name, args.dense_epochs, seed, settings, folder)
             result["dense"].append({"architecture": name, "seed": seed,
-                                    "test_error": round(error, 5)})
-            result["runs"].append(one_run(name, seed, args.epochs, folder, settings))
+                                    "test_error": round(error, 5),
+                                    "seconds": round(time.perf_counter() - dense_started, 1)})
+            result["runs"].append(one_run(name, seed, args.epochs, folder, settings,
+                                          not args.no_deploy))
             result["summary"] = summary(result["runs"])
             args.results.write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps({k: v for k, v in result["runs"][-1].items()
