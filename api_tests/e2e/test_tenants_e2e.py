@@ -69,7 +69,10 @@ def files_holding(root: Path, needles: dict[str, str], skip: set[Path]) -> list[
     file, job files) that holds one of ``needles``' values."""
     found = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p not in skip):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # a job's scratch copy removed as its process ends:
+            continue  # gone from the disk, so it holds nothing any more
         found += [f"{name} in {path}" for name, needle in needles.items()
                   if needle.encode() in data]
     return found
