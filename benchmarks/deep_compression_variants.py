@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
+from benchmarks.deep_compression import dense_model  # the same dense recipe
+from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import data, registry, training
 from worker.engine.pipeline import run_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,17 +41,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "distill_w0.9": {"distill": {"weight": 0.9}},
     "wd1e-4": {"weight_decay": 1e-4},
 }
-
-
-def dense_model(name: str, epochs: int, seed: int, settings: Settings, folder: Path) -> None:
-    torch.manual_seed(seed)
-    model = registry.build(name)
-    full = data.load_split(settings.mnist_root, True, torch.device("cpu"), InputSpec())
-    train, _validation = data.hold_out(full, 5000, seed=seed)  # the jobs' own hold-out
-    spec = FinetuneSpec(epochs=epochs, lr=1e-3, lr_schedule="cosine", batch_size=BATCH,
-                        validation_size=0)
-    training.finetune(model, train, spec, training.MaskHold([], []), seed=seed)
-    torch.save(model.state_dict(), folder / f"{name}-{seed}.pt")
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from core.uploads.allowlists import ACCEPTED_DTYPES, ALLOWED_STATE_DICT_GLOBALS
 from core.uploads.pickle_scan import scan_pickle
 from core.uploads.pt2_program import check_program
 from core.uploads.rejection import malformed, too_large, unsafe, unsupported
-from core.uploads.zip_entries import check_entries, read_member, single_prefix
+from core.uploads.zip_entries import READ_ERRORS, check_entries, read_member, single_prefix
 
 MAX_PROGRAM_BYTES: Final = 32 * MiB  # parsed whole in the API: the JSON of ~100k nodes
 MAX_CONFIG_BYTES: Final = 16 * MiB  # ~300 bytes per tensor entry
@@ -62,7 +62,6 @@ _SCALAR_TYPES: Final = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64
                         6: "float16", 7: "float32", 8: "float64", 12: "bool", 13: "bfloat16"}
 _ITEMSIZE: Final = {d.name: d.itemsize for d in ACCEPTED_DTYPES}
 _STRIDED = 7  # schema.Layout.Strided
-_READ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError)
 
 
 def is_pt2(names: Collection[str], prefix: str) -> bool:
@@ -81,7 +80,7 @@ def check_pt2(
     members = {name[len(prefix) + 1 :]: info for name, info in infos.items()}
     _check_members(members)
     for record, pattern in _RECORDS.items():
-        text = _read(archive, members[record], MAX_RECORD_BYTES).decode("ascii", "replace")
+        text = read_member(archive, members[record], MAX_RECORD_BYTES).decode("ascii", "replace")
         if not pattern.match(text):
             raise malformed(f"the member {record!r} says {text[:40]!r}; expected a "
                             "little-endian pt2 archive (torch.export.save)")
@@ -120,23 +119,9 @@ def _check_members(members: dict[str, zipfile.ZipInfo]) -> None:
         raise malformed(f"the pt2 archive lacks {', '.join(missing)}")
 
 
-def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    if info.file_size > limit:
-        raise too_large(f"the pt2 member {info.filename!r} has {info.file_size} bytes; at "
-                        f"most {limit} are accepted")
-    try:
-        with archive.open(info) as f:
-            data = f.read(limit + 1)
-    except _READ_ERRORS as exc:
-        raise malformed(f"the zip entry {info.filename!r} cannot be read ({exc})") from None
-    if len(data) != info.file_size:
-        raise malformed(f"the zip entry {info.filename!r} is not the size it declares")
-    return data
-
-
 def _json(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Any:
     try:
-        return json.loads(_read(archive, info, limit))
+        return json.loads(read_member(archive, info, limit))
     except (ValueError, RecursionError) as exc:
         raise malformed(f"the pt2 member {info.filename!r} is not valid JSON ({exc})") from None
 
@@ -235,12 +220,12 @@ def _check_sample_inputs(
 ) -> None:
     """torch loads these with weights_only=True, then weights_only=False if that fails: the
     pickle must be one weights_only accepts, so the fallback never runs."""
-    data = _read(archive, info, MAX_SAMPLE_INPUTS_BYTES)
+    data = read_member(archive, info, MAX_SAMPLE_INPUTS_BYTES)
     if not data:
         return  # torch reads an empty record as "no sample inputs", without unpickling
     try:
         inner = zipfile.ZipFile(io.BytesIO(data))
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise malformed(f"the pt2 member {SAMPLE_INPUTS!r} is not a torch.save archive "
                         f"({exc})") from None
     with inner:

@@ -143,16 +143,18 @@ def single_prefix(infos: list[zipfile.ZipInfo]) -> str:
 
 
 
-def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """A pickle entry, whole, within ``MAX_PICKLE_BYTES``."""
-    if info.file_size > MAX_PICKLE_BYTES:
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                limit: int = MAX_PICKLE_BYTES) -> bytes:
+    """An entry, whole, within ``limit`` bytes (by default a pickle's, ``MAX_PICKLE_BYTES``):
+    the declared size is judged before reading, and no more than the limit is ever read."""
+    if info.file_size > limit:
         raise too_large(
-            f"the zip entry {info.filename!r} has {info.file_size} bytes; pickles over "
-            f"{MAX_PICKLE_BYTES} bytes are refused"
+            f"the zip entry {info.filename!r} has {info.file_size} bytes; at most {limit} "
+            "are accepted"
         )
     try:
         with archive.open(info) as f:
-            data = f.read(MAX_PICKLE_BYTES + 1)
+            data = f.read(limit + 1)
     except READ_ERRORS as exc:
         raise malformed(f"the zip entry {info.filename!r} cannot be read ({exc})") from None
     if len(data) != info.file_size:
