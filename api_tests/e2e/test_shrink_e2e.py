@@ -26,18 +26,7 @@ def test_shrink_job_on_a_torchscript_upload(stack: Stack, tmp_path: Path,
     torch.jit.save(torch.jit.script(randomize_batchnorm(ResidualNet())), str(path))
     spec = {"pruning": {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True},
             "finetune": {"epochs": 0}}
-    response = submit(stack.client, path, spec)
-    assert response.status_code == 202, response.text
-    job = wait_for(stack.client, response.json()["id"])
-    assert job["status"] == "succeeded", job
-    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
-    download = stack.client.get(f"/v1/jobs/{job['id']}/model", params={"format": "torchscript"})
-    assert download.status_code == 200, download.text
-
-    model = torch.jit.load(io.BytesIO(download.content)).eval()  # plain PyTorch
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    for change in report["shrink"]["tensors"]:
-        assert shapes[change["name"]] == change["shape_after"], change
+    report, model, shapes = shrunk_download(stack, path, spec)
     assert shapes["stem.weight"] == [4, 1, 3, 3] and shapes["fc.weight"] == [10, 196]
     assert report["shrink"]["widths"]["stem"] == 4
     stated = report["accuracy"]["after_finetune"]["accuracy"]
@@ -61,18 +50,7 @@ def test_shrink_job_on_a_scripted_mobilenet(stack: Stack, tmp_path: Path,
             "pruning": {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True,
                         "exclude": ["classifier*"]},
             "finetune": {"epochs": 0}}
-    response = submit(stack.client, path, spec)
-    assert response.status_code == 202, response.text
-    job = wait_for(stack.client, response.json()["id"])
-    assert job["status"] == "succeeded", job.get("error")
-    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
-    download = stack.client.get(f"/v1/jobs/{job['id']}/model", params={"format": "torchscript"})
-    assert download.status_code == 200, download.text
-
-    model = torch.jit.load(io.BytesIO(download.content)).eval()  # plain PyTorch
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    for change in report["shrink"]["tensors"]:
-        assert shapes[change["name"]] == change["shape_after"], change
+    report, model, shapes = shrunk_download(stack, path, spec)
     assert shapes["features.1.conv.0.0.weight"] == [4, 1, 3, 3]  # depthwise: 8 -> 4 channels
     images, labels = mnist_test  # (N, 1, 28, 28) as the job normalises them
     fed = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
@@ -80,3 +58,23 @@ def test_shrink_job_on_a_scripted_mobilenet(stack: Stack, tmp_path: Path,
     # an untrained model's logits nearly tie, so a batch size's rounding flips a few argmaxes
     assert accuracy(model, (fed.expand(-1, 3, -1, -1), labels)) == pytest.approx(stated,
                                                                                 abs=5e-3)
+
+
+def shrunk_download(stack: Stack, path: Path, spec: dict[str, Any]
+                    ) -> tuple[dict[str, Any], Any, dict[str, list[int]]]:
+    """Run a shrink job; its report, its TorchScript download loaded with plain
+    ``torch.jit.load``, and that model's shapes, checked against the report's."""
+    import torch
+
+    response = submit(stack.client, path, spec)
+    assert response.status_code == 202, response.text
+    job = wait_for(stack.client, response.json()["id"])
+    assert job["status"] == "succeeded", job.get("error")
+    report: dict[str, Any] = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    download = stack.client.get(f"/v1/jobs/{job['id']}/model", params={"format": "torchscript"})
+    assert download.status_code == 200, download.text
+    model = torch.jit.load(io.BytesIO(download.content)).eval()  # plain PyTorch
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    for change in report["shrink"]["tensors"]:
+        assert shapes[change["name"]] == change["shape_after"], change
+    return report, model, shapes
