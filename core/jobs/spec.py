@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from core.jobs.formats import SAME_FORMAT, ModelFormat
 from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
+from core.jobs.spec_options import AugmentSpec as AugmentSpec
 from core.jobs.spec_options import DataSpec as DataSpec
 from core.jobs.spec_options import DeploySpec as DeploySpec
 from core.jobs.spec_options import DistillSpec as DistillSpec
@@ -95,7 +96,11 @@ class FinetuneSpec(SpecModel):
         "figures; sensitivity, search and target need a validation split).")
     distill: DistillSpec | None = Field(
         default=None, description="Distil from the uploaded dense model while fine-tuning "
-        "(its outputs on the training images, computed once before pruning).")
+        "(its outputs on the training images, computed once before pruning; with `augment`, "
+        "on each augmented batch, from a copy of the dense model kept beside).")
+    augment: AugmentSpec | None = Field(
+        default=None, description="Random translations of the training images (fine-tuning "
+        "and the quantisation fine-tune); validation and test images are never augmented.")
 
 
 _OUTPUT_FORMATS = (SAME_FORMAT, *(f.value for f in ModelFormat if f.uploadable))

@@ -59,6 +59,16 @@ class DistillSpec(SpecModel):
                                description="Softmax temperature of teacher and student.")
 
 
+class AugmentSpec(SpecModel):
+    """Random translations of the training images while fine-tuning: each image of each batch
+    moved by its own whole-pixel offset, the uncovered border filled by repeating the edge
+    pixels (background on MNIST). Validation and test images are never touched."""
+
+    shift: int = Field(default=2, ge=1, le=8,
+                       description="Largest offset in pixels, each axis: offsets drawn "
+                       "uniformly from -shift..shift.")
+
+
 class InputSpec(SpecModel):
     """How MNIST images are fed to the model: (N, channels, size, size) floats, normalised;
     by default (N, 1, 28, 28)."""

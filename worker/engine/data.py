@@ -10,8 +10,9 @@ generator, then one ``index_select`` per batch into a reused buffer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import InputSpec
 from worker.engine.errors import EngineError
+
+# The dense model's soft targets for a batch of images, (B, ...) -> (B, 10) log-probabilities
+TeacherFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,15 @@ class Split:
     labels: torch.Tensor  # (N,) int64
     # (N, 10) float: a teacher's log-probabilities at the distillation temperature, or None
     teacher: torch.Tensor | None = None
+    # With augmentation, the teacher itself, run on each augmented batch: rows computed once
+    # from the stored images would describe other images than the ones the student sees.
+    teacher_fn: TeacherFn | None = None
 
     def with_teacher(self, teacher: torch.Tensor) -> Split:
-        return Split(self.images, self.labels, teacher)
+        return replace(self, teacher=teacher, teacher_fn=None)
+
+    def with_teacher_fn(self, teacher_fn: TeacherFn) -> Split:
+        return replace(self, teacher=None, teacher_fn=teacher_fn)
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -66,6 +76,39 @@ class Split:
                 None if source is None or teacher is None
                 else torch.index_select(source, 0, index, out=teacher[:n]),
             )
+
+
+def shifted(images: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image moved by its own random whole-pixel offset (dy, dx), each drawn uniformly
+    from -shift..shift on the CPU generator (the same on every device); the border it
+    uncovers repeats the edge pixels (MNIST's border is background). A new tensor: ``images``
+    (a reused batch buffer, a stored split) is left as it is.
+
+    Images are (N, C, H, W), or (N, S * S) flattened square ones (one channel)."""
+    grid = _as_grid(images)  # (N, C, H, W)
+    n, channels, height, width = grid.shape
+    dy, dx = torch.randint(-shift, shift + 1, (2, n), generator=generator).to(images.device)
+    device = images.device
+    # Output pixel (i, j) of image k is input pixel (i - dy[k], j - dx[k]), clamped to the edge
+    rows = (torch.arange(height, device=device) - dy[:, None]).clamp_(0, height - 1)  # (N, H)
+    cols = (torch.arange(width, device=device) - dx[:, None]).clamp_(0, width - 1)  # (N, W)
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channel = torch.arange(channels, device=device)[None, :, None, None]
+    moved = grid[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    return moved.reshape(images.shape)
+
+
+def _as_grid(images: torch.Tensor) -> torch.Tensor:
+    if images.dim() == 4:
+        return images
+    side = math.isqrt(images.shape[1]) if images.dim() == 2 else 0
+    if side * side != images.shape[1] or side == 0:
+        raise EngineError(
+            JobErrorCode.INVALID_SPEC,
+            f"finetune.augment shifts images: a batch of shape {list(images.shape)} is neither "
+            "(N, C, H, W) nor flattened square images (N, S * S); leave augment out",
+        )
+    return images.reshape(len(images), 1, side, side)
 
 
 _RAW: dict[tuple[str, bool, str], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -72,10 +72,14 @@ def measure_dense(job: Job, upload: Upload, splits: Splits) -> Dense:
     with job.timed("evaluate"):
         test = training.evaluate(upload.model, splits.test, job.should_cancel)
         validation = _evaluate_validation(job, upload.model, splits.validation)
-    if job.spec.finetune.distill is not None and splits.train is not None:
-        with job.timed("teacher"):  # the dense model's soft targets, once
-            splits.train = splits.train.with_teacher(training.teacher_targets(
-                upload.model, splits.train, job.spec.finetune.distill, job.should_cancel))
+    distill = job.spec.finetune.distill
+    if distill is not None and splits.train is not None:
+        with job.timed("teacher"):
+            splits.train = (  # augmented: run on each batch; else the soft targets, once
+                splits.train.with_teacher_fn(training.frozen_teacher(upload.model, distill))
+                if job.spec.finetune.augment is not None
+                else splits.train.with_teacher(training.teacher_targets(
+                    upload.model, splits.train, distill, job.should_cancel)))
     upload.targets = _targets(upload.model, upload.pruning)
     return Dense(cost, test, validation, splits.sample)
 

@@ -274,7 +274,7 @@ def _subset(train: Split, size: int, seed: int) -> Split:
     index = index.to(train.labels.device)
     with torch.inference_mode(False):
         teacher = None if train.teacher is None else train.teacher[index]
-        return Split(train.images[index], train.labels[index], teacher)
+        return Split(train.images[index], train.labels[index], teacher, train.teacher_fn)
 
 
 def prepare_groups(model: nn.Module, spec: JobSpec) -> Prepared:

@@ -7,6 +7,8 @@ trained and scored the same way.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -19,7 +21,8 @@ from torch import nn
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import Evaluation, Progress
 from core.jobs.spec import DistillSpec, FinetuneSpec, InputSpec, Optimizer
-from worker.engine.data import Split
+from worker.engine import data, script_copy
+from worker.engine.data import Split, TeacherFn
 from worker.engine.errors import Cancelled, EngineError
 
 ProgressFn = Callable[[Progress], None]
@@ -59,12 +62,32 @@ def teacher_targets(model: nn.Module, split: Split, spec: DistillSpec,
     try:
         for images, _labels in split.batches(EVAL_BATCH):
             _check_cancel(should_cancel)
-            log_probs = F.log_softmax(model(images).float(), dim=1)
-            rows.append(F.log_softmax(log_probs / spec.temperature, dim=1))
+            rows.append(soft_targets(model, spec, images))
     finally:
         model.train(was_training)
     with torch.inference_mode(False):
         return torch.cat(rows).clone()
+
+
+@torch.no_grad()
+def soft_targets(model: nn.Module, spec: DistillSpec, images: torch.Tensor) -> torch.Tensor:
+    """(B, 10): ``model``'s log-probabilities at the distillation temperature for one batch
+    (``model`` as it is: the caller puts it in eval mode)."""
+    log_probs = F.log_softmax(model(images).float(), dim=1)
+    return F.log_softmax(log_probs / spec.temperature, dim=1)
+
+
+def frozen_teacher(model: nn.Module, spec: DistillSpec) -> TeacherFn:
+    """A copy of the dense ``model`` in eval mode, as a function from a batch to its soft
+    targets: for augmented fine-tuning, where each batch's images are new. A copy, because
+    pruning changes ``model`` in place; a TorchScript model is saved and loaded again, so no
+    later pass that edits its graphs reaches the teacher's."""
+    copied = (script_copy.reloaded(model) if isinstance(model, torch.jit.ScriptModule)
+              else copy.deepcopy(model))
+    copied.eval()
+    for param in copied.parameters():
+        param.requires_grad_(False)
+    return functools.partial(soft_targets, copied, spec)
 
 
 def _check_cancel(should_cancel: CancelFn | None) -> None:
@@ -225,6 +248,14 @@ def steps_per_epoch(train: Split, spec: FinetuneSpec) -> int:
     return math.ceil(len(train) / spec.batch_size)
 
 
+def _check_teacher(train: Split, spec: FinetuneSpec) -> None:
+    """Teacher rows cached from the stored images are wrong for augmented ones."""
+    if spec.augment is not None and spec.distill is not None and train.teacher is not None:
+        raise ValueError("augmented fine-tuning with distillation needs the teacher run on "
+                         "each batch (Split.with_teacher_fn), not rows cached from the stored "
+                         "images")
+
+
 def finetune(
     model: nn.Module,
     train: Split,
@@ -250,6 +281,8 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: lr_factor(t, total, spec))
     epoch_losses = []
+    _check_teacher(train, spec)
+    shifts = torch.Generator().manual_seed(seed + 1)  # its own stream: the order is unchanged
     model.train()
     for epoch in range(1, spec.epochs + 1):
         loss_sum = torch.zeros((), device=train.labels.device)
@@ -258,6 +291,10 @@ def finetune(
             _check_cancel(should_cancel)
             if on_step is not None:
                 on_step((epoch - 1) * steps + step - 1)
+            if spec.augment is not None:
+                images = data.shifted(images, spec.augment.shift, shifts)
+            if train.teacher_fn is not None and spec.distill is not None:
+                teacher = train.teacher_fn(images)  # on the very images the student sees
             outputs = model(images)
             loss = (loss_fn(outputs, labels) if teacher is None or spec.distill is None
                     else distill_loss(outputs, labels, teacher, spec.distill))
