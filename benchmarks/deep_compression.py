@@ -11,7 +11,7 @@ and, per tensor, what each structure and entropy coder would have cost (the enco
 smallest by measurement; the table shows why zstd).
 
     PYTHONPATH=. PRUNER_MNIST_ROOT=/work/shared/datasets python benchmarks/deep_compression.py \
-        [--seeds 0 1 2] [--dense-epochs 6] [--epochs 8] [--quick]
+        [--seeds 0 1 2] [--dense-epochs 6] [--epochs 8] [--quick] [--finetune '{"augment": {}}']
 
 Writes benchmarks/results/deep_compression.json (rewritten after every run).
 """
@@ -63,14 +63,17 @@ def dense_model(name: str, epochs: int, seed: int, settings: Settings, folder: P
     return 1.0 - training.evaluate(model, test).accuracy
 
 
-def job_spec(name: str, epochs: int, seed: int, deploy: bool = True) -> JobSpec:
+def job_spec(name: str, epochs: int, seed: int, deploy: bool = True,
+             finetune: dict[str, Any] | None = None) -> JobSpec:
+    """The job: AGP to 95% with distillation, then quantisation; ``finetune`` adds to (or
+    replaces) the fine-tune block's fields, e.g. ``{"augment": {}}``."""
     extra: dict[str, Any] = {"deploy": {}} if deploy else {}
     return JobSpec.model_validate({
         "architecture": name, "device": "cpu", "seed": seed,
         "pruning": {"amount": 0.95, "schedule": {"kind": "agp", "end": 0.5,
                                                  "every_steps": 100}},
         "finetune": {"epochs": epochs, "lr": 1e-3, "lr_schedule": "cosine",
-                     "batch_size": BATCH, "distill": {}},
+                     "batch_size": BATCH, "distill": {}, **(finetune or {})},
         "quantize": QUANTIZE[name], **extra})
 
 
@@ -107,8 +110,8 @@ def streams(path: Path) -> list[dict[str, Any]]:
 
 
 def one_run(name: str, seed: int, epochs: int, folder: Path, settings: Settings,
-            deploy: bool = True) -> dict[str, Any]:
-    spec = job_spec(name, epochs, seed, deploy)
+            deploy: bool = True, finetune: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = job_spec(name, epochs, seed, deploy, finetune)
     started = time.perf_counter()
     result = run_job(folder / f"{name}-{seed}.pt", spec, folder / f"out-{name}-{seed}",
                      settings=settings)
@@ -200,6 +203,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-deploy", action="store_true",
                         help="skip ONNX/int8 (the compression figures only)")
+    parser.add_argument("--finetune", type=json.loads, default={}, metavar="JSON",
+                        help='fields added to the jobs\' finetune block, e.g. \'{"augment": {}}\'')
     args = parser.parse_args()
     if args.reencode is not None:
         reencode(args.reencode, args.results)
@@ -218,7 +223,7 @@ def main() -> None:
                     "note": "2-core VM shared with other work: latencies and wall times are "
                             "upper bounds; compare latencies only within a row"},
         "recipe": {"dense_epochs": args.dense_epochs, "prune_epochs": args.epochs,
-                   "quantize": QUANTIZE},
+                   "finetune_extra": args.finetune, "quantize": QUANTIZE},
         "dense": [], "runs": []}
     for seed in args.seeds:
         for name in args.archs:
@@ -236,7 +241,7 @@ def main() -> None:
                                     "test_error": round(error, 5),
                                     "seconds": round(time.perf_counter() - dense_started, 1)})
             result["runs"].append(one_run(name, seed, args.epochs, folder, settings,
-                                          not args.no_deploy))
+                                          not args.no_deploy, args.finetune))
             result["summary"] = summary(result["runs"])
             args.results.write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps({k: v for k, v in result["runs"][-1].items()

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "long40": {"epochs": 40},  # twice the dense schedule
     "distill_w0.9": {"distill": {"weight": 0.9}},
     "wd1e-4": {"weight_decay": 1e-4},
+    # random translations of the training images (+-2 px), the teacher run on each batch
+    "augment": {"augment": {}},
+    "augment_nodistill": {"augment": {}, "distill": None},
+    "augment_long40": {"augment": {}, "epochs": 40},
+    "augment_shift1": {"augment": {"shift": 1}},
 }
 
 
@@ -50,9 +56,12 @@ def main() -> None:
     parser.add_argument("--dense-epochs", type=int, default=20)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--dense-from", type=Path, metavar="DIR",
+                        help="the dense models of an earlier run (DIR printed at its start)")
     args = parser.parse_args()
     settings = Settings(worker_device="cpu")
     folder = Path(tempfile.mkdtemp(prefix="dc-variants-"))
+    print(f"models and job outputs in {folder}", flush=True)
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -61,7 +70,10 @@ def main() -> None:
         "decides_on": "validation: 5000 train images held out by the seed, never trained on",
         "base": BASE, "variants": {k: VARIANTS[k] for k in args.variants}, "runs": []}
     for seed in args.seeds:
-        dense_model(args.arch, args.dense_epochs, seed, settings, folder)
+        if args.dense_from is not None:  # trained by an earlier run with the same recipe
+            shutil.copy(args.dense_from / f"{args.arch}-{seed}.pt", folder)
+        else:
+            dense_model(args.arch, args.dense_epochs, seed, settings, folder)
         for variant in args.variants:
             finetune = {**BASE, **VARIANTS[variant]}
             spec = JobSpec.model_validate({
