@@ -1,12 +1,49 @@
 """The spec's defaults are the reference recipe: ``{"architecture": "mnist_mlp"}`` alone means
-30% global L1 unstructured and 2 epochs of Adam, as the README promises."""
+30% global L1 unstructured and 2 epochs of Adam, as the README promises; a named ``recipe``
+fills in only what the spec leaves out."""
 
 from __future__ import annotations
 
-from core.jobs.spec import REFERENCE_RECIPE, JobSpec
+import pytest
+from pydantic import ValidationError
+
+from core.jobs.spec import REFERENCE_RECIPE, AugmentSpec, JobSpec
 
 
 def test_defaults_are_the_reference_recipe() -> None:
     assert JobSpec(architecture="mnist_mlp") == REFERENCE_RECIPE
     assert JobSpec().pruning == REFERENCE_RECIPE.pruning
     assert JobSpec().finetune == REFERENCE_RECIPE.finetune
+
+
+def test_a_named_recipe_fills_in_what_the_spec_leaves_out() -> None:
+    spec = JobSpec.model_validate({"recipe": "high_sparsity", "pruning": {"amount": 0.95}})
+    assert spec.pruning.amount == 0.95
+    assert (spec.pruning.schedule.kind, spec.pruning.schedule.end,
+            spec.pruning.schedule.every_steps) == ("agp", 0.5, 100)
+    ft = spec.finetune
+    assert (ft.epochs, ft.lr, ft.lr_schedule, ft.batch_size) == (20, 1e-3, "cosine", 128)
+    assert ft.augment == AugmentSpec(shift=2) and ft.distill is None
+    assert spec.search is None and spec.quantize is None  # other blocks untouched
+    assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec  # stored and re-read
+    assert JobSpec(architecture="mnist_mlp").recipe is None  # no recipe: the reference one
+
+
+def test_the_specs_own_fields_win_a_whole_field_at_a_time() -> None:
+    spec = JobSpec.model_validate({
+        "recipe": "high_sparsity",
+        "pruning": {"amount": 0.9, "schedule": {"kind": "one_shot"}},
+        "finetune": {"epochs": 5, "augment": None, "distill": {"weight": 0.9}}})
+    assert spec.pruning.schedule.kind == "one_shot"  # replaced whole, not merged
+    assert spec.finetune.epochs == 5 and spec.finetune.augment is None
+    assert spec.finetune.distill is not None and spec.finetune.distill.weight == 0.9
+    assert spec.finetune.batch_size == 128  # not given: the recipe's
+
+
+def test_an_unknown_recipe_and_a_bad_combination_are_refused_at_their_fields() -> None:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate({"recipe": "fast"})
+    assert info.value.errors()[0]["loc"] == ("recipe",)
+    with pytest.raises(ValidationError) as info:  # the recipe's agp needs a fine-tune
+        JobSpec.model_validate({"recipe": "high_sparsity", "finetune": {"epochs": 0}})
+    assert info.value.errors()[0]["loc"] == ("finetune", "epochs")
