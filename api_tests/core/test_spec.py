@@ -26,6 +26,8 @@ def test_a_named_recipe_fills_in_what_the_spec_leaves_out() -> None:
     assert ft.augment == AugmentSpec(shift=2) and ft.distill is None
     assert spec.search is None and spec.quantize is None  # other blocks untouched
     assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec  # stored and re-read
+    as_submitted = '{"recipe": "high_sparsity", "pruning": {"amount": 0.95}}'
+    assert JobSpec.model_validate_json(as_submitted) == spec  # the service parses JSON
     assert JobSpec(architecture="mnist_mlp").recipe is None  # no recipe: the reference one
 
 
