@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from benchmarks.engine_finetune import machine
+from core.jobs.formats import ModelFormat
 from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
 from core.settings import get_settings
 from worker.engine import data, registry, training
@@ -83,16 +84,90 @@ def lenet5_flops(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+LENET300_ROW = "lenet_300_100: compressed download <= 30 KB at <= 0.3 point drop (validation)"
+LENET300_BOUND = 30_000
+
+
+def lenet300_bytes(args: argparse.Namespace, folder: Path, seed: int) -> dict[str, Any]:
+    """One fresh dense LeNet-300-100 (``seed``), then one job with a compressed bytes target:
+    unstructured sparsity x k-means bits, the chosen one pruned by AGP with distillation."""
+    torch.manual_seed(seed)
+    model = registry.build("lenet_300_100")
+    started = time.perf_counter()
+    train = data.load_split(get_settings().mnist_root, True, CPU, InputSpec())
+    training.finetune(model, train, FinetuneSpec(epochs=args.lenet300_dense_epochs,
+                                                 batch_size=128, lr_schedule="cosine"),
+                      training.MaskHold([], []), seed=seed)
+    dense_s = time.perf_counter() - started
+    path = folder / f"lenet300_{seed}.pt"
+    torch.save(model.state_dict(), path)
+    spec = JobSpec.model_validate({
+        "architecture": "lenet_300_100", "device": "cpu", "seed": seed,
+        "pruning": {"schedule": {"kind": "agp", "end": 0.5}},
+        "finetune": {"epochs": args.lenet300_epochs, "batch_size": 128, "lr": 1e-3,
+                     "lr_schedule": "cosine", "distill": {}},
+        "quantize": {"epochs": 2},
+        "search": {"max_trials": args.lenet300_trials},
+        "target": {"bytes": {"max": LENET300_BOUND, "format": "compressed"},
+                   "max_accuracy_drop": 0.003, "trial_images": args.trial_images}})
+    started = time.perf_counter()
+    try:
+        result = run_job(path, spec, folder / f"out{seed}", settings=get_settings())
+    except EngineError as exc:  # target_unreachable: the row says so, with the frontier
+        return {"row": LENET300_ROW, "seed": seed, "met": False, "error": exc.message,
+                "frontier": exc.report, "dense_training_s": round(dense_s, 1),
+                "job_wall_s": round(time.perf_counter() - started, 1)}
+    wall = time.perf_counter() - started
+    report = result.report
+    target, validation = report.target, report.accuracy.validation
+    assert target is not None and target.chosen is not None and validation is not None
+    download = result.outputs[ModelFormat.COMPRESSED].stat().st_size
+    drop = validation.before.accuracy - validation.after_finetune.accuracy
+    chosen = target.trials[target.chosen]
+    return {
+        "row": LENET300_ROW, "seed": seed,
+        "dense_training_s": round(dense_s, 1), "job_wall_s": round(wall, 1),
+        "trials": len(target.trials), "spec": spec.model_dump(mode="json"),
+        "chosen": {"sparsity": chosen.sparsity, "bits": chosen.bits},
+        "compressed_bytes": download, "report_final_value": target.final_value,
+        "validation_before": validation.before.accuracy,
+        "validation_after": validation.after_finetune.accuracy, "validation_drop": drop,
+        "test_before": report.accuracy.before.accuracy,
+        "test_after": report.accuracy.after_finetune.accuracy,
+        "test_before_quantization": report.accuracy.before_quantization
+        and report.accuracy.before_quantization.accuracy,
+        "met": download <= LENET300_BOUND and drop <= 0.003,
+        "timings_s": report.timings_s, "target": target.model_dump(mode="json"),
+        "data": report.data and report.data.model_dump(mode="json"),
+        "warnings": report.warnings,
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--rows", default="lenet5", help="comma-separated: lenet5, lenet300")
     parser.add_argument("--dense-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--trial-images", type=int, default=12000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22],
+                        help="lenet300: one fresh dense model and one job per seed")
+    parser.add_argument("--lenet300-dense-epochs", type=int, default=10)
+    parser.add_argument("--lenet300-epochs", type=int, default=10)
+    parser.add_argument("--lenet300-trials", type=int, default=8)
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    wanted = args.rows.split(",")
+    rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        rows = [lenet5_flops(args, Path(scratch))]
+        if "lenet5" in wanted:
+            rows.append(lenet5_flops(args, Path(scratch)))
+        if "lenet300" in wanted:
+            for seed in args.seeds:
+                rows.append(lenet300_bytes(args, Path(scratch), seed))
+                print(json.dumps({k: v for k, v in rows[-1].items()
+                                  if k not in ("target", "frontier", "spec")}), flush=True)
     result = {"machine": {**machine(CPU), "load_average": list(os.getloadavg())},
               "rows": rows}
     text = json.dumps(result, indent=2)
