@@ -9,8 +9,17 @@ drop, judged on validation (the even-indexed half of the MNIST test split); the 
 (odd half) is reported beside it. The uniform allocation at the same bound is one of the
 trials (the reference: same short fine-tune). Wall time and trial count per row.
 
+``--rows lenet300``: per seed (``--seeds``, default the fresh 20 21 22) a dense LeNet-300-100
+trained here, then one job with ``{"bytes": {"max": 30000, "format": "compressed"},
+"max_accuracy_drop": 0.003}``: unstructured sparsity x k-means bits (``target_bits``), 8
+trials (``search.max_trials``), the chosen one pruned by AGP over a 10-epoch distilled
+fine-tune, then 2 epochs of centroid fine-tuning. Each row: the download's bytes (the file
+itself) and the drop on validation (even test half) and test (odd half).
+
     PRUNER_MNIST_ROOT=../shared/datasets .venv/bin/python -m benchmarks.targets \
         [--out benchmarks/results/targets_cpu.json]
+    PRUNER_MNIST_ROOT=../shared/datasets .venv/bin/python -m benchmarks.targets \
+        --rows lenet300 --out benchmarks/results/targets_lenet300_cpu.json
 """
 
 from __future__ import annotations
