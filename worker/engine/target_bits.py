@@ -10,11 +10,11 @@ sharing, entropy-coded. So a bytes target on ``compressed`` searches those two k
    step prunes the dense weights, fits the codebooks without fine-tuning and encodes the file
    with the download's own encoder (``compressed.encode``), so every size is counted, never
    estimated. The margin leaves room for what fine-tuning does to the codes' entropy.
-2. **Trials** (at most ``JobSpec.target_trials``): each bits at its sparsity; then each bits
-   again, **re-aimed**: its first trial's short fine-tune moved the file's size (the codes'
-   entropy changes with the weights), so the bisection runs again for the aim divided by that
-   drift (measured / predicted bytes), which may land sparser or looser. Each trial is
-   pruned from the dense weights, fine-tuned
+2. **Trials** (at most ``JobSpec.target_trials``). A short fine-tune moves the file's size
+   (the codes' entropy changes with the weights): the *drift*, measured / predicted bytes.
+   Each bits is tried at the sparsity bisected for the aim divided by the largest drift of
+   the trials before it; then each bits again, **re-aimed** by its own trial's drift, which
+   may land sparser or looser. Each trial is pruned from the dense weights, fine-tuned
    briefly with the masks held (one pass over ``target.trial_images``), quantised with one
    pass of centroid fine-tuning over the same images, encoded and decoded (the model scored
    is the decoded one); its bytes are the encoded file's, its validation accuracy decides.
@@ -134,23 +134,31 @@ class BitsExplorer:
         return _sparsity(kept_ok)
 
     def run(self) -> list[TargetTrial]:
-        """The trials, at most ``target_trials``: each bits at the sparsity aimed at the
-        bound less ``MARGIN``; then each again, re-aimed by what its short fine-tune did to
-        the file (the aim divided by measured / predicted bytes), where that moves it."""
+        """The trials, at most ``target_trials``: each bits at the sparsity aimed at the bound
+        less ``MARGIN``, divided by the largest drift seen so far (measured / predicted bytes
+        of the trials before it: what a short fine-tune does to the file); then each bits
+        again, re-aimed by its own trial's drift, where that moves it."""
         assert self.spec.target is not None
         limit, aim = self.spec.target_trials, self.bound * (1 - MARGIN)
         trials: list[TargetTrial] = []
+        drift = 1.0
         for bits in self.spec.target.quantize_bits[:limit]:
-            trials.append(self.trial(len(trials) + 1, self.lowest_sparsity(bits, aim), bits))
+            sparsity = self.lowest_sparsity(bits, aim / drift)
+            trials.append(self.trial(len(trials) + 1, sparsity, bits))
+            drift = max(drift, self.drift(trials[-1]))
         for first in list(trials):
             if len(trials) >= limit:
                 break
-            assert first.sparsity is not None and first.bits is not None
-            drift = first.constraint_value / self.size(first.sparsity, first.bits)
-            again = self.lowest_sparsity(first.bits, aim / drift)
+            assert first.bits is not None
+            again = self.lowest_sparsity(first.bits, aim / self.drift(first))
             if all((t.sparsity, t.bits) != (again, first.bits) for t in trials):
                 trials.append(self.trial(len(trials) + 1, again, first.bits, REAIMED))
         return trials
+
+    def drift(self, trial: TargetTrial) -> float:
+        """The trial's file against the same candidate's before any fine-tuning."""
+        assert trial.sparsity is not None and trial.bits is not None
+        return trial.constraint_value / self.size(trial.sparsity, trial.bits)
 
     def trial(self, index: int, sparsity: float, bits: int, strategy: str = STRATEGY
               ) -> TargetTrial:

@@ -16,7 +16,8 @@ from core.jobs.formats import ModelFormat
 from core.jobs.report import TargetTrial
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import compressed, pipeline, pruning, quantize, saving, target_bits
+from worker.engine import compressed, data, pipeline, pruning, quantize, saving, target_bits
+from worker.engine.data import Split
 from worker.engine.errors import EngineError
 
 
@@ -142,3 +143,29 @@ def test_an_unreachable_compressed_target_fails_with_its_frontier(
     assert all(not t["meets_constraint"] and t["constraint_value"] > 400 for t in trials)
     assert frontier["target"]["chosen"] is None
     assert not (tmp_path / "out" / ModelFormat.COMPRESSED.file_name).exists()
+
+
+def test_no_decision_of_a_compressed_target_reads_the_test_split(
+    tmp_path: Path, engine_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same job with the reported half's labels scrambled decides exactly the same."""
+    spec, upload = _spec(bound=9000, drop=0.9, trials=2), _upload(tmp_path)
+    first = pipeline.run_job(upload, spec, tmp_path / "a", settings=engine_settings).report
+    halves = data.test_halves
+
+    def scrambled(test: Split) -> tuple[Split, Split]:
+        validation, reported = halves(test)
+        return validation, Split(reported.images, (reported.labels + 1) % 10)
+
+    monkeypatch.setattr(data, "test_halves", scrambled)
+    second = pipeline.run_job(upload, spec, tmp_path / "b", settings=engine_settings).report
+    a, b = first.target, second.target
+    assert a is not None and b is not None
+
+    def decided(trials: list[TargetTrial]) -> list[tuple[object, ...]]:
+        return [(t.sparsity, t.bits, t.val_accuracy, t.constraint_value) for t in trials]
+
+    assert decided(a.trials) == decided(b.trials)
+    assert (a.chosen, a.final_sparsity, a.final_value) == (b.chosen, b.final_sparsity,
+                                                           b.final_value)
+    assert [t.test_accuracy for t in a.trials] != [t.test_accuracy for t in b.trials]
