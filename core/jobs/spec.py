@@ -247,8 +247,9 @@ class JobSpec(SpecModel):
 
     def _check_target_search(self) -> None:
         assert self.search is not None and self.target is not None
+        # by value, not by the fields given: a stored spec comes back with every default
         for name in ("max_accuracy_drop", "per_layer"):
-            if name in self.search.model_fields_set:
+            if getattr(self.search, name) != SearchSpec.model_fields[name].default:
                 raise field_error(("search", name), "beside a target, search only bounds the "
                                   "trials (max_trials); the drop is target.max_accuracy_drop")
         if self.target.max_trials is not None:
@@ -270,10 +271,12 @@ class JobSpec(SpecModel):
         if self.quantize.method != "kmeans":
             raise field_error(("quantize", "method"), "a compressed bytes target chooses "
                               "k-means bits: leave method kmeans")
+        default = QuantizeSpec()
         for name in ("bits", "layer_bits", "overrides"):
-            if name in self.quantize.model_fields_set:
+            if getattr(self.quantize, name) != getattr(default, name):
                 raise field_error(("quantize", name), "a compressed bytes target chooses "
-                                  "the bits (target.quantize_bits lists the candidates)")
+                                  "the bits (target.quantize_bits lists the candidates): "
+                                  "leave it at its default")
 
 
 REFERENCE_RECIPE = JobSpec(

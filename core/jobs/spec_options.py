@@ -145,6 +145,7 @@ class BytesConstraint(Constraint):
 
 TARGET_CONSTRAINTS = ("latency_ms", "flops", "parameters", "bytes")
 DEFAULT_TARGET_TRIALS = 4
+DEFAULT_QUANTIZE_BITS = (8, 6, 5, 4)
 MAX_TARGET_TRIALS = 20
 
 
@@ -166,9 +167,9 @@ class TargetSpec(SpecModel):
         "`search.max_trials` (give `search: {\"max_trials\": n}` beside a target), still "
         "accepted; not both.")
     quantize_bits: list[int] = Field(
-        default_factory=lambda: [8, 6, 5, 4], min_length=1, max_length=8, description="A "
-        "`compressed` bytes target only: the k-means bits tried, each at the lowest unstructured "
-        "sparsity whose quantised file meets the bound.")
+        default_factory=lambda: list(DEFAULT_QUANTIZE_BITS), min_length=1, max_length=8,
+        description="A `compressed` bytes target only: the k-means bits tried, each at the "
+        "lowest unstructured sparsity whose quantised file meets the bound.")
     trial_images: int = Field(default=6000, ge=0, le=60_000, description="Each candidate's "
                               "short fine-tune: one pass over this many train images; 0: "
                               "none (the chosen one gets `finetune.epochs`).")
@@ -179,7 +180,8 @@ class TargetSpec(SpecModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one constraint of {', '.join(TARGET_CONSTRAINTS)}"
                              f" (got {', '.join(given) or 'none'})")
-        if "quantize_bits" in self.model_fields_set and not self.quantized:
+        # by value, not by the fields given: a stored spec comes back with every default
+        if self.quantize_bits != list(DEFAULT_QUANTIZE_BITS) and not self.quantized:
             raise ValueError("quantize_bits are tried by a bytes target on the compressed "
                              "format only")
         return self
