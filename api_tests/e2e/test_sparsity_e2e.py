@@ -104,3 +104,29 @@ def test_target_job_and_unreachable_target(stack: Stack, trained_mlp: TrainedMLP
     frontier = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
     assert len(frontier["target"]["trials"]) == 2 and frontier["target"]["chosen"] is None
     assert stack.client.get(f"/v1/jobs/{job['id']}/model").status_code == 409
+
+
+def test_compressed_target_job_serves_a_download_of_the_reported_size(
+        stack: Stack, trained_mlp: TrainedMLP) -> None:
+    """A bytes target on the compressed format over HTTP: sparsity x bits chosen, and the
+    file ``?format=compressed`` serves weighs what report.target says, under the bound."""
+    from client.decode import decode_bytes
+
+    spec: dict[str, Any] = {
+        "finetune": {"epochs": 0}, "quantize": {"epochs": 0}, "search": {"max_trials": 2},
+        "target": {"bytes": {"max_ratio": 0.1, "format": "compressed"},
+                   "max_accuracy_drop": 0.5, "trial_images": 0, "quantize_bits": [5]}}
+    response = submit(stack.client, trained_mlp.torchscript, spec)
+    assert response.status_code == 202, response.text
+    job = wait_for(stack.client, response.json()["id"])
+    assert job["status"] == "succeeded", (job.get("error"), stack.logs())
+    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    target = report["target"]
+    assert target["candidates"] == "sparsity_bits" and target["chosen"] is not None
+    assert [t["bits"] for t in target["trials"]][0] == 5
+    body = stack.client.get(f"/v1/jobs/{job['id']}/model?format=compressed").content
+    assert len(body) == target["final_value"] == report["compressed"]["bytes"] \
+        <= target["bound"]
+    stored = sum(int((v != 0).sum()) for k, v in decode_bytes(body).items()
+                 if k in TARGETS)
+    assert stored == TARGETED_ELEMENTS - sum(t["zeros"] for t in report["tensors"])
