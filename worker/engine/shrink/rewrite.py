@@ -19,6 +19,7 @@ from torch import nn
 from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
 from worker.engine.script_copy import reloaded
+from worker.engine.shrink.graph import constant
 from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
 from worker.engine.shrink.state import Slice
@@ -98,7 +99,8 @@ def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not 
     for node in [n for kind in sorted(CONV) for n in graph.findAllNodes(kind, True)]:
         ins = list(node.inputs())
         at = 8 if node.kind() == "aten::_convolution" else 6
-        groups = conv_groups(node, ins)
+        values = [constant(v) for v in ins]
+        groups = conv_groups(node.kind(), values.__getitem__)
         if groups is None or groups <= 1:  # computed already, transposed, or plain
             continue
         with graph.insert_point_guard(node):
