@@ -19,6 +19,7 @@ from torch import nn
 from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
 from worker.engine.script_copy import reloaded
+from worker.engine.shrink.fx_graph import Const, arguments, aten_op
 from worker.engine.shrink.graph import constant
 from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
@@ -110,8 +111,9 @@ def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not 
         node.replaceInput(at, count)
 
 
-def swap_into_script(module: torch.jit.ScriptModule, new: dict[str, torch.Tensor]) -> None:
-    """Replace parameters and buffers of a TorchScript module by name, in place."""
+def swap_tensors(module: nn.Module, new: dict[str, torch.Tensor]) -> None:
+    """Replace parameters and buffers of a TorchScript module or an exported program's module
+    by name, in place."""
     parameters = dict(module.named_parameters())
     for name, tensor in new.items():
         *path, attr = name.split(".")
@@ -123,6 +125,31 @@ def swap_into_script(module: torch.jit.ScriptModule, new: dict[str, torch.Tensor
         else:
             value = tensor
         setattr(owner, attr, value)
+
+
+def regroup_exported(module: torch.fx.GraphModule, before: dict[str, list[int]]) -> None:
+    """An exported program's grouped convs that lost whole groups: their ``groups`` argument
+    scaled with their filters (a group keeps its width), in place. ``before``: the tensors'
+    shapes before slicing."""
+    for node in module.graph.nodes:
+        op = aten_op(node)
+        kind = "" if op is None else str(op._schema.name)
+        if op is None or kind not in CONV:
+            continue
+        args = arguments(node, op)
+        values = [a.value if isinstance(a, Const) else None for a in args]
+        groups = conv_groups(kind, values.__getitem__)
+        weight = args[1]
+        if groups is None or groups <= 1 or not isinstance(weight, torch.fx.Node):
+            continue
+        out = int(module.get_parameter(str(weight.target)).shape[0])
+        new = groups * out // before[str(weight.target)][0]
+        at = 8 if kind == "aten::_convolution" else 6
+        if len(node.args) > at:
+            node.update_arg(at, new)
+        else:
+            node.update_kwarg("groups", new)
+    module.recompile()
 
 
 def rebuild_registry(

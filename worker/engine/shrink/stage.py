@@ -15,14 +15,16 @@ from core.jobs.spec import PruningSpec
 from worker.engine import pruning
 from worker.engine.errors import EngineError
 from worker.engine.methods import PruningError
+from worker.engine.shrink import fx_graph
 from worker.engine.shrink.graph import ChannelGraph, analyse
 from worker.engine.shrink.plan import GroupPlan, UnsupportedModel, plan_groups
 from worker.engine.shrink.rewrite import (
     generic_groups,
     rebuild_registry,
     registry_widths,
+    regroup_exported,
     sliced_tensors,
-    swap_into_script,
+    swap_tensors,
     zero_removed,
 )
 
@@ -51,10 +53,17 @@ class Prepared:
         before = dict(self.model.state_dict())
         new = sliced_tensors(before, self.plans)
         after = {**before, **new}
-        if isinstance(self.model, torch.jit.ScriptModule):
-            swap_into_script(self.model, new)
-            model: nn.Module = (generic_groups(self.model) if self.graph.grouped
-                                else self.model)
+        if isinstance(self.model, torch.fx.GraphModule):  # an exported program's module
+            swap_tensors(self.model, new)
+            if self.graph.grouped:
+                regroup_exported(self.model, self.graph.tensor_shapes)
+            model: nn.Module = self.model
+            producers = {p for g in self.graph.groups for p in g.producers}
+            widths = {name: int(after[f"{name}.weight"].shape[0])
+                      for name, _ in model.named_modules() if name in producers}
+        elif isinstance(self.model, torch.jit.ScriptModule):
+            swap_tensors(self.model, new)
+            model = (generic_groups(self.model) if self.graph.grouped else self.model)
             producers = {p for g in self.graph.groups for p in g.producers}
             widths = {name: int(after[f"{name}.weight"].shape[0])
                       for name, _ in model.named_modules() if name in producers}
@@ -97,15 +106,7 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
             seed: int) -> Prepared:
     """Analyse and plan; raises EngineError (unsupported_model, invalid_spec,
     no_prunable_tensors) before anything is changed."""
-    if isinstance(model, torch.fx.GraphModule):
-        raise EngineError(
-            JobErrorCode.UNSUPPORTED_MODEL,
-            "shrink (physical channel removal) is not available for .pt2 uploads yet; prune "
-            "without shrink, or send the model as TorchScript or as a state_dict with its "
-            "architecture",
-        )
-    script = model if isinstance(model, torch.jit.ScriptModule) else _script(model)
-    graph = analyse(script)
+    graph = channel_graph(model)
     targeted = {t.name for t in pruning.find_targets(model, spec)}
     generator = torch.Generator().manual_seed(seed)
     try:
@@ -122,6 +123,14 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
             "Conv/Linear layers (pruning.include)",
         )
     return Prepared(model, spec, architecture, graph, plans)
+
+
+def channel_graph(model: nn.Module) -> ChannelGraph:
+    """The channel analysis of any module a job holds: an exported program's module through
+    its FX graph, a TorchScript module through its graph, a registry module scripted."""
+    if isinstance(model, torch.fx.GraphModule):
+        return fx_graph.analyse(model)
+    return analyse(model if isinstance(model, torch.jit.ScriptModule) else _script(model))
 
 
 def _script(model: nn.Module) -> torch.jit.ScriptModule:
