@@ -53,17 +53,8 @@ class Prepared:
         before = dict(self.model.state_dict())
         new = sliced_tensors(before, self.plans)
         after = {**before, **new}
-        if isinstance(self.model, torch.fx.GraphModule):  # an exported program's module
-            swap_tensors(self.model, new)
-            if self.graph.grouped:
-                regroup_exported(self.model, self.graph.tensor_shapes)
-            model: nn.Module = self.model
-            producers = {p for g in self.graph.groups for p in g.producers}
-            widths = {name: int(after[f"{name}.weight"].shape[0])
-                      for name, _ in model.named_modules() if name in producers}
-        elif isinstance(self.model, torch.jit.ScriptModule):
-            swap_tensors(self.model, new)
-            model = (generic_groups(self.model) if self.graph.grouped else self.model)
+        if isinstance(self.model, torch.fx.GraphModule | torch.jit.ScriptModule):
+            model = self._swapped(new)  # an upload keeps its code, with smaller tensors
             producers = {p for g in self.graph.groups for p in g.producers}
             widths = {name: int(after[f"{name}.weight"].shape[0])
                       for name, _ in model.named_modules() if name in producers}
@@ -74,6 +65,18 @@ class Prepared:
         for row in rows:
             row.shape_before, row.shape_after = row.shape, list(after[row.name].shape)
         return Shrunk(model, rows, self._report(before, after, widths, model))
+
+    def _swapped(self, new: dict[str, torch.Tensor]) -> nn.Module:
+        """An upload with the sliced tensors swapped in; a grouped conv's ``groups`` made to
+        follow its tensors (TorchScript: computed in the code; .pt2: the argument scaled)."""
+        swap_tensors(self.model, new)
+        if not self.graph.grouped:
+            return self.model
+        if isinstance(self.model, torch.jit.ScriptModule):
+            return generic_groups(self.model)
+        assert isinstance(self.model, torch.fx.GraphModule)
+        regroup_exported(self.model, self.graph.tensor_shapes)
+        return self.model
 
     def _report(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
                 widths: dict[str, int], model: nn.Module) -> ShrinkReport:
