@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import worker.engine.shrink.fx_graph as fx_graph
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import ShapeChange, ShrinkGroup, ShrinkReport, TensorReport
 from core.jobs.spec import PruningSpec
 from worker.engine import pruning
 from worker.engine.errors import EngineError
 from worker.engine.methods import PruningError
-from worker.engine.shrink import fx_graph
 from worker.engine.shrink.graph import ChannelGraph, analyse
 from worker.engine.shrink.plan import GroupPlan, UnsupportedModel, plan_groups
 from worker.engine.shrink.rewrite import (
