@@ -20,10 +20,10 @@ from api_tests.security.hostile_pt2 import export_file
 from api_tests.worker.engine.shrink import models
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
-from core.jobs.spec import PruningSpec
+from core.jobs.spec import JobSpec, PruningSpec
 from core.settings import Settings
 from core.uploads import check_upload
-from worker.engine import exported, registry
+from worker.engine import exported, registry, targets
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Shrunk, prepare
 from worker.engine.shrink.rewrite import zero_removed
@@ -137,3 +137,22 @@ def test_refuses_what_torchscript_refuses(
     assert says in error.message
     assert "shrink/models.py:" in error.message  # the model's line, not torch's
     assert "torch/nn/modules" not in error.message
+
+
+def test_a_target_builds_its_candidates_from_an_exported_program(
+    tmp_path: Path, engine_settings: Settings
+) -> None:
+    """``target`` narrows the groups of the same analysis: each candidate is a shrunk copy,
+    the dense program untouched."""
+    program = _program(models.randomize_batchnorm(models.ResidualNet()), tmp_path,
+                       engine_settings)
+    dense = {k: v.clone() for k, v in program.state_dict().items()}
+    spec = JobSpec.model_validate({"target": {"parameters": {"max_ratio": 0.5}}})
+    builder = targets.Builder(targets.prepare_groups(program, spec), seed=0)
+    assert [p.name for p in builder.groups] == [
+        "stem+block1.conv2+block2.conv2", "block1.conv1", "block2.conv1"]
+    candidate = builder.build({p.name: 4 for p in builder.groups})
+    assert candidate.report.widths["stem"] == 4 and candidate.report.parameters_after == 2642
+    assert all(torch.equal(dense[k], v) for k, v in program.state_dict().items())
+    with torch.no_grad():
+        assert candidate.model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
