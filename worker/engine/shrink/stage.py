@@ -119,6 +119,15 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
     except PruningError as exc:
         raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
     if not any(p.pruned for p in plans):
+        refused = [r for r in graph.refusals
+                   if f"{r.removeprefix('layer ').split(':')[0]}.weight" in targeted]
+        if refused:  # the layers asked for open no group: say which op stopped each
+            raise EngineError(
+                JobErrorCode.UNSUPPORTED_MODEL,
+                "shrink cannot follow the channels of the targeted layers: "
+                + "; ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
+                + ". Exclude these layers (pruning.exclude) or rewrite that code",
+            )
         kept = "; ".join(f"{p.name}: {p.reason}" for p in plans)
         raise EngineError(
             JobErrorCode.NO_PRUNABLE_TENSORS,
