@@ -19,11 +19,11 @@ from torch import nn
 from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
 from worker.engine.script_copy import reloaded
-from worker.engine.shrink.fx_graph import Const, arguments, aten_op
+from worker.engine.shrink.fx_graph import Const, arguments, aten_op, op_name
 from worker.engine.shrink.graph import constant
 from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
-from worker.engine.shrink.state import Slice
+from worker.engine.shrink.state import ChannelGraph, Slice
 
 
 def _indices(channels: torch.Tensor, piece: Slice) -> torch.Tensor:
@@ -127,23 +127,26 @@ def swap_tensors(module: nn.Module, new: dict[str, torch.Tensor]) -> None:
         setattr(owner, attr, value)
 
 
-def regroup_exported(module: torch.fx.GraphModule, before: dict[str, list[int]]) -> None:
-    """An exported program's grouped convs that lost whole groups: their ``groups`` argument
-    scaled with their filters (a group keeps its width), in place. ``before``: the tensors'
-    shapes before slicing."""
+def follow_shapes(module: torch.fx.GraphModule, graph: ChannelGraph) -> None:
+    """An exported program's constants that held the old widths, in place: a grouped conv's
+    ``groups`` scaled with its filters (a group keeps its width), and flatten's fixed size in
+    a core-ATen ``view`` made -1."""
+    free = set(graph.free_sizes)
     for node in module.graph.nodes:
+        if node.name in free:
+            node.update_arg(1, [node.args[1][0], -1])
+        kind = op_name(node)
         op = aten_op(node)
-        kind = "" if op is None else str(op._schema.name)
         if op is None or kind not in CONV:
             continue
         args = arguments(node, op)
         values = [a.value if isinstance(a, Const) else None for a in args]
-        groups = conv_groups(kind, values.__getitem__)
+        groups = conv_groups(str(kind), values.__getitem__)
         weight = args[1]
         if groups is None or groups <= 1 or not isinstance(weight, torch.fx.Node):
             continue
         out = int(module.get_parameter(str(weight.target)).shape[0])
-        new = groups * out // before[str(weight.target)][0]
+        new = groups * out // graph.tensor_shapes[str(weight.target)][0]
         at = 8 if kind == "aten::_convolution" else 6
         if len(node.args) > at:
             node.update_arg(at, new)

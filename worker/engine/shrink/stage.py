@@ -19,10 +19,10 @@ from worker.engine.methods import PruningError
 from worker.engine.shrink.graph import ChannelGraph, analyse
 from worker.engine.shrink.plan import GroupPlan, UnsupportedModel, plan_groups
 from worker.engine.shrink.rewrite import (
+    follow_shapes,
     generic_groups,
     rebuild_registry,
     registry_widths,
-    regroup_exported,
     sliced_tensors,
     swap_tensors,
     zero_removed,
@@ -68,14 +68,14 @@ class Prepared:
 
     def _swapped(self, new: dict[str, torch.Tensor]) -> nn.Module:
         """An upload with the sliced tensors swapped in; a grouped conv's ``groups`` made to
-        follow its tensors (TorchScript: computed in the code; .pt2: the argument scaled)."""
+        follow its tensors (TorchScript: computed in the code; .pt2: the argument scaled, and
+        a core-ATen flatten's size made -1)."""
         swap_tensors(self.model, new)
-        if not self.graph.grouped:
+        if isinstance(self.model, torch.fx.GraphModule):
+            follow_shapes(self.model, self.graph)
             return self.model
-        if isinstance(self.model, torch.jit.ScriptModule):
+        if isinstance(self.model, torch.jit.ScriptModule) and self.graph.grouped:
             return generic_groups(self.model)
-        assert isinstance(self.model, torch.fx.GraphModule)
-        regroup_exported(self.model, self.graph.tensor_shapes)
         return self.model
 
     def _report(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],

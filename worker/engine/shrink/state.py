@@ -55,6 +55,7 @@ class ChannelGraph:
     # Conv/Linear layers no group holds, each with the op and source line that stopped it
     refusals: list[str] = field(default_factory=list)
     grouped: bool = False  # a grouped/depthwise conv follows its channels: see rewrite.py
+    free_sizes: list[str] = field(default_factory=list)  # FX views made -1: see fx_graph.py
 
 
 class AnalysisBase(Generic[N, V]):

@@ -50,9 +50,18 @@ MODELS = {
 }
 
 
-def _program(module: nn.Module, tmp_path: Path, settings: Settings) -> torch.fx.GraphModule:
-    """The module as a job holds a .pt2 upload: exported, saved, checked and loaded."""
-    path = export_file(module.eval(), tmp_path / "in.pt2")
+def _program(module: nn.Module, tmp_path: Path, settings: Settings, core: bool = False
+             ) -> torch.fx.GraphModule:
+    """The module as a job holds a .pt2 upload: exported (``core``: decomposed to core
+    ATen), saved, checked and loaded."""
+    if core:
+        program = torch.export.export(module.eval(), (torch.zeros(2, 1, 28, 28),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program.run_decompositions(), str(tmp_path / "in.pt2"))
+        path = tmp_path / "in.pt2"
+    else:
+        path = export_file(module.eval(), tmp_path / "in.pt2")
+    assert check_upload(path, settings) is ModelFormat.PT2
     return exported.load_exported(path, settings).eval()
 
 
@@ -63,13 +72,16 @@ def _shrink(program: torch.fx.GraphModule) -> tuple[Shrunk, nn.Module]:
     return prepared.apply(), masked
 
 
+@pytest.mark.parametrize("core", [False, True], ids=["aten", "core_aten"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_an_exported_program_shrinks_exactly_like_torchscript(
-    name: str, tmp_path: Path, engine_settings: Settings
+    name: str, core: bool, tmp_path: Path, engine_settings: Settings
 ) -> None:
+    """As exported, and decomposed to core ATen (``run_decompositions``: convolution,
+    _native_batch_norm_legit_no_training, addmm, flatten as a fixed-size view)."""
     torch.manual_seed(0)
     module = models.randomize_batchnorm(MODELS[name]())
-    program = _program(copy.deepcopy(module), tmp_path, engine_settings)
+    program = _program(copy.deepcopy(module), tmp_path, engine_settings, core)
     shrunk, masked = _shrink(program)
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
