@@ -168,3 +168,21 @@ def test_a_target_builds_its_candidates_from_an_exported_program(
     assert all(torch.equal(dense[k], v) for k, v in program.state_dict().items())
     with torch.no_grad():
         assert candidate.model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_only_refused_layers_targeted_names_their_ops(
+    tmp_path: Path, engine_settings: Settings
+) -> None:
+    """A transposed conv opens no group: asking for it alone fails unsupported_model with
+    its op and line, as for TorchScript, not 'nothing to prune'."""
+    spec = HALF.model_copy(update={"include": ["up.weight"]})
+    for model in (_program(models.Transposed(), tmp_path, engine_settings),
+                  torch.jit.script(models.Transposed())):
+        with pytest.raises(EngineError) as caught:
+            prepare(model, spec, None, seed=0)
+        assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+        assert caught.value.message.startswith(
+            "shrink cannot follow the channels of the targeted layers: layer up: "
+            "aten::conv_transpose2d transposed: its output channels are weight dim 1 at ")
+        if isinstance(model, torch.fx.GraphModule):  # scripted: the line in torch's conv.py
+            assert "shrink/models.py:" in caught.value.message
