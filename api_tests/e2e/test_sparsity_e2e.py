@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from api_tests.e2e.test_jobs_e2e import TARGETED_ELEMENTS, TARGETS, _download, _load
 from api_tests.models import accuracy
+from api_tests.support.downloads import MLP_TARGETED_ELEMENTS, MLP_TARGETS, download, load_model
 from api_tests.support.stacks import TrainedMLP, submit, wait_for
 from stack.local import Stack
 
@@ -21,15 +21,15 @@ def _run(stack: Stack, trained_mlp: TrainedMLP, spec: dict[str, Any]) -> tuple[A
     job = wait_for(stack.client, response.json()["id"])
     assert job["status"] == "succeeded", (job.get("error"), job, stack.logs())
     report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
-    return _load(_download(stack, job), "torchscript"), report
+    return load_model(download(stack, job), "torchscript"), report
 
 
 def _check(model: Any, report: dict[str, Any], amount: float, test: tuple[Any, Any]) -> None:
     """``test``: the images the report's test figures come from (``report.data.test``)."""
     params = dict(model.named_parameters())
-    counted = {name: int((params[name] == 0).sum()) for name in TARGETS}
+    counted = {name: int((params[name] == 0).sum()) for name in MLP_TARGETS}
     assert counted == {t["name"]: t["zeros"] for t in report["tensors"]}
-    assert sum(counted.values()) == round(amount * TARGETED_ELEMENTS)
+    assert sum(counted.values()) == round(amount * MLP_TARGETED_ELEMENTS)
     stated = report["accuracy"]["after_finetune"]
     assert stated["split"] == "test"
     assert abs(accuracy(model, test) - stated["accuracy"]) <= 0.0005

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import glob
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,8 +42,8 @@ from worker.engine import measure, pruning, saving, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Prepared, Shrunk, prepare
-from worker.engine.shrink.graph import analyse
 from worker.engine.shrink.plan import GroupPlan, plan_groups
+from worker.engine.shrink.stage import channel_graph
 
 FRACTIONS = (0.25, 0.5, 0.75)
 MAX_FRACTION = 0.9  # a group keeps at least a tenth of its channels (and at least one)
@@ -284,18 +283,10 @@ def prepare_groups(model: nn.Module, spec: JobSpec) -> Prepared:
     analysis cannot rewrite (it reaches an op such as ``log_softmax``) is left whole rather
     than refused: the target chooses among the groups it can narrow."""
     channels = channel_spec(spec)
-    script = model if isinstance(model, torch.jit.ScriptModule) else _script(model)
-    blocked = [glob.escape(f"{producer}.weight") for group in analyse(script).groups
+    blocked = [glob.escape(f"{producer}.weight") for group in channel_graph(model).groups
                if group.blockers and not group.feeds_output for producer in group.producers]
     channels = channels.model_copy(update={"exclude": [*channels.exclude, *blocked]})
     return prepare(model, channels, spec.architecture, spec.seed)
-
-
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted: torch.jit.ScriptModule = torch.jit.script(model)
-    return scripted
 
 
 def unreachable(target: TargetSpec, trials: list[TargetTrial], name: str, bound: float,
