@@ -128,5 +128,5 @@ def test_compressed_target_job_serves_a_download_of_the_reported_size(
     assert len(body) == target["final_value"] == report["compressed"]["bytes"] \
         <= target["bound"]
     stored = sum(int((v != 0).sum()) for k, v in decode_bytes(body).items()
-                 if k in TARGETS)
-    assert stored == TARGETED_ELEMENTS - sum(t["zeros"] for t in report["tensors"])
+                 if k in MLP_TARGETS)
+    assert stored == MLP_TARGETED_ELEMENTS - sum(t["zeros"] for t in report["tensors"])
