@@ -115,6 +115,18 @@ def test_no_test_module_imports_from_a_conftest() -> None:
     assert offending("api_tests", _is_conftest) == []
 
 
+def _is_test_module(module: str) -> bool:
+    return any(part.startswith("test_") for part in module.split("."))
+
+
+def test_no_test_module_imports_from_another_test_module() -> None:
+    """A test module stands on its own: what two of them share is a helper module
+    (api_tests/support/, or a factories/files module beside the tests), never a test file."""
+    assert _is_test_module("api_tests.e2e.test_jobs_e2e._download")  # the check can see one
+    assert not _is_test_module("api_tests.support.downloads")
+    assert offending("api_tests", _is_test_module) == []
+
+
 def test_benchmarks_and_testkit_import_nothing_from_the_tests() -> None:
     """What benchmarks and tests share lives in testkit/ (or the product)."""
     def from_tests(module: str) -> bool:

@@ -27,7 +27,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -43,15 +43,20 @@ from worker.engine.pipeline import RunResult, run_job
 CPU = torch.device("cpu")
 
 
-def train_dense(model: nn.Module, epochs: int) -> nn.Module:
-    train = data.load_split(get_settings().mnist_root, True, CPU, InputSpec())
-    training.finetune(model, train, FinetuneSpec(epochs=epochs, batch_size=128),
-                      training.MaskHold([], []), seed=0)
+def train_dense(model: nn.Module, epochs: int, *, input_spec: InputSpec | None = None,
+                seed: int = 0, lr_schedule: Literal["constant", "cosine"] = "constant",
+                ) -> nn.Module:
+    """``epochs`` on all 60000 MNIST train images, fed as a job feeds them (``input_spec``:
+    the job's ``input`` block, through the engine's own loader), Adam at 1e-3, batch 128."""
+    train = data.load_split(get_settings().mnist_root, True, CPU, input_spec or InputSpec())
+    training.finetune(model, train, FinetuneSpec(epochs=epochs, batch_size=128,
+                                                 lr_schedule=lr_schedule),
+                      training.MaskHold([], []), seed=seed)
     return model.eval()
 
 
-def test_accuracy(model: nn.Module) -> float:
-    test = data.load_split(get_settings().mnist_root, False, CPU, InputSpec())
+def test_accuracy(model: nn.Module, input_spec: InputSpec | None = None) -> float:
+    test = data.load_split(get_settings().mnist_root, False, CPU, input_spec or InputSpec())
     return training.evaluate(model, test).accuracy
 
 

@@ -72,6 +72,13 @@ def compile_(model: nn.Module, how: str, size: int) -> torch.jit.ScriptModule:
         return traced
 
 
+def conv_weights(model: torch.jit.ScriptModule) -> list[str]:
+    """Every Conv2d weight of a TorchScript model (scripted or traced): all its conv layers,
+    the Linear head left out."""
+    return [f"{n}.weight" for n, m in model.named_modules()
+            if getattr(m, "original_name", "") == "Conv2d"]
+
+
 def reload(model: nn.Module) -> torch.jit.ScriptModule:
     buffer = io.BytesIO()
     torch.jit.save(model, buffer)
@@ -88,8 +95,7 @@ def row(name: str, how: str) -> dict[str, Any]:
     size = SIZE.get(name, 32)
     spec_in = InputSpec(channels=3, size=size)
     dense = compile_(build(name), how, size)
-    convs = [f"{n}.weight" for n, m in dense.named_modules()
-             if getattr(m, "original_name", "") == "Conv2d"]
+    convs = conv_weights(dense)
     spec = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0,
                        shrink=True, include=convs)
     masked = reload(dense)

@@ -133,6 +133,8 @@ class Search(_View):
 class TargetTrial(_View):
     strategy: str = ""
     widths: dict[str, int] = {}
+    sparsity: float | None = None  # a compressed target's candidate: its sparsity and bits
+    bits: int | None = None
     constraint_value: float
     meets_constraint: bool | None = None
     val_accuracy: float

@@ -32,3 +32,12 @@ def test_of_ignores_this_processes_environment(monkeypatch: pytest.MonkeyPatch) 
     assert Settings().queue_name == "from-the-shell"
     built = Settings.of(max_attempts=4)
     assert (built.queue_name, built.max_attempts) == ("prune", 4)
+
+
+def test_torchs_torchscript_escape_hatch_reaches_the_job_process() -> None:
+    """docs/engine.md tells operators to set torch's TorchScript escape hatch in the worker's
+    environment (pytorch#189705: read once when torch is imported, so it must be there when
+    the job process starts); the job process's environment is built here, so it must pass."""
+    name, value = "TORCH_2_14_ONLY_UNSAFE_SILENCE_TORCHSCRIPT_ERROR", "I promise to migrate by 2.15"
+    env = Settings.of().as_env({"PATH": "/bin", name: value})
+    assert env[name] == value

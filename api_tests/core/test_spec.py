@@ -4,6 +4,8 @@ fills in only what the spec leaves out."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -49,3 +51,31 @@ def test_an_unknown_recipe_and_a_bad_combination_are_refused_at_their_fields() -
     with pytest.raises(ValidationError) as info:  # the recipe's agp needs a fine-tune
         JobSpec.model_validate({"recipe": "high_sparsity", "finetune": {"epochs": 0}})
     assert info.value.errors()[0]["loc"] == ("finetune", "epochs")
+
+
+@pytest.mark.parametrize("spec", [
+    {"target": {"flops": {"max_ratio": 0.5}, "max_trials": 2}},
+    {"target": {"bytes": {"max": 30000, "format": "compressed"}, "quantize_bits": [6, 4]},
+     "search": {"max_trials": 8}, "quantize": {"epochs": 2},
+     "pruning": {"schedule": {"kind": "agp"}}, "finetune": {"epochs": 2}},
+], ids=["channels", "compressed"])
+def test_a_stored_target_spec_validates_again(spec: dict[str, Any]) -> None:
+    """The store and the report keep the spec with every default written out: the target's
+    rules judge values, not which fields were given, so it reads back."""
+    parsed = JobSpec.model_validate(spec)
+    assert JobSpec.model_validate(parsed.model_dump(mode="json")) == parsed
+
+
+@pytest.mark.parametrize(("spec", "where"), [
+    ({"target": {"flops": {"max_ratio": 0.5}, "quantize_bits": [4]}}, ("target",)),
+    ({"target": {"bytes": {"max": 30000, "format": "compressed"}}, "quantize": {"bits": 6}},
+     ("quantize", "bits")),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "search": {"max_accuracy_drop": 0.01}},
+     ("search", "max_accuracy_drop")),
+])
+def test_target_rules_refuse_values_that_differ_from_the_defaults(
+    spec: dict[str, Any], where: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate(spec)
+    assert caught.value.errors()[0]["loc"][:len(where)] == where

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from api_tests.e2e.test_jobs_e2e import _check_against_report, _download, _load
 from api_tests.security import hostile as h
 from api_tests.support.chaos import MID, QUICK, job_of, post_job, wait_gone
+from api_tests.support.downloads import check_against_report, download, load_model
 from api_tests.support.problems import assert_problem
 from api_tests.support.stacks import TrainedMLP, submit, wait_for
 from core.storage.postgres import PostgresJobStore
@@ -63,8 +63,8 @@ def test_reference_job_runs_with_nothing_shared(dist: Stack, trained_mlp: Traine
     response = submit(dist.client, trained_mlp.torchscript, spec)
     assert response.status_code == 202, response.text
     job = assert_succeeded_once(dist, response.json()["id"], attempts=1)
-    model = _load(_download(dist, job), "torchscript")
-    _check_against_report(dist, job, model, mnist_test)
+    model = load_model(download(dist, job), "torchscript")
+    check_against_report(dist, job, model, mnist_test)
     hosts = dist.root / "hosts"
     assert sorted(p.name for p in hosts.iterdir()) == ["api", "w1", "w2"]
     assert not (dist.settings.data_dir / "jobs").exists()  # no shared folder was used

@@ -6,64 +6,22 @@ PyTorch that the file holds exactly the zeros and the accuracy the report states
 
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 from typing import Any
 
 import pytest
 
+from api_tests.support.downloads import (
+    MLP_TARGETED_ELEMENTS,
+    check_against_report,
+    download,
+    load_model,
+)
 from api_tests.support.problems import assert_problem
 from api_tests.support.stacks import TrainedMLP, submit, wait_for, wait_running
 from stack.local import Stack
 
 pytestmark = pytest.mark.e2e
-
-TARGETS = ("fc1.weight", "fc2.weight", "fc3.weight")
-TARGETED_ELEMENTS = 784 * 256 + 256 * 128 + 128 * 10
-
-
-def _download(stack: Stack, job: dict[str, Any]) -> bytes:
-    response = stack.client.get(f"/v1/jobs/{job['id']}/model")
-    assert response.status_code == 200, response.text
-    body = response.content
-    sha = hashlib.sha256(body).hexdigest()
-    assert sha == job["model"]["sha256"]
-    assert response.headers["etag"].strip('"') == sha
-    return body
-
-
-def _load(body: bytes, fmt: str) -> Any:
-    import torch
-
-    from api_tests.models import UserMLP
-
-    if fmt == "torchscript":
-        return torch.jit.load(io.BytesIO(body)).eval()
-    model = UserMLP()
-    model.load_state_dict(torch.load(io.BytesIO(body), weights_only=True))
-    return model.eval()
-
-
-def _check_against_report(stack: Stack, job: dict[str, Any], model: Any,
-                          mnist_test: tuple[Any, Any]) -> None:
-    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
-    params = dict(model.named_parameters())
-    by_name = {t["name"]: t for t in report["tensors"]}
-    zeros = 0
-    for name in TARGETS:
-        counted = int((params[name] == 0).sum())
-        assert counted == by_name[name]["zeros"], name
-        zeros += counted
-    # 30% of the targeted weights under one global threshold: exactly round(0.3 * n).
-    assert zeros == round(0.3 * TARGETED_ELEMENTS) == report["targeted"]["zeros"]
-    from api_tests.models import accuracy
-
-    measured = accuracy(model, mnist_test)
-    stated = report["accuracy"]["after_finetune"]["accuracy"]
-    assert abs(measured - stated) * 100 <= 0.05, (measured, stated)
-    assert stated > 0.9
-
 
 @pytest.mark.parametrize("kind", ["torchscript", "state_dict"])
 def test_upload_prune_download_matches_report(stack: Stack, trained_mlp: TrainedMLP,
@@ -82,9 +40,9 @@ def test_upload_prune_download_matches_report(stack: Stack, trained_mlp: Trained
     assert job["status"] == "succeeded", (job, stack.logs())
     assert job["attempts"] == 1
     assert job["model"]["format"] == kind
-    body = _download(stack, job)
-    model = _load(body, kind)
-    _check_against_report(stack, job, model, mnist_test)
+    body = download(stack, job)
+    model = load_model(body, kind)
+    check_against_report(stack, job, model, mnist_test)
     _check_cost_and_compact_download(stack, job, model, len(body))
 
 
@@ -100,7 +58,7 @@ def _check_cost_and_compact_download(stack: Stack, job: dict[str, Any], model: A
     assert after["bytes"][job["model"]["format"]] == size
     assert after["parameters"] == report["all_parameters"]["elements"]
     assert after["nonzero_parameters"] == after["parameters"] - report["all_parameters"]["zeros"]
-    assert report["cost"]["speedup"] is None and after["flops"] == 2 * TARGETED_ELEMENTS
+    assert report["cost"]["speedup"] is None and after["flops"] == 2 * MLP_TARGETED_ELEMENTS
     response = stack.client.get(f"/v1/jobs/{job['id']}/model?format=sparse_safetensors")
     assert response.status_code == 200 and len(response.content) == after["bytes"][
         "sparse_safetensors"]

@@ -1,5 +1,7 @@
 """A shrink job over real HTTP: a scripted residual CNN goes in, a smaller TorchScript archive
-comes out that plain ``torch.jit.load`` runs with the report's shapes and accuracy."""
+comes out that plain ``torch.jit.load`` runs with the report's shapes and accuracy; the same
+CNN sent as a ``.pt2`` comes back as a smaller ``.pt2`` that plain ``torch.export.load`` runs
+and our own door accepts."""
 
 from __future__ import annotations
 
@@ -33,6 +35,25 @@ def test_shrink_job_on_a_torchscript_upload(stack: Stack, tmp_path: Path,
     assert accuracy(model, mnist_test) == pytest.approx(stated, abs=1e-4)
 
 
+def test_shrink_job_on_a_pt2_upload(stack: Stack, tmp_path: Path,
+                                    mnist_test: tuple[Any, Any]) -> None:
+    from api_tests.security.hostile_pt2 import export_file
+    from api_tests.worker.engine.shrink.models import ResidualNet, randomize_batchnorm
+    from core.jobs.formats import ModelFormat
+    from core.uploads import check_upload
+
+    path = export_file(randomize_batchnorm(ResidualNet()), tmp_path / "residual.pt2")
+    spec = {"pruning": {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True},
+            "finetune": {"epochs": 0}}
+    report, model, shapes = shrunk_download(stack, path, spec, "pt2")
+    assert shapes["stem.weight"] == [4, 1, 3, 3] and shapes["fc.weight"] == [10, 196]
+    assert (report["input"]["format"], report["output"]["format"]) == ("pt2", "pt2")
+    assert report["cost"]["after"]["flops"] < report["cost"]["before"]["flops"]
+    assert check_upload(tmp_path / "download", stack.settings) is ModelFormat.PT2
+    stated = report["accuracy"]["after_finetune"]["accuracy"]
+    assert accuracy(model, mnist_test) == pytest.approx(stated, abs=1e-4)
+
+
 def test_shrink_job_on_a_scripted_mobilenet(stack: Stack, tmp_path: Path,
                                             mnist_test: tuple[Any, Any]) -> None:
     """torchvision's MobileNetV2 (width 0.25, scripted): depthwise convs, residual adds and a
@@ -60,10 +81,12 @@ def test_shrink_job_on_a_scripted_mobilenet(stack: Stack, tmp_path: Path,
                                                                                 abs=5e-3)
 
 
-def shrunk_download(stack: Stack, path: Path, spec: dict[str, Any]
+def shrunk_download(stack: Stack, path: Path, spec: dict[str, Any],
+                    fmt: str = "torchscript"
                     ) -> tuple[dict[str, Any], Any, dict[str, list[int]]]:
-    """Run a shrink job; its report, its TorchScript download loaded with plain
-    ``torch.jit.load``, and that model's shapes, checked against the report's."""
+    """Run a shrink job; its report, its TorchScript (or ``pt2``) download loaded with plain
+    ``torch.jit.load`` (``torch.export.load``; the file kept beside ``path`` as
+    ``download``), and that model's shapes, checked against the report's."""
     import torch
 
     response = submit(stack.client, path, spec)
@@ -71,9 +94,13 @@ def shrunk_download(stack: Stack, path: Path, spec: dict[str, Any]
     job = wait_for(stack.client, response.json()["id"])
     assert job["status"] == "succeeded", job.get("error")
     report: dict[str, Any] = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
-    download = stack.client.get(f"/v1/jobs/{job['id']}/model", params={"format": "torchscript"})
+    download = stack.client.get(f"/v1/jobs/{job['id']}/model", params={"format": fmt})
     assert download.status_code == 200, download.text
-    model = torch.jit.load(io.BytesIO(download.content)).eval()  # plain PyTorch
+    if fmt == "pt2":
+        (path.parent / "download").write_bytes(download.content)
+        model = torch.export.load(path.parent / "download").module()  # plain PyTorch
+    else:
+        model = torch.jit.load(io.BytesIO(download.content)).eval()  # plain PyTorch
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     for change in report["shrink"]["tensors"]:
         assert shapes[change["name"]] == change["shape_after"], change

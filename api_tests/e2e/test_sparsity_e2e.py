@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from api_tests.e2e.test_jobs_e2e import TARGETED_ELEMENTS, TARGETS, _download, _load
 from api_tests.models import accuracy
+from api_tests.support.downloads import MLP_TARGETED_ELEMENTS, MLP_TARGETS, download, load_model
 from api_tests.support.stacks import TrainedMLP, submit, wait_for
 from stack.local import Stack
 
@@ -21,15 +21,15 @@ def _run(stack: Stack, trained_mlp: TrainedMLP, spec: dict[str, Any]) -> tuple[A
     job = wait_for(stack.client, response.json()["id"])
     assert job["status"] == "succeeded", (job.get("error"), job, stack.logs())
     report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
-    return _load(_download(stack, job), "torchscript"), report
+    return load_model(download(stack, job), "torchscript"), report
 
 
 def _check(model: Any, report: dict[str, Any], amount: float, test: tuple[Any, Any]) -> None:
     """``test``: the images the report's test figures come from (``report.data.test``)."""
     params = dict(model.named_parameters())
-    counted = {name: int((params[name] == 0).sum()) for name in TARGETS}
+    counted = {name: int((params[name] == 0).sum()) for name in MLP_TARGETS}
     assert counted == {t["name"]: t["zeros"] for t in report["tensors"]}
-    assert sum(counted.values()) == round(amount * TARGETED_ELEMENTS)
+    assert sum(counted.values()) == round(amount * MLP_TARGETED_ELEMENTS)
     stated = report["accuracy"]["after_finetune"]
     assert stated["split"] == "test"
     assert abs(accuracy(model, test) - stated["accuracy"]) <= 0.0005
@@ -104,3 +104,29 @@ def test_target_job_and_unreachable_target(stack: Stack, trained_mlp: TrainedMLP
     frontier = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
     assert len(frontier["target"]["trials"]) == 2 and frontier["target"]["chosen"] is None
     assert stack.client.get(f"/v1/jobs/{job['id']}/model").status_code == 409
+
+
+def test_compressed_target_job_serves_a_download_of_the_reported_size(
+        stack: Stack, trained_mlp: TrainedMLP) -> None:
+    """A bytes target on the compressed format over HTTP: sparsity x bits chosen, and the
+    file ``?format=compressed`` serves weighs what report.target says, under the bound."""
+    from client.decode import decode_bytes
+
+    spec: dict[str, Any] = {
+        "finetune": {"epochs": 0}, "quantize": {"epochs": 0}, "search": {"max_trials": 2},
+        "target": {"bytes": {"max_ratio": 0.1, "format": "compressed"},
+                   "max_accuracy_drop": 0.5, "trial_images": 0, "quantize_bits": [5]}}
+    response = submit(stack.client, trained_mlp.torchscript, spec)
+    assert response.status_code == 202, response.text
+    job = wait_for(stack.client, response.json()["id"])
+    assert job["status"] == "succeeded", (job.get("error"), stack.logs())
+    report = stack.client.get(f"/v1/jobs/{job['id']}/report").json()
+    target = report["target"]
+    assert target["candidates"] == "sparsity_bits" and target["chosen"] is not None
+    assert [t["bits"] for t in target["trials"]][0] == 5
+    body = stack.client.get(f"/v1/jobs/{job['id']}/model?format=compressed").content
+    assert len(body) == target["final_value"] == report["compressed"]["bytes"] \
+        <= target["bound"]
+    stored = sum(int((v != 0).sum()) for k, v in decode_bytes(body).items()
+                 if k in MLP_TARGETS)
+    assert stored == MLP_TARGETED_ELEMENTS - sum(t["zeros"] for t in report["tensors"])

@@ -252,6 +252,18 @@ def test_target_draws_the_frontier_and_rings_the_chosen_point() -> None:
     assert "235k" in page.texts["strong"]  # the bound asked
 
 
+def test_a_compressed_target_lists_each_trials_sparsity_and_bits() -> None:
+    report = target_report()
+    report["target"].update(constraint="bytes", candidates="sparsity_bits")
+    for trial, (sparsity, bits) in zip(report["target"]["trials"],
+                                       [(0.907, 4), (0.9237, 6), (0.9385, 8)], strict=True):
+        trial.update(strategy="kmeans", widths={}, sparsity=sparsity, bits=bits)
+    section = render_report(report).split('id="target"', 1)[1].split("</section>", 1)[0]
+    assert "<th>sparsity, bits</th>" in section and "channels kept" not in section
+    assert "90.70%, 4 bits" in section and "93.85%, 8 bits" in section
+    assert "(kmeans, 4 bits at 90.7% sparsity)" in section  # the frontier point's title
+
+
 def test_the_images_behind_each_figure_and_the_warnings_are_shown() -> None:
     html = render_report(target_report())
     section = html.split('id="data"', 1)[1].split("</section>", 1)[0]

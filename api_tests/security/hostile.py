@@ -15,8 +15,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
+
+from core.jobs.error_codes import JobErrorCode
+from worker.engine.audit import audit_torchscript
+from worker.engine.errors import EngineError
 
 CANARY_TEXT = "canary: untouched\n"
 
@@ -270,3 +275,11 @@ def to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     buf = io.BytesIO()
     torch.save(tensors, buf)
     return buf.getvalue()
+
+
+def refused(module: torch.jit.ScriptModule) -> str:
+    """The audit's message for a module it must refuse as ``unsafe_model``."""
+    with pytest.raises(EngineError) as info:
+        audit_torchscript(module)
+    assert info.value.code is JobErrorCode.UNSAFE_MODEL
+    return info.value.message

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from api_tests.security import hostile as h
+from api_tests.security.hostile import refused
 from core.jobs.error_codes import JobErrorCode
 from core.settings import Settings
 from worker.engine import registry
@@ -120,13 +121,6 @@ def test_registry_has_the_documented_models() -> None:
 
 
 # --- hostile code is refused, naming operator and place -------------------------------------------
-
-
-def refused(module: torch.jit.ScriptModule) -> str:
-    with pytest.raises(EngineError) as info:
-        audit_torchscript(module)
-    assert info.value.code is JobErrorCode.UNSAFE_MODEL
-    return info.value.message
 
 
 HOSTILE_CODE = "code/__torch__/api_tests/security/hostile.py"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.models as tv
 
-from api_tests.security.test_audit import refused
+from api_tests.security.hostile import refused
 from testkit import zoo
 from worker.engine.audit import find_disallowed
 

@@ -19,10 +19,10 @@ import pytest
 
 from api_tests.core.factories import make_record
 from api_tests.service.factories import NOW
-from api_tests.service.test_auth_matrix import add_tenant, bearer, submit_as
 from api_tests.support.api import Api, ModelFiles, make_settings, running_api
 from api_tests.support.problems import assert_problem
 from api_tests.support.stacks import REPO_ROOT
+from api_tests.support.tenants import add_tenant, bearer, submit_as
 from core.jobs.record import JobStatus
 from core.settings import Settings
 from core.tenants.accounts import Scope, key_digest

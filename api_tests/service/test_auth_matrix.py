@@ -8,8 +8,7 @@ scope: 403 ``forbidden``; another tenant's job or dataset: 404 ``not_found``, by
 the answer for one that does not exist; the tenant's own key: the route's normal answer.
 
 Jobs are written straight into the store (``make_record``, with the report and model files
-a worker leaves), so no worker is needed. The helpers here (``Tenant``, ``add_tenant``,
-``bearer``) are shared by test_quotas.py and test_admin.py.
+a worker leaves), so no worker is needed. Tenants and keys: ``api_tests.support.tenants``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,18 @@ from api_tests.report_html.factories import full_report
 from api_tests.service.factories import MODEL_BYTES, NOW
 from api_tests.support.api import REFERENCE, Api, ModelFiles, make_settings, running_api
 from api_tests.support.problems import assert_problem
+from api_tests.support.tenants import Tenant, add_tenant, bearer, stored, submit_as
 from core.datasets.record import DATASET_FILE
 from core.datasets.store import DatasetStore
 from core.jobs.lifecycle import utcnow
-from core.jobs.record import JobRecord, JobStatus, new_job_id
+from core.jobs.record import JobStatus, new_job_id
 from core.queue import heartbeat_key
 from core.settings import Settings
 from core.storage.protocols import REPORT, model_file
 from core.tenants import tenancy
 from core.tenants.accounts import KEY_PREFIX, LOCAL_TENANT, Scope, TenantLimits, grants
 
-# --- helpers (shared with test_quotas.py and test_admin.py) -----------------------------------
+# --- helpers ------------------------------------------------------------------------------------
 
 UNKNOWN_KEY = f"{KEY_PREFIX}0123456789ab_{'A' * 43}"  # well-formed, never issued
 MALFORMED_KEYS = ["not-a-key", "prn_live_short", f"{KEY_PREFIX}0123456789ab_{'A' * 42}",
@@ -54,49 +54,10 @@ MALFORMED_KEYS = ["not-a-key", "prn_live_short", f"{KEY_PREFIX}0123456789ab_{'A'
 DATASET_BYTES = safetensors_bytes({"images": np.zeros((4, 8, 8), np.uint8),
                                    "labels": np.array([0, 1, 0, 1], np.int64)})
 
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-@dataclass
-class Tenant:
-    """A tenant made for a test, with one key per scope set asked for."""
-
-    name: str
-    keys: dict[str, str] = field(default_factory=dict)  # "jobs:read,jobs:write" -> key
-
-    def key(self, *scopes: Scope) -> str:
-        return self.keys[",".join(sorted(s.value for s in scopes))]
-
-    def headers(self, *scopes: Scope) -> dict[str, str]:
-        return bearer(self.key(*scopes))
-
-
-def add_tenant(api: Api, name: str, *scope_sets: tuple[Scope, ...]) -> Tenant:
-    """Create ``name`` and one key per scope set, straight in the account store."""
-    accounts = tenancy.accounts(api.store)
-    accounts.create_tenant(name, utcnow(), exist_ok=True)
-    tenant = Tenant(name)
-    pepper = tenancy.auth_pepper(api.settings)
-    for scopes in scope_sets or ((Scope.JOBS_READ, Scope.JOBS_WRITE),):
-        created = accounts.create_key(name, scopes, pepper, utcnow())
-        tenant.keys[",".join(sorted(s.value for s in scopes))] = created.key
-    return tenant
-
-
 def anonymous(api: Api) -> httpx.Client:
     """``api.client`` without its default (local admin) Authorization header."""
     api.client.headers.pop("Authorization", None)
     return api.client
-
-
-def submit_as(api: Api, model: Path, headers: dict[str, str], spec: Any = REFERENCE,
-              ) -> httpx.Response:
-    with model.open("rb") as f:
-        return api.client.post("/v1/jobs", files={"model": (model.name, f)},
-                               data={"spec": json.dumps(spec)}, headers=headers)
-
 
 def finished_job_of(api: Api, tenant: str) -> str:
     """A succeeded job of ``tenant`` (the newest of its jobs) with a full report and a
@@ -110,13 +71,6 @@ def finished_job_of(api: Api, tenant: str) -> str:
     with api.blobs.writer(record.id, model_file("torchscript")) as f:
         f.write(MODEL_BYTES)
     return record.id
-
-
-def stored(api: Api, job_id: str) -> JobRecord:
-    record = api.store.get(job_id)
-    assert record is not None, job_id
-    return record
-
 
 def dataset_of(api: Api, tenant: str) -> str:
     """A dataset of ``tenant``, its record and file as an upload leaves them."""

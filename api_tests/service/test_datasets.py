@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from api_tests.core.datasets.files import arrays, write_npz, write_safetensors
-from api_tests.service.test_auth_matrix import add_tenant
-from api_tests.service.test_quotas import set_limits
 from api_tests.support.api import Api
 from api_tests.support.problems import assert_problem
+from api_tests.support.tenants import add_tenant, set_limits
 from core.datasets.record import DATASET_FILE
 from core.datasets.store import DatasetStore
 from core.jobs.spec import REFERENCE_RECIPE

@@ -14,22 +14,13 @@ from typing import Any
 import httpx
 
 from api_tests.service.factories import NOW
-from api_tests.service.test_auth_matrix import Tenant, add_tenant, stored, submit_as
 from api_tests.support.api import Api, ModelFiles, make_settings, running_api
 from api_tests.support.problems import assert_problem
+from api_tests.support.tenants import Tenant, add_tenant, set_limits, stored, submit_as
 from core.jobs.record import JobStatus
 from core.tenants.accounts import Scope
 
 RW = (Scope.JOBS_READ, Scope.JOBS_WRITE)
-
-
-def set_limits(api: Api, tenant: str, **limits: int | None) -> dict[str, Any]:
-    """PATCH the tenant's limits as the local admin; returns the tenant as answered."""
-    response = api.client.patch(f"/v1/admin/tenants/{tenant}", json={"limits": limits})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
 
 def send(api: Api, tenant: Tenant, model: Path) -> httpx.Response:
     return submit_as(api, model, tenant.headers(*RW))

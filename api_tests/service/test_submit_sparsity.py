@@ -35,7 +35,25 @@ BAD = [  # (spec changes, the field the 422 names)
     ({"target": {"bytes": {"max": 30000, "format": "onnx"}}},
      ["target", "bytes", "format"]),
     ({"target": {"latency_ms": {"max": 2.0, "batch": 0}}}, ["target", "latency_ms", "batch"]),
-    ({"target": {"flops": {"max_ratio": 0.5}}, "search": {}}, ["search"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "search": {"per_layer": True}},
+     ["search", "per_layer"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "search": {"max_accuracy_drop": 0.01}},
+     ["search", "max_accuracy_drop"]),
+    ({"target": {"flops": {"max_ratio": 0.5}, "max_trials": 3}, "search": {"max_trials": 3}},
+     ["target", "max_trials"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "search": {"max_trials": 21}},
+     ["search", "max_trials"]),
+    ({"target": {"flops": {"max_ratio": 0.5}, "quantize_bits": [4]}}, ["target"]),
+    ({"target": {"bytes": {"max": 30000, "format": "compressed"}, "quantize_bits": [9]}},
+     ["target", "quantize_bits"]),
+    ({"target": {"bytes": {"max": 30000, "format": "compressed"}},
+      "pruning": {"method": "ln_structured", "dim": 0}}, ["pruning", "method"]),
+    ({"target": {"bytes": {"max": 30000, "format": "compressed"}}, "quantize": {"bits": 6}},
+     ["quantize", "bits"]),
+    ({"target": {"bytes": {"max": 30000, "format": "compressed"}},
+      "quantize": {"method": "linear"}}, ["quantize", "method"]),
+    ({"target": {"flops": {"max_ratio": 0.5}}, "pruning": {"schedule": {"kind": "agp"}}},
+     ["pruning", "schedule", "kind"]),
     ({"target": {"flops": {"max_ratio": 0.5}}, "pruning": {"overrides": {"fc1.weight": 0.5}}},
      ["pruning", "overrides"]),
     ({"target": {"flops": {"max_ratio": 0.5}},
@@ -102,3 +120,28 @@ def test_target_that_cannot_fit_is_422_naming_max_trials(
         body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
         assert [e["loc"] for e in body["errors"]] == [["body", "spec", "target", "max_trials"]]
         assert "target search would run 31 fine-tune epochs, about 620 s" in body["detail"]
+        # the field bounds the trials too, and the 422 names it
+        spec["target"] = {"flops": {"max_ratio": 0.5}, "trial_images": 60000}
+        spec["search"] = {"max_trials": 11}
+        body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+        assert [e["loc"] for e in body["errors"]] == [["body", "spec", "search", "max_trials"]]
+        # a compressed target's candidate takes two passes (weights, then centroids)
+        spec["target"] = {"bytes": {"max": 30000, "format": "compressed"},
+                          "trial_images": 60000}
+        spec["search"] = {"max_trials": 5}  # 20 + 2 x 5 = 30 epochs: 600 s fits
+        assert api.submit(model_files.state_dict, spec).status_code == 202
+        spec["search"] = {"max_trials": 6}
+        body = assert_problem(api.submit(model_files.state_dict, spec), 422, "validation_error")
+        assert "target search would run 32 fine-tune epochs" in body["detail"]
+
+
+def test_a_compressed_target_with_search_trials_and_agp_is_accepted(
+    api: Api, model_files: ModelFiles
+) -> None:
+    spec = {**REFERENCE, "pruning": {"schedule": {"kind": "agp"}},
+            "finetune": {"epochs": 2}, "quantize": {"epochs": 1},
+            "search": {"max_trials": 6},
+            "target": {"bytes": {"max": 30000, "format": "compressed"},
+                       "quantize_bits": [6, 4]}}
+    response = api.submit(model_files.state_dict, spec)
+    assert response.status_code == 202, response.text

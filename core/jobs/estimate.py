@@ -4,7 +4,8 @@ The figure per epoch is ``Settings.finetune_epoch_s``: what one fine-tune epoch 
 deployment's workers (measure it with benchmarks/engine_finetune.py or a job's
 ``timings_s.finetune``). A search whose estimate exceeds the job time limit is refused with
 422 before it is queued, and so is a target search (its candidates' short fine-tunes, each
-``target.trial_images`` images, plus the chosen one's ``finetune.epochs``; its cost table and
+``target.trial_images`` images, two passes each on a compressed target, plus the chosen one's
+``finetune.epochs``, bounded by ``search.max_trials`` or ``target.max_trials``; its cost table and
 bisection, evaluations and latency timings, are not counted). One that still overruns fails
 ``timeout`` as any job does. Other jobs are not judged ahead (as before: a long plain job may
 well be cancelled before its limit, and fails ``timeout`` cleanly when it is not).
@@ -37,9 +38,12 @@ MNIST_TRAIN = 60_000
 def estimate(spec: JobSpec, epoch_s: float) -> Estimate:
     per_pruning = epochs_per_pruning(spec)
     if spec.target is not None:  # short fine-tunes per candidate, then the chosen one's
-        trials = spec.target.max_trials * spec.target.trial_images / MNIST_TRAIN
-        epochs = spec.finetune.epochs + math.ceil(trials)
-        return Estimate(epochs * epoch_s, epochs, ("target", "max_trials"))
+        # a compressed target's candidate takes two passes: masked weights, then centroids
+        passes = 2 if spec.target.quantized else 1
+        trials = passes * spec.target_trials * spec.target.trial_images / MNIST_TRAIN
+        epochs = per_pruning + math.ceil(trials)
+        where = "search" if spec.search is not None else "target"
+        return Estimate(epochs * epoch_s, epochs, (where, "max_trials"))
     if spec.search is not None:
         epochs = per_pruning * spec.search.max_trials
         return Estimate(epochs * epoch_s, epochs, ("search", "max_trials"))

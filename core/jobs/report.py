@@ -158,11 +158,14 @@ class GroupCost(BaseModel):
 
 
 class TargetTrial(BaseModel):
-    """One explored candidate: a channel count per group, short-fine-tuned."""
+    """One explored candidate, short-fine-tuned: a channel count per group, or (a compressed
+    bytes target) an unstructured sparsity and k-means bits."""
 
-    strategy: str  # "sensitivity" (equal drop per unit of cost), "uniform" or "mixed"
-    level: float  # the allocation's level in [0, 1]: the share of removable cost asked
-    widths: dict[str, int]  # channels kept per group
+    strategy: str  # "sensitivity" (equal drop per unit of cost), "uniform", "mixed"; "kmeans"
+    level: float  # the allocation's level in [0, 1]; kmeans: the sparsity
+    widths: dict[str, int]  # channels kept per group (kmeans: none removed, empty)
+    sparsity: float | None = None  # kmeans: share of the targeted weights zeroed
+    bits: int | None = None  # kmeans: bits per weight code
     constraint_value: float  # counted, or measured on the job's device
     meets_constraint: bool
     val_accuracy: float  # after the short fine-tune; decides
@@ -180,11 +183,16 @@ class TargetReport(BaseModel):
     detail: str  # batch size and device for latency, format for bytes
     max_accuracy_drop: float
     dense_accuracy: float  # validation
-    groups: list[GroupCost]
+    candidates: Literal["channels", "sparsity_bits"] = "channels"  # what the search varied
+    groups: list[GroupCost]  # channels: the per-group table; sparsity_bits: empty
     trials: list[TargetTrial]
     chosen: int | None  # index into trials; None: nothing met the constraint
     final_value: float | None = None  # the chosen model's constraint after the full fine-tune
+    # (sparsity_bits: the compressed download's bytes, after the full fine-tune and quantisation)
     final_val_accuracy: float | None = None  # and its validation accuracy
+    # sparsity_bits: the chosen one's sparsity once fitted to the bound after its full
+    # fine-tune (its smallest remaining weights pruned until the file fits)
+    final_sparsity: float | None = None
 
 
 class FileInfo(BaseModel):

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from core.jobs.formats import SAME_FORMAT, ModelFormat
+from core.jobs.spec_options import DEFAULT_TARGET_TRIALS, MAX_TARGET_TRIALS, SpecModel
 from core.jobs.spec_options import AnalysisSpec as AnalysisSpec
 from core.jobs.spec_options import AugmentSpec as AugmentSpec
 from core.jobs.spec_options import DataSpec as DataSpec
@@ -39,7 +40,6 @@ from core.jobs.spec_options import LimitsSpec as LimitsSpec
 from core.jobs.spec_options import QuantizeSpec as QuantizeSpec
 from core.jobs.spec_options import SearchSpec as SearchSpec
 from core.jobs.spec_options import SensitivitySpec as SensitivitySpec
-from core.jobs.spec_options import SpecModel
 from core.jobs.spec_options import TargetSpec as TargetSpec
 from core.jobs.spec_pruning import Agp as Agp
 from core.jobs.spec_pruning import Amount as Amount
@@ -172,10 +172,13 @@ class JobSpec(SpecModel):
     analysis: AnalysisSpec | None = Field(
         default=None, description="sensitivity: per-tensor scan on the validation split.")
     search: SearchSpec | None = Field(
-        default=None, description="Accuracy-budget search over pruning.amount.")
+        default=None, description="Accuracy-budget search over pruning.amount; beside a "
+        "target, only its max_trials (the target's trial bound).")
     target: TargetSpec | None = Field(
         default=None, description="Compress to a latency, FLOPs, parameter or size budget "
-        "within an accuracy drop: a search over channel removal per group (docs/targets.md).")
+        "within an accuracy drop: a search over channel removal per group, or for the "
+        "compressed download's size over unstructured sparsity and k-means bits "
+        "(docs/targets.md).")
     quantize: QuantizeSpec | None = Field(
         default=None, description="Trained quantisation after fine-tuning (kmeans weight "
         "sharing or per-channel linear), the masks held.")
@@ -230,7 +233,7 @@ class JobSpec(SpecModel):
             raise field_error(("quantize", "epochs"), "the quantised model is fine-tuned on "
                               "the training split: set finetune.epochs > 0 or "
                               "quantize.epochs 0")
-        if self.search is not None:
+        if self.search is not None and self.target is None:
             if self.pruning.method is Method.SEMI_STRUCTURED:
                 raise field_error(("search",), "semi_structured has a fixed sparsity; there "
                                   "is nothing to search")
@@ -245,25 +248,71 @@ class JobSpec(SpecModel):
                                   "per-tensor amounts itself")
         return self
 
-    def _check_target(self) -> None:
-        """A target removes channels (the method, amount and schedule are its own)."""
+    @property
+    def target_trials(self) -> int:
+        """A target's trial bound: ``search.max_trials`` (the issue's field), else the older
+        ``target.max_trials``, else the default."""
+        assert self.target is not None
         if self.search is not None:
-            raise field_error(("search",), "give a search or a target, not both: the target "
-                              "runs its own search")
-        if self.pruning.schedule.kind != "one_shot":
-            raise field_error(("pruning", "schedule", "kind"), "a target removes channels "
-                              "once: leave the one_shot schedule")
+            return self.search.max_trials
+        return self.target.max_trials or DEFAULT_TARGET_TRIALS
+
+    def _check_target(self) -> None:
+        """A target chooses the method, amounts and schedule itself; a ``search`` beside it
+        only bounds its trials."""
+        assert self.target is not None
+        if self.search is not None:
+            self._check_target_search()
         if self.pruning.shrink:
             raise field_error(("pruning", "shrink"), "a target removes channels itself, "
                               "choosing how many per group: leave shrink false")
         if self.pruning.overrides:
             raise field_error(("pruning", "overrides"), "a target chooses the amount per "
                               "channel group itself")
+        if self.target.quantized:
+            self._check_compressed_target()
+            return
+        if self.pruning.schedule.kind != "one_shot":
+            raise field_error(("pruning", "schedule", "kind"), "a target removes channels "
+                              "once: leave the one_shot schedule")
         if self.pruning.method is Method.SEMI_STRUCTURED or (
                 self.pruning.method.structured and self.pruning.dim != 0):
             raise field_error(("pruning", "method"), "a target removes output channels: "
                               "leave the method at its default or use ln_structured with "
                               "dim 0")
+
+    def _check_target_search(self) -> None:
+        assert self.search is not None and self.target is not None
+        # by value, not by the fields given: a stored spec comes back with every default
+        for name in ("max_accuracy_drop", "per_layer"):
+            if getattr(self.search, name) != SearchSpec.model_fields[name].default:
+                raise field_error(("search", name), "beside a target, search only bounds the "
+                                  "trials (max_trials); the drop is target.max_accuracy_drop")
+        if self.target.max_trials is not None:
+            raise field_error(("target", "max_trials"), "give the trial bound once: "
+                              "search.max_trials (target.max_trials is its older alias)")
+        if self.search.max_trials > MAX_TARGET_TRIALS:
+            raise field_error(("search", "max_trials"), f"a target tries at most "
+                              f"{MAX_TARGET_TRIALS} candidates")
+
+    def _check_compressed_target(self) -> None:
+        """Unstructured sparsity and k-means bits: the method must be unstructured; a
+        ``quantize`` block gives the chosen candidate's k-means settings, not its bits."""
+        if self.pruning.method not in (Method.L1_UNSTRUCTURED, Method.RANDOM_UNSTRUCTURED):
+            raise field_error(("pruning", "method"), "a compressed bytes target searches "
+                              "unstructured sparsity and k-means bits: use l1_unstructured "
+                              "(the default) or random_unstructured")
+        if self.quantize is None:
+            return
+        if self.quantize.method != "kmeans":
+            raise field_error(("quantize", "method"), "a compressed bytes target chooses "
+                              "k-means bits: leave method kmeans")
+        default = QuantizeSpec()
+        for name in ("bits", "layer_bits", "overrides"):
+            if getattr(self.quantize, name) != getattr(default, name):
+                raise field_error(("quantize", name), "a compressed bytes target chooses "
+                                  "the bits (target.quantize_bits lists the candidates): "
+                                  "leave it at its default")
 
 
 REFERENCE_RECIPE = JobSpec(

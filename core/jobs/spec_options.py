@@ -144,8 +144,8 @@ class BytesConstraint(Constraint):
     @classmethod
     def _producible(cls, value: str) -> str:
         # the formats a job writes for every model (onnx and int8 are made only on request,
-        # after the search); "compressed" counts the file without quantisation, since the
-        # target search chooses channels, not bits (docs/targets.md)
+        # after the search); on "compressed" the search chooses unstructured sparsity and
+        # k-means bits and measures the quantised file (docs/targets.md)
         formats = [f.value for f in ModelFormat if f.uploadable]
         if value not in formats:
             raise ValueError(f"a target search cannot measure format {value!r}: bytes "
@@ -154,6 +154,9 @@ class BytesConstraint(Constraint):
 
 
 TARGET_CONSTRAINTS = ("latency_ms", "flops", "parameters", "bytes")
+DEFAULT_TARGET_TRIALS = 4
+DEFAULT_QUANTIZE_BITS = (8, 6, 5, 4)
+MAX_TARGET_TRIALS = 20
 
 
 class TargetSpec(SpecModel):
@@ -168,8 +171,15 @@ class TargetSpec(SpecModel):
     bytes: BytesConstraint | None = Field(default=None, description="File size of `format`.")
     max_accuracy_drop: float = Field(default=0.005, ge=0, lt=1, description="Largest drop of "
                                      "validation accuracy from the uploaded model's.")
-    max_trials: int = Field(default=4, ge=1, le=20, description="Candidates short-fine-tuned "
-                            "and scored on validation.")
+    max_trials: int | None = Field(
+        default=None, ge=1, le=MAX_TARGET_TRIALS, description="Candidates short-fine-tuned and "
+        f"scored on validation (default {DEFAULT_TARGET_TRIALS}). The older alias of "
+        "`search.max_trials` (give `search: {\"max_trials\": n}` beside a target), still "
+        "accepted; not both.")
+    quantize_bits: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_QUANTIZE_BITS), min_length=1, max_length=8,
+        description="A `compressed` bytes target only: the k-means bits tried, each at the "
+        "lowest unstructured sparsity whose quantised file meets the bound.")
     trial_images: int = Field(default=6000, ge=0, le=60_000, description="Each candidate's "
                               "short fine-tune: one pass over this many train images; 0: "
                               "none (the chosen one gets `finetune.epochs`).")
@@ -180,7 +190,25 @@ class TargetSpec(SpecModel):
         if len(given) != 1:
             raise ValueError(f"give exactly one constraint of {', '.join(TARGET_CONSTRAINTS)}"
                              f" (got {', '.join(given) or 'none'})")
+        # by value, not by the fields given: a stored spec comes back with every default
+        if self.quantize_bits != list(DEFAULT_QUANTIZE_BITS) and not self.quantized:
+            raise ValueError("quantize_bits are tried by a bytes target on the compressed "
+                             "format only")
         return self
+
+    @field_validator("quantize_bits")
+    @classmethod
+    def _bits(cls, value: list[int]) -> list[int]:
+        for bits in value:
+            if not 1 <= bits <= 8:
+                raise ValueError(f"each of quantize_bits must be in 1..8, got {bits}")
+        return sorted(set(value), reverse=True)
+
+    @property
+    def quantized(self) -> bool:
+        """A bytes target on the compressed download: the search chooses unstructured
+        sparsity and k-means bits (docs/targets.md), not channels."""
+        return self.bytes is not None and self.bytes.format == ModelFormat.COMPRESSED.value
 
     @property
     def constraint(self) -> tuple[str, Constraint]:

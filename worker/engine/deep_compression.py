@@ -33,6 +33,7 @@ class QuantizePhase:
     tables: dict[str, QuantizedTensor]
     before: Evaluation  # the fine-tuned model before quantisation (test split)
     after: Evaluation  # the quantised model, scored from its decoded compressed file
+    bytes: int  # that compressed file's size (the download's)
 
 
 def annotate(rows: list[TensorReport], tables: Mapping[str, QuantizedTensor]
@@ -66,18 +67,21 @@ def quantize_phase(model: nn.Module, targets: list[Target], spec: JobSpec,
     tables = quantize.quantize(model, targets, spec.quantize, spec.finetune, train,
                                seed=spec.seed, on_progress=on_progress,
                                should_cancel=should_cancel)
-    load_decoded(model, tables)
-    return QuantizePhase(tables, before, training.evaluate(model, test, should_cancel))
+    size = load_decoded(model, tables)
+    return QuantizePhase(tables, before, training.evaluate(model, test, should_cancel), size)
 
 
 @torch.no_grad()
-def load_decoded(model: nn.Module, tables: Mapping[str, QuantizedTensor]) -> None:
+def load_decoded(model: nn.Module, tables: Mapping[str, QuantizedTensor]) -> int:
     """Encode the model, decode it with the client's reader, check every tensor equals the
-    model's bit for bit, and load the decoded tensors (so the scores come from them)."""
+    model's bit for bit, and load the decoded tensors (so the scores come from them); the
+    encoded file's bytes (what the compressed download of this model weighs)."""
     state = cpu_state_dict(model)
-    decoded = compressed.decode(compressed.encode(state, tables))
+    encoded = compressed.encode(state, tables)
+    decoded = compressed.decode(encoded)
     for name in tables:
         if decoded[name].numpy().tobytes() != state[name].numpy().tobytes():
             raise EngineError(JobErrorCode.INTERNAL_ERROR, f"the compressed encoding of "
                               f"{name!r} does not decode to the quantised weights")
     model.load_state_dict({k: v.to(state[k].dtype) for k, v in decoded.items()})
+    return len(encoded)

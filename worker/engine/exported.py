@@ -48,11 +48,17 @@ def load_exported(path: Path, settings: Settings) -> torch.fx.GraphModule:
     return module
 
 
-def _label_layers(module: torch.fx.GraphModule) -> None:
+def module_kinds(module: torch.fx.GraphModule) -> dict[str, str]:
+    """Module path -> the class it was exported from ("Conv2d"), from ``nn_module_stack``."""
     kinds: dict[str, str] = {}
     for node in module.graph.nodes:
         for path, type_name in (node.meta.get("nn_module_stack") or {}).values():
             kinds[str(path)] = str(type_name).rsplit(".", 1)[-1]
+    return kinds
+
+
+def _label_layers(module: torch.fx.GraphModule) -> None:
+    kinds = module_kinds(module)
     for name, sub in module.named_modules():
         if name in kinds and type(sub) is nn.Module:
             setattr(sub, EXPORTED_KIND, kinds[name])

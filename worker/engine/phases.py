@@ -50,7 +50,9 @@ def load(job: Job, model_path: Path) -> Upload:
         applied = pruning.effective_spec(job.spec.pruning)
         shrinking = (shrink.prepare(model, applied, job.spec.architecture, job.spec.seed)
                      if applied.shrink else None)
-        groups = targets.prepare_groups(model, job.spec) if job.spec.target else None
+        target = job.spec.target
+        groups = (targets.prepare_groups(model, job.spec)
+                  if target is not None and not target.quantized else None)
     requested = job.spec.output_format
     primary = loaded.format if requested == SAME_FORMAT else ModelFormat(requested)
     return Upload(model_path, loaded, model, applied, [], shrinking, primary, groups)
@@ -112,19 +114,27 @@ def evaluate_final(job: Job, dense: Dense, pruned: Pruned, splits: Splits) -> Tu
 
 
 def quantize(job: Job, pruned: Pruned, splits: Splits, tuned: Tuned) -> Tuned:
-    """spec.quantize: quantise (and fine-tune) the pruned model, masks held; its accuracy,
-    scored from the decoded compressed file, replaces the fine-tuned model's."""
-    if job.spec.quantize is None:
+    """spec.quantize (or a compressed target's chosen bits): quantise (and fine-tune) the
+    pruned model, masks held; its accuracy on test and validation, scored from the decoded
+    compressed file, replaces the fine-tuned model's."""
+    chosen = pruned.quantize or job.spec.quantize
+    if chosen is None:
         return tuned
     job.enter("quantizing")
     with job.timed("quantize"):
         targets = pruning.find_targets(pruned.model, pruned.pruning)
         done = deep_compression.quantize_phase(
-            pruned.model, targets, job.spec, splits.train, splits.test, tuned.test,
+            pruned.model, targets, job.spec.model_copy(update={"quantize": chosen}),
+            splits.train, splits.test, tuned.test,
             on_progress=job.on_progress, should_cancel=job.should_cancel)
+        validation = tuned.validation
+        after = _evaluate_validation(job, pruned.model, splits.validation)
+        if validation is not None and after is not None:
+            validation = validation.model_copy(update={"after_finetune": after})
     assert done is not None
     pruned.quantized = done.tables
-    return Tuned(done.after, tuned.validation, before_quantization=done.before)
+    return Tuned(done.after, validation, before_quantization=done.before,
+                 compressed_bytes=done.bytes)
 
 
 def measure_cost(job: Job, dense: Dense, pruned: Pruned) -> Costs:

@@ -52,6 +52,7 @@ def run_job(
     pruned = strategies.prune(job, upload, splits, dense, scan)  # shrink, search or schedule
     tuned = phases.evaluate_final(job, dense, pruned, splits)  # accuracy after fine-tuning
     tuned = phases.quantize(job, pruned, splits, tuned)  # trained quantisation, when asked
+    pruned = strategies.settle(job, pruned, splits, tuned)  # a compressed target, as quantised
     costs = phases.measure_cost(job, dense, pruned)  # cost after (speedup timed in alternation)
     saved = phases.save(job, upload, pruned)  # the output files
     saved = phases.deploy_models(job, pruned, splits, saved)  # ONNX, int8: when asked

@@ -23,7 +23,7 @@ from core.jobs.report import (
     TensorReport,
     ValidationAccuracy,
 )
-from core.jobs.spec import PruningSpec
+from core.jobs.spec import PruningSpec, QuantizeSpec
 from worker.engine import pruning, shrink
 from worker.engine.data import Split
 from worker.engine.deep_compression import annotate
@@ -77,6 +77,7 @@ class Tuned:
     test: Evaluation  # spec.quantize: the quantised model's, from its decoded file
     validation: ValidationAccuracy | None
     before_quantization: Evaluation | None = None  # spec.quantize: the fine-tuned model's
+    compressed_bytes: int | None = None  # quantised: the compressed download's size
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Pruned:
     target: TargetReport | None = None
     dense_twin: nn.Module | None = None  # shrink: the speedup is timed against it
     quantized: dict[str, QuantizedTensor] | None = None  # spec.quantize: tables by tensor
+    quantize: QuantizeSpec | None = None  # a compressed target's chosen bits (else the spec's)
 
     def rows(self) -> list[TensorReport]:
         """Per targeted tensor: its zeros counted in the weights as they are now."""

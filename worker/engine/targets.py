@@ -1,4 +1,5 @@
 """Compress to a target (``spec.target``): channel removal per group, chosen on validation.
+(A bytes target on the ``compressed`` download searches sparsity and bits: ``target_bits``.)
 
 NetAdapt's shape (Yang et al., ECCV 2018), kept small:
 
@@ -12,10 +13,11 @@ NetAdapt's shape (Yang et al., ECCV 2018), kept small:
    so t is about the share of the removable cost asked) or ``mixed`` (their mean). For each
    strategy the lowest t whose model meets the bound is bisected (``BISECT_STEPS``) on the
    built models themselves, so the constraint is never an estimate.
-3. **Trials.** Up to ``target.max_trials`` candidates (each strategy at its level, then a
-   looser and a tighter sensitivity point for the frontier), each rebuilt from the dense
-   weights and fine-tuned briefly (one pass over ``target.trial_images`` train images), then
-   scored on validation; the test accuracy is measured for the report only.
+3. **Trials.** Up to ``search.max_trials`` (``JobSpec.target_trials``) candidates (each
+   strategy at its level, then a looser and a tighter sensitivity point for the frontier),
+   each rebuilt from the dense weights and fine-tuned briefly (one pass over
+   ``target.trial_images`` train images), then scored on validation; the test accuracy is
+   measured for the report only.
 4. **Choice.** The candidate meeting the constraint with the best validation accuracy is
    rebuilt and fine-tuned as ``finetune`` says; its validation drop must stay within
    ``max_accuracy_drop``. Otherwise the job fails ``target_unreachable``.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import copy
 import glob
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,8 +42,8 @@ from worker.engine import measure, pruning, saving, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Prepared, Shrunk, prepare
-from worker.engine.shrink.graph import analyse
 from worker.engine.shrink.plan import GroupPlan, plan_groups
+from worker.engine.shrink.stage import channel_graph
 
 FRACTIONS = (0.25, 0.5, 0.75)
 MAX_FRACTION = 0.9  # a group keeps at least a tenth of its channels (and at least one)
@@ -194,7 +195,7 @@ class Explorer:
               dense_value: float) -> TargetTrial:
         if self.on_progress is not None:
             self.on_progress(Progress(phase="target", trial=index,
-                                      trials=self.target.max_trials))
+                                      trials=self.spec.target_trials))
         started = time.perf_counter()
         removed = self.builder.removed(self.allocation(strategy, level, table, dense_value))
         model = self.builder.build(removed).model
@@ -230,22 +231,22 @@ class Explorer:
     def _short_finetune(self, model: nn.Module, index: int) -> None:
         if self.train is None or self.target.trial_images == 0:
             return
-        subset = _subset(self.train, self.target.trial_images, self.spec.seed + index)
+        images = subset(self.train, self.target.trial_images, self.spec.seed + index)
         spec = self.spec.finetune.model_copy(update={"epochs": 1})
-        training.finetune(model, subset, spec, training.MaskHold([], []),
+        training.finetune(model, images, spec, training.MaskHold([], []),
                           seed=self.spec.seed + index, should_cancel=self.should_cancel)
 
 
 def trial_plan(explorer: Explorer, table: list[GroupCost], dense_value: float
                ) -> list[tuple[str, float]]:
-    """(strategy, level) of each trial, in order, at most ``max_trials``."""
+    """(strategy, level) of each trial, in order, at most ``JobSpec.target_trials``."""
     levels = {s: explorer.lowest_level(s, table, dense_value)
               for s in ("sensitivity", "uniform", "mixed")}
     guided = levels["sensitivity"]
     plan = [("sensitivity", guided), ("uniform", levels["uniform"]),
             ("mixed", levels["mixed"]), ("sensitivity", round(guided * 0.7, 4)),
             ("sensitivity", round(guided + (1 - guided) / 2, 4))]
-    return plan[:explorer.target.max_trials]
+    return plan[:explorer.spec.target_trials]
 
 
 def choose(trials: list[TargetTrial]) -> int | None:
@@ -267,7 +268,7 @@ def _equal_drop(table: list[GroupCost], share: float, dense_accuracy: float,
     return {g: min(a, MAX_FRACTION) for g, a in amounts.items()}
 
 
-def _subset(train: Split, size: int, seed: int) -> Split:
+def subset(train: Split, size: int, seed: int) -> Split:
     """``size`` train images drawn by a seeded permutation (teacher rows follow them)."""
     size = min(size, len(train))
     index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size]
@@ -282,29 +283,24 @@ def prepare_groups(model: nn.Module, spec: JobSpec) -> Prepared:
     analysis cannot rewrite (it reaches an op such as ``log_softmax``) is left whole rather
     than refused: the target chooses among the groups it can narrow."""
     channels = channel_spec(spec)
-    script = model if isinstance(model, torch.jit.ScriptModule) else _script(model)
-    blocked = [glob.escape(f"{producer}.weight") for group in analyse(script).groups
+    blocked = [glob.escape(f"{producer}.weight") for group in channel_graph(model).groups
                if group.blockers and not group.feeds_output for producer in group.producers]
     channels = channels.model_copy(update={"exclude": [*channels.exclude, *blocked]})
     return prepare(model, channels, spec.architecture, spec.seed)
 
 
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted: torch.jit.ScriptModule = torch.jit.script(model)
-    return scripted
-
-
 def unreachable(target: TargetSpec, trials: list[TargetTrial], name: str, bound: float,
-                dense_accuracy: float, final: float | None = None) -> EngineError:
+                dense_accuracy: float, final: float | None = None,
+                final_value: float | None = None) -> EngineError:
     """The failure, naming the closest candidate on each side of the frontier (and, when
-    the chosen one fell outside the drop after its full fine-tune, ``final``: its accuracy)."""
+    the chosen one missed after its full fine-tune, ``final``: its accuracy, and
+    ``final_value``: its constraint)."""
     meeting = [t for t in trials if t.meets_constraint]
     within = [t for t in trials if t.within_drop]
     sides = [] if final is None else [
         f"the chosen candidate reached {final:.4f} on validation after the full fine-tune "
-        f"(drop {dense_accuracy - final:.4f})"]
+        f"(drop {dense_accuracy - final:.4f}"
+        + ("" if final_value is None else f", {name} {final_value:g}") + ")"]
     if meeting:
         best = max(meeting, key=lambda t: t.val_accuracy)
         sides.append(f"the most accurate candidate meeting {name} <= {bound:g} reached "
@@ -321,4 +317,4 @@ def unreachable(target: TargetSpec, trials: list[TargetTrial], name: str, bound:
         f"no candidate meets {name} <= {bound:g} within a validation drop of "
         f"{target.max_accuracy_drop} from {dense_accuracy:.4f} after {len(trials)} "
         f"trial(s): {'; '.join(sides)}. Allow a larger max_accuracy_drop or bound, more "
-        "max_trials, trial_images or finetune.epochs; every trial is in report.target.")
+        "search.max_trials, trial_images or finetune.epochs; every trial is in report.target.")

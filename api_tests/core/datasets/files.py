@@ -33,3 +33,16 @@ def write_npz(path: Path, tensors: dict[str, np.ndarray], compressed: bool = Fal
     with path.open("wb") as f:
         (np.savez_compressed if compressed else np.savez)(f, **tensors)  # type: ignore[arg-type]
     return path
+
+
+def coloured(n: int = 40, test: int = 10, splits: bool = True) -> dict[str, np.ndarray]:
+    """3 x 32 x 32 'coloured digits': class k is a bright square in channel k % 3."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(n, dtype=np.int64) % 4
+    images = rng.integers(0, 30, size=(n, 3, 32, 32), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        images[i, k % 3, 4 * k:4 * k + 8, 8:16] = 250
+    out = {"images": images, "labels": labels}
+    if splits:
+        out["splits"] = np.array([0] * (n - test) + [2] * test, dtype=np.uint8)
+    return out

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.core.datasets.files import write_npz, write_safetensors
-from api_tests.worker.engine.test_datasets import coloured
+from api_tests.core.datasets.files import coloured, write_npz, write_safetensors
 from core.jobs.report import Report
 from worker.engine import cli
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from api_tests.core.datasets.files import write_npz, write_safetensors
+from api_tests.core.datasets.files import coloured, write_npz, write_safetensors
 from core.datasets import check_dataset
 from core.datasets.record import DatasetRecord
 from core.jobs.error_codes import JobErrorCode
@@ -24,19 +24,6 @@ from worker.engine.errors import EngineError
 
 CPU = torch.device("cpu")
 SETTINGS = Settings()
-
-
-def coloured(n: int = 40, test: int = 10, splits: bool = True) -> dict[str, np.ndarray]:
-    """3 x 32 x 32 'coloured digits': class k is a bright square in channel k % 3."""
-    rng = np.random.default_rng(1)
-    labels = np.arange(n, dtype=np.int64) % 4
-    images = rng.integers(0, 30, size=(n, 3, 32, 32), dtype=np.uint8)
-    for i, k in enumerate(labels):
-        images[i, k % 3, 4 * k:4 * k + 8, 8:16] = 250
-    out = {"images": images, "labels": labels}
-    if splits:
-        out["splits"] = np.array([0] * (n - test) + [2] * test, dtype=np.uint8)
-    return out
 
 
 def uploaded(tmp_path: Path, tensors: dict[str, np.ndarray],

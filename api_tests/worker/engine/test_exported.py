@@ -2,7 +2,9 @@
 ever called; a checked program loads as a GraphModule whose layers are labelled and whose
 train()/eval() switch BatchNorm; a job on a .pt2 prunes with the same masks and accuracy as
 the same model sent as TorchScript, and its returned .pt2 reloads in plain torch with the
-report's zeros and accuracy, and passes our own door."""
+report's zeros and accuracy, and passes our own door; with pruning.shrink, a .pt2 loses the
+same channels as the same model sent as TorchScript, and its returned .pt2 has the report's
+shapes and accuracy."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from core.uploads import RejectKind, check_upload
 from worker.engine import exported, pruning, registry
 from worker.engine.errors import EngineError
 from worker.engine.loading import load_model
-from worker.engine.pipeline import run_job
+from worker.engine.pipeline import RunResult, run_job
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -143,12 +145,54 @@ def test_a_pt2_job_fine_tunes_with_the_masks_held(
         report.accuracy.after_finetune.accuracy)
 
 
-def test_shrink_is_refused_on_a_pt2(tmp_path: Path, engine_settings: Settings) -> None:
-    pt2 = p.export_file(_small_cnn(), tmp_path / "in.pt2")
-    spec = JobSpec.model_validate({"pruning": {"method": "ln_structured", "amount": 0.5,
-                                               "shrink": True}, "finetune": {"epochs": 0},
-                                   "device": "cpu"})
-    with pytest.raises(EngineError) as info:
-        run_job(pt2, spec, tmp_path / "out", settings=engine_settings)
-    assert info.value.code == "unsupported_model"
-    assert "shrink (physical channel removal) is not available for .pt2" in str(info.value)
+SHRINK = {"pruning": {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True},
+          "device": "cpu"}
+
+
+def _check_shrunk_pt2(result: RunResult, settings: Settings, split: Split) -> None:
+    """The returned .pt2: our own door takes it, plain torch.export.load reads it, its tensors
+    have the report's new shapes and it scores the report's accuracy."""
+    report = result.report
+    assert report.shrink is not None and result.primary == "pt2"
+    out = result.outputs[ModelFormat.PT2]
+    assert check_upload(out, settings) is ModelFormat.PT2
+    module = torch.export.load(str(out)).module()
+    state = module.state_dict()
+    assert {c.name: list(state[c.name].shape) for c in report.shrink.tensors} == {
+        c.name: c.shape_after for c in report.shrink.tensors}
+    assert sum(p.numel() for p in module.parameters()) == report.shrink.parameters_after
+    assert _exported_accuracy(out, split) == report.accuracy.after_finetune.accuracy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*SMALL_WIDTHS, "residual_bn"])
+def test_a_pt2_is_shrunk_like_the_same_model_as_torchscript(
+    name: str, tmp_path: Path, engine_settings: Settings, mnist_test: Split
+) -> None:
+    model = _model(name).eval()
+    pt2 = p.export_file(model, tmp_path / "in.pt2")
+    script = tmp_path / "in.pt"
+    torch.jit.save(torch.jit.script(model), str(script))
+    spec = JobSpec.model_validate(SHRINK | {"finetune": {"epochs": 0}})
+    via_pt2 = run_job(pt2, spec, tmp_path / "a", settings=engine_settings)
+    via_script = run_job(script, spec, tmp_path / "b", settings=engine_settings)
+    report, other = via_pt2.report, via_script.report
+    assert report.shrink is not None and other.shrink is not None
+    assert report.shrink.widths == other.shrink.widths
+    assert report.shrink.tensors == other.shrink.tensors
+    assert report.accuracy.after_pruning == other.accuracy.after_pruning
+    assert report.cost.after.flops == other.cost.after.flops < report.cost.before.flops
+    assert set(report.cost.after.latency_ms) == set(report.cost.before.latency_ms)
+    _check_shrunk_pt2(via_pt2, engine_settings, mnist_test)
+
+
+@pytest.mark.slow
+def test_a_shrunk_pt2_fine_tunes_and_its_file_scores_the_report(
+    tmp_path: Path, engine_settings: Settings, mnist_test: Split
+) -> None:
+    pt2 = p.export_file(_model("residual_bn"), tmp_path / "in.pt2")
+    spec = JobSpec.model_validate(SHRINK | {"finetune": {"epochs": 1, "batch_size": 256}})
+    result = run_job(pt2, spec, tmp_path / "out", settings=engine_settings)
+    report = result.report
+    assert report.accuracy.after_finetune.accuracy > report.accuracy.after_pruning.accuracy
+    _check_shrunk_pt2(result, engine_settings, mnist_test)

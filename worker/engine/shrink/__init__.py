@@ -1,6 +1,7 @@
 """Physical channel removal (``pruning.shrink``): analyse, plan, rewrite.
 
-``graph`` follows channel groups through a TorchScript graph, ``plan`` picks the channels to
+``rules`` follows channel groups op by op, read from a TorchScript graph (``graph``) or an
+exported program's FX graph (``fx_graph``); ``plan`` picks the channels to
 keep, ``rewrite`` slices tensors into a smaller module, ``stage`` is the pipeline's step.
 """
 

@@ -1,4 +1,6 @@
-"""Channel dependency analysis on a TorchScript graph (scripted or traced, the same way).
+"""Channel dependency analysis on a TorchScript graph (scripted or traced, the same way): the
+TorchScript front end of the rules in ``rules.py`` and ``layers.py`` (``fx_graph.py`` is the
+exported program's).
 
 Every Conv/Linear output opens a *channel group*; the analysis follows each group's channels
 forward through the inlined graph and records every tensor slice that must shrink with them
@@ -23,42 +25,108 @@ multiply zeros only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from dataclasses import replace
 
 import torch
 
-import worker.engine.shrink.layers as layers
-from worker.engine.shrink.ops import (
-    CONCAT,
-    CONV,
-    COUPLING,
-    METADATA,
-    NONZERO,
-    PASSTHROUGH,
-    SCALE,
-    TRANSPOSED,
-    Opaque,
-    State,
-    constant,
-    flatten_state,
-    is_number,
-    location,
-    mean_state,
-    reshape_rank,
-)
-from worker.engine.shrink.state import AnalysisBase, ChannelGraph, Group, Slice
+from worker.engine.shrink.ops import CONCAT, LAYER_TYPES, Opaque, own_frame
+from worker.engine.shrink.rules import OpWalk
+from worker.engine.shrink.state import ChannelGraph, Group, Slice
 
-__all__ = ["ChannelGraph", "Group", "Slice", "analyse"]
+__all__ = ["ChannelGraph", "Group", "Slice", "analyse", "constant", "location"]
 
-LAYERS = CONV | TRANSPOSED | {"aten::linear"}
-# Module types whose weights the accounting expects in a group or a refusal.
-LAYER_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
-                         "ConvTranspose3d", "Linear"})
 _TRAINING = "training"
+_NUMBER_TYPES = ("IntType", "FloatType", "NumberType")
 
 
-class _Analysis(AnalysisBase):
+def location(node: torch._C.Node) -> str:
+    """'model.py:15: return self.fc(x.view(-1, 400))' from the node's source range.
+
+    Scripted graphs say 'File "model.py", line 15' followed by the code, traced ones
+    'model.py(15): forward' for each frame of the Python stack, innermost first."""
+    text = str(node.sourceRange())
+    lines = text.splitlines()
+    here = next((i for i, ln in enumerate(lines) if "<--- HERE" in ln), 0)
+    code = lines[here - 1] if here > 0 else ""
+    match = re.search(r'File "([^"]+)", line (\d+)', text)
+    if match is not None:
+        return own_frame([(match.group(1), match.group(2), code)])
+    return own_frame([(m.group(1), m.group(2), code) for line in lines
+                      if (m := re.match(r"(.+?)\((\d+)\): ", line))])
+
+
+def constant(value: torch._C.Value) -> object:
+    """A prim::Constant's value, else None."""
+    if value.node().kind() != "prim::Constant":
+        return None
+    return value.toIValue()
+
+
+class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        super().__init__(dict(module.state_dict()))
+        self.module = module
+        self.paths: dict[torch._C.Value, str] = {}
+        self.containers: dict[torch._C.Value, list[torch._C.Value]] = {}
+        self.assigned: set[str] = set()  # attributes forward assigns (prim::SetAttr)
+
+    # -- the hooks ---------------------------------------------------------------------------
+    def kind(self, node: torch._C.Node) -> str:
+        return node.kind()
+
+    def output(self, node: torch._C.Node) -> torch._C.Value:
+        return node.output()
+
+    def constant(self, value: torch._C.Value) -> object:
+        return constant(value)
+
+    def items(self, value: torch._C.Value) -> list[torch._C.Value] | None:
+        node = value.node()
+        if node.kind() == "prim::ListConstruct":
+            return list(node.inputs())
+        if node.kind() == "prim::Constant":
+            items = value.toIValue()
+            if isinstance(items, list):
+                return [value] * len(items)  # only the length is used
+        return None
+
+    def batch_size(self, value: torch._C.Value) -> bool:
+        while value.node().kind() in ("aten::Int", "prim::NumToTensor", "aten::ScalarImplicit"):
+            value = next(value.node().inputs())  # traced graphs wrap x.size(0) in tensors
+        node = value.node()
+        return node.kind() == "aten::size" and constant(list(node.inputs())[1]) == 0
+
+    def location(self, node: torch._C.Node) -> str:
+        return location(node)
+
+    def value_rank(self, value: torch._C.Value) -> int | None:
+        typ = value.type()
+        return typ.dim() if isinstance(typ, torch.TensorType) else None
+
+    def param(self, value: torch._C.Value) -> str | None:
+        if value.type().kind() == "NoneType":
+            return None
+        path = self.paths.get(value)
+        if path is not None and path in self.tensors:
+            return path
+        if path is not None and self._attribute(path) is None:
+            return None  # an optional attribute such as a scripted conv's bias=False
+        raise Opaque("a weight that is not a parameter of a submodule")
+
+    def is_number(self, value: torch._C.Value) -> bool:
+        return value.type().kind() in _NUMBER_TYPES
+
+    def computed(self, value: torch._C.Value) -> bool:
+        return isinstance(value.type(), torch.TensorType) and value not in self.paths
+
+    def _attribute(self, path: str) -> object:
+        owner: object = self.module
+        for part in path.split("."):
+            owner = getattr(owner, part, Opaque)
+        return owner
+
+    # -- the walk ------------------------------------------------------------------------------
     def run(self, graph: torch._C.Graph) -> None:
         inputs = list(graph.inputs())
         self.paths[inputs[0]] = ""  # self
@@ -68,14 +136,6 @@ class _Analysis(AnalysisBase):
         for value in graph.outputs():
             self.mark_output(value)
         self.couple_shared_tensors()
-
-    def couple_shared_tensors(self) -> None:
-        """A layer called twice slices one tensor for two groups: they are one group."""
-        owner: dict[tuple[str, int, int], int] = {}
-        for group in self.groups:
-            for piece in group.slices:
-                first = owner.setdefault((piece.tensor, piece.dim, piece.offset), group.id)
-                self.union(first, group.id, None, f"{piece.tensor} shared by layers")
 
     def mark_output(self, value: torch._C.Value) -> None:
         states = [self.states[value]] if value in self.states else []
@@ -102,21 +162,16 @@ class _Analysis(AnalysisBase):
                 self.uses.setdefault(self.paths[value], node)
         if self.container_op(node, kind, ins):
             return
-        tracked = [v for v in ins if v in self.states]
-        try:
-            if kind in LAYERS:
-                layers.layer(self, node, ins)
-            elif kind == "aten::batch_norm":
-                layers.batch_norm(self, node, ins)
-            elif kind == "prim::If":
-                self.branch(node)
-            elif not tracked:
-                self.untracked(node, kind, ins)
-            else:
-                self.follow(node, kind, ins, tracked)
-        except Opaque as exc:
-            for value in tracked:
-                self.block_state(self.states[value], f"{kind} ({exc})", node)
+        if kind == "prim::If":
+            self.branch(node)
+        else:
+            self.op(node, kind, ins)
+
+    def untracked(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value]) -> None:
+        for block in node.blocks():
+            self.walk(block.nodes())
+        if node.outputsSize() == 1:
+            super().untracked(node, kind, ins)
 
     def container_op(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value]) -> bool:
         """Lists and tuples of channel tensors: built, appended to (DenseNet's feature list),
@@ -141,7 +196,7 @@ class _Analysis(AnalysisBase):
                   if v in self.states]
         if not packed:
             return False
-        if kind in CONCAT and self.concat(node, ins):
+        if kind in CONCAT and self.concat(node, self.containers[ins[0]], ins[1]):
             return True
         for state in packed:
             self.block_state(state, f"{kind} (a list of channel tensors)", node)
@@ -154,78 +209,6 @@ class _Analysis(AnalysisBase):
                 self.states[out] = self.states[item]
             if item in self.containers:
                 self.containers[out] = self.containers[item]
-
-    def concat(self, node: torch._C.Node, ins: list[torch._C.Value]) -> bool:
-        items = self.containers[ins[0]]
-        states = [self.states.get(v) for v in items]
-        ranks = {s.rank for s in states if s is not None}
-        if any(s is None or s.flat for s in states) or len(ranks) != 1:
-            return False  # a tensor of unknown channels among them: offsets unknown
-        rank = ranks.pop()
-        dim = constant(ins[1])
-        if rank is None or not isinstance(dim, int) or dim % rank != 1:
-            return False
-        parts = tuple(p for s in states if s is not None for p in s.parts)
-        nonzero = next((s.nonzero for s in states if s is not None and s.nonzero), None)
-        self.states[node.output()] = State(parts, rank, nonzero=nonzero)
-        return True
-
-    def untracked(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value]) -> None:
-        """A node no group flows into: only ranks matter (for a later Linear/flatten)."""
-        for block in node.blocks():
-            self.walk(block.nodes())
-        if kind in ("aten::flatten", "aten::view", "aten::reshape") and node.outputsSize() == 1:
-            rank = reshape_rank(node, ins, self.rank(ins[0]))
-            if rank is not None:
-                self.ranks[node.output()] = rank
-
-    def follow(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value],
-               tracked: list[torch._C.Value]) -> None:
-        state = self.states[tracked[0]]
-        if kind in METADATA:
-            return
-        first = ins[0] is tracked[0]
-        if kind in PASSTHROUGH or kind in NONZERO:
-            if not first:
-                raise Opaque("a channel tensor in an unexpected argument")
-            if kind in NONZERO and state.nonzero is None:
-                state = replace(state, nonzero=f"{kind} at {location(node)}")
-            self.states[node.output()] = state
-        elif kind in COUPLING and len(tracked) == 2:
-            self.states[node.output()] = self.couple(node, state, self.states[tracked[1]])
-        elif kind in SCALE and len(tracked) == 1 and first and is_number(ins[1]):
-            self.states[node.output()] = state  # x * 0.5 keeps zeros zero
-        elif kind in ("aten::mul", "aten::mul_") and len(tracked) == 1 and self.computed(
-                ins[1] if first else ins[0]):
-            # times a computed tensor (stochastic depth's per-sample noise): zeros stay zero
-            self.states[node.output()] = state
-        elif kind in ("aten::flatten", "aten::view", "aten::reshape") and first:
-            self.states[node.output()] = flatten_state(node, ins, state)
-        elif kind == "aten::mean" and first:
-            self.states[node.output()] = mean_state(node, ins, state)
-        else:
-            raise Opaque("an op the channel analysis does not know")
-
-    def computed(self, value: torch._C.Value) -> bool:
-        """A tensor computed in forward, not a parameter or buffer (whose channel dimension
-        would have to be sliced)."""
-        return isinstance(value.type(), torch.TensorType) and value not in self.paths
-
-    def couple(self, node: torch._C.Node, a: State, b: State) -> State:
-        """Two channel tensors meet elementwise (residual add, gate multiply): one group per
-        position. A product's removed channel is 0 when either factor's is."""
-        if a.flat != b.flat:
-            raise Opaque("adds a flattened and an unflattened tensor")
-        sizes = [[self.groups[self.find(g)].channels for g in s.parts] for s in (a, b)]
-        if sizes[0] != sizes[1]:
-            raise Opaque(f"channel parts {sizes[0]} and {sizes[1]} do not line up")
-        parts = tuple(self.union(x, y, node) for x, y in zip(a.parts, b.parts, strict=True))
-        if node.kind().startswith("aten::mul"):
-            nonzero = a.nonzero if a.nonzero and b.nonzero else None
-        else:
-            nonzero = a.nonzero or b.nonzero
-        rank = a.rank if a.rank is not None else b.rank
-        return State(parts, rank, a.flat, nonzero)
 
     def settled(self, cond: torch._C.Value) -> bool | None:
         """A condition that is a module's bool attribute no code assigns (MobileNetV2's
@@ -271,20 +254,6 @@ class _Analysis(AnalysisBase):
                     self.block_state(s, "a branch whose outputs carry different channels",
                                      node)
 
-    def account(self) -> list[str]:
-        """Every Conv/Linear in a group or refused with its op and line."""
-        producers = {p for g in self.groups for p in g.producers}
-        for name, sub in self.module.named_modules():
-            kind = str(getattr(sub, "original_name", type(sub).__name__))
-            if kind not in LAYER_TYPES or name in producers or name in self.refusals:
-                continue
-            node = self.uses.get(f"{name}.weight")
-            self.refusals[name] = (
-                f"layer {name}: its weight is read by {node.kind()}, which the channel "
-                f"analysis does not follow, at {location(node)}" if node is not None
-                else f"layer {name}: not called by forward")
-        return list(self.refusals.values())
-
 
 def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:
     """The channel groups of ``module``'s forward, coupled, with every slice they imply."""
@@ -292,19 +261,6 @@ def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:
     torch._C._jit_pass_constant_propagation(graph)  # folds F.relu's `if inplace:` and kin
     analysis = _Analysis(module)
     analysis.run(graph)
-    merged: dict[int, Group] = {}
-    for group in analysis.groups:
-        root = analysis.groups[analysis.find(group.id)]
-        into = merged.setdefault(root.id, Group(id=len(merged), channels=root.channels,
-                                                block=root.block))
-        into.producers += [p for p in group.producers if p not in into.producers]
-        into.slices += [s for s in group.slices if s not in into.slices]
-        into.blockers += group.blockers
-        into.feeds_output |= group.feeds_output
-    for group in merged.values():
-        cuts = [(s.tensor, s.dim, s.offset) for s in group.slices]
-        if len(set(cuts)) != len(cuts):  # one tensor, two layouts (a flatten and not)
-            group.blockers.append("a tensor reached both flattened and not")
-    shapes = {k: list(v.shape) for k, v in analysis.tensors.items()}
-    return ChannelGraph(groups=list(merged.values()), tensor_shapes=shapes,
-                        refusals=analysis.account(), grouped=analysis.grouped)
+    layers = {name: kind for name, sub in module.named_modules()
+              if (kind := str(getattr(sub, "original_name", type(sub).__name__))) in LAYER_TYPES}
+    return analysis.result(layers)

@@ -1,5 +1,5 @@
 """The rules for layers that own weights: Conv and Linear (plain, grouped, depthwise) and
-BatchNorm (DepGraph's rules, Fang et al. CVPR 2023, for uploaded TorchScript).
+BatchNorm (DepGraph's rules, Fang et al. CVPR 2023), for both front ends.
 
 - A plain Conv/Linear consumes its input's channels (weight dim 1, at each concatenated
   part's offset; after a flatten, ``inner`` entries per channel) and opens a new group with
@@ -15,19 +15,17 @@ from __future__ import annotations
 
 from math import lcm
 
-import torch
-
 from worker.engine.shrink.ops import CONV, TRANSPOSED, Opaque, State, conv_groups
-from worker.engine.shrink.state import AnalysisBase
+from worker.engine.shrink.state import AnalysisBase, N, V
 
 
 def _module(weight: str) -> str:
     return weight.rsplit(".", 1)[0] if "." in weight else ""
 
 
-def layer(an: AnalysisBase, node: torch._C.Node, ins: list[torch._C.Value]) -> None:
+def layer(an: AnalysisBase[N, V], node: N, ins: list[V]) -> None:
     """Conv/Linear: consumes its input's group (weight dim 1), produces a new group."""
-    kind = node.kind()
+    kind = an.kind(node)
     weight, bias = an.param(ins[1]), an.param(ins[2])
     if weight is None:
         raise Opaque("a layer without a weight")
@@ -35,7 +33,7 @@ def layer(an: AnalysisBase, node: torch._C.Node, ins: list[torch._C.Value]) -> N
     shape = list(an.tensors[weight].shape)
     source = an.states.get(ins[0])
     conv = kind in CONV
-    groups = conv_groups(node, ins) if conv else 1
+    groups = conv_groups(kind, lambda i: an.constant(ins[i])) if conv else 1
     if kind in TRANSPOSED or groups == 0:
         _refuse(an, name, f"{kind} transposed: its output channels are weight dim 1", node,
                 source)
@@ -52,17 +50,17 @@ def layer(an: AnalysisBase, node: torch._C.Node, ins: list[torch._C.Value]) -> N
     an.add_slice(group, weight, 0)
     an.add_slice(group, bias, 0)
     rank = len(shape) if conv else an.rank(ins[0])
-    an.states[node.output()] = State((group,), rank)
+    an.states[an.output(node)] = State((group,), rank)
 
 
-def _refuse(an: AnalysisBase, name: str, why: str, node: torch._C.Node,
+def _refuse(an: AnalysisBase[N, V], name: str, why: str, node: N,
             source: State | None) -> None:
     an.refuse(name, why, node)
     if source is not None:
         an.block_state(source, f"{why} (layer {name})", node)
 
 
-def grouped(an: AnalysisBase, node: torch._C.Node, name: str, shape: list[int], groups: int,
+def grouped(an: AnalysisBase[N, V], node: N, name: str, shape: list[int], groups: int,
             params: tuple[str, str | None], source: State | None) -> None:
     """Depthwise / grouped conv: input and output channels are one group, cut in whole
     blocks of ``out / groups`` channels (1 for depthwise)."""
@@ -76,7 +74,7 @@ def grouped(an: AnalysisBase, node: torch._C.Node, name: str, shape: list[int], 
     elif out != width * groups:
         why = f"{out} output channels from {width * groups} inputs (a channel multiplier)"
     if why is not None or source is None:
-        _refuse(an, name, f"{node.kind()} with groups={groups}: {why}", node, source)
+        _refuse(an, name, f"{an.kind(node)} with groups={groups}: {why}", node, source)
         return
     group = an.find(source.group)
     an.groups[group].block = lcm(an.groups[group].block, out // groups)
@@ -85,10 +83,10 @@ def grouped(an: AnalysisBase, node: torch._C.Node, name: str, shape: list[int], 
     an.add_slice(group, params[0], 0)
     an.add_slice(group, params[1], 0)
     an.grouped = True
-    an.states[node.output()] = State((group,), len(shape))
+    an.states[an.output(node)] = State((group,), len(shape))
 
 
-def consume(an: AnalysisBase, node: torch._C.Node, source: State, shape: list[int],
+def consume(an: AnalysisBase[N, V], node: N, source: State, shape: list[int],
             weight: str, conv: bool) -> None:
     """The layer's input channels (weight dim 1) follow the source's groups."""
     if source.nonzero is not None:
@@ -115,7 +113,7 @@ def consume(an: AnalysisBase, node: torch._C.Node, source: State, shape: list[in
         an.add_slice(group, weight, 1, shape[1] // channels, offset)
 
 
-def batch_norm(an: AnalysisBase, node: torch._C.Node, ins: list[torch._C.Value]) -> None:
+def batch_norm(an: AnalysisBase[N, V], node: N, ins: list[V]) -> None:
     """Slices weight, bias, running mean and var; a removed channel comes out 0 again (its
     weight and bias are zeroed in the masked model)."""
     source = an.states.get(ins[0])
@@ -127,4 +125,4 @@ def batch_norm(an: AnalysisBase, node: torch._C.Node, ins: list[torch._C.Value])
     for group, offset in an.offsets(source):
         for name in names:
             an.add_slice(group, name, 0, offset=offset)
-    an.states[node.output()] = State(source.parts, source.rank, source.flat)
+    an.states[an.output(node)] = State(source.parts, source.rank, source.flat)

@@ -19,9 +19,11 @@ from torch import nn
 from core.jobs.architectures import ARCHITECTURES
 from worker.engine import registry
 from worker.engine.script_copy import reloaded
+from worker.engine.shrink.fx_graph import Const, arguments, aten_op, op_name
+from worker.engine.shrink.graph import constant
 from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
-from worker.engine.shrink.state import Slice
+from worker.engine.shrink.state import ChannelGraph, Slice
 
 
 def _indices(channels: torch.Tensor, piece: Slice) -> torch.Tensor:
@@ -98,7 +100,8 @@ def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not 
     for node in [n for kind in sorted(CONV) for n in graph.findAllNodes(kind, True)]:
         ins = list(node.inputs())
         at = 8 if node.kind() == "aten::_convolution" else 6
-        groups = conv_groups(node, ins)
+        values = [constant(v) for v in ins]
+        groups = conv_groups(node.kind(), values.__getitem__)
         if groups is None or groups <= 1:  # computed already, transposed, or plain
             continue
         with graph.insert_point_guard(node):
@@ -108,8 +111,9 @@ def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not 
         node.replaceInput(at, count)
 
 
-def swap_into_script(module: torch.jit.ScriptModule, new: dict[str, torch.Tensor]) -> None:
-    """Replace parameters and buffers of a TorchScript module by name, in place."""
+def swap_tensors(module: nn.Module, new: dict[str, torch.Tensor]) -> None:
+    """Replace parameters and buffers of a TorchScript module or an exported program's module
+    by name, in place."""
     parameters = dict(module.named_parameters())
     for name, tensor in new.items():
         *path, attr = name.split(".")
@@ -121,6 +125,34 @@ def swap_into_script(module: torch.jit.ScriptModule, new: dict[str, torch.Tensor
         else:
             value = tensor
         setattr(owner, attr, value)
+
+
+def follow_shapes(module: torch.fx.GraphModule, graph: ChannelGraph) -> None:
+    """An exported program's constants that held the old widths, in place: a grouped conv's
+    ``groups`` scaled with its filters (a group keeps its width), and flatten's fixed size in
+    a core-ATen ``view`` made -1."""
+    free = set(graph.free_sizes)
+    for node in module.graph.nodes:
+        if node.name in free:
+            node.update_arg(1, [node.args[1][0], -1])
+        kind = op_name(node)
+        op = aten_op(node)
+        if op is None or kind not in CONV:
+            continue
+        args = arguments(node, op)
+        values = [a.value if isinstance(a, Const) else None for a in args]
+        groups = conv_groups(str(kind), values.__getitem__)
+        weight = args[1]
+        if groups is None or groups <= 1 or not isinstance(weight, torch.fx.Node):
+            continue
+        out = int(module.get_parameter(str(weight.target)).shape[0])
+        new = groups * out // graph.tensor_shapes[str(weight.target)][0]
+        at = 8 if kind == "aten::_convolution" else 6
+        if len(node.args) > at:
+            node.update_arg(at, new)
+        else:
+            node.update_kwarg("groups", new)
+    module.recompile()
 
 
 def rebuild_registry(

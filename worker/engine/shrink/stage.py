@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import worker.engine.shrink.fx_graph as fx_graph
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import ShapeChange, ShrinkGroup, ShrinkReport, TensorReport
 from core.jobs.spec import PruningSpec
@@ -18,11 +19,12 @@ from worker.engine.methods import PruningError
 from worker.engine.shrink.graph import ChannelGraph, analyse
 from worker.engine.shrink.plan import GroupPlan, UnsupportedModel, plan_groups
 from worker.engine.shrink.rewrite import (
+    follow_shapes,
     generic_groups,
     rebuild_registry,
     registry_widths,
     sliced_tensors,
-    swap_into_script,
+    swap_tensors,
     zero_removed,
 )
 
@@ -51,10 +53,8 @@ class Prepared:
         before = dict(self.model.state_dict())
         new = sliced_tensors(before, self.plans)
         after = {**before, **new}
-        if isinstance(self.model, torch.jit.ScriptModule):
-            swap_into_script(self.model, new)
-            model: nn.Module = (generic_groups(self.model) if self.graph.grouped
-                                else self.model)
+        if isinstance(self.model, torch.fx.GraphModule | torch.jit.ScriptModule):
+            model = self._swapped(new)  # an upload keeps its code, with smaller tensors
             producers = {p for g in self.graph.groups for p in g.producers}
             widths = {name: int(after[f"{name}.weight"].shape[0])
                       for name, _ in model.named_modules() if name in producers}
@@ -65,6 +65,18 @@ class Prepared:
         for row in rows:
             row.shape_before, row.shape_after = row.shape, list(after[row.name].shape)
         return Shrunk(model, rows, self._report(before, after, widths, model))
+
+    def _swapped(self, new: dict[str, torch.Tensor]) -> nn.Module:
+        """An upload with the sliced tensors swapped in; a grouped conv's ``groups`` made to
+        follow its tensors (TorchScript: computed in the code; .pt2: the argument scaled, and
+        a core-ATen flatten's size made -1)."""
+        swap_tensors(self.model, new)
+        if isinstance(self.model, torch.fx.GraphModule):
+            follow_shapes(self.model, self.graph)
+            return self.model
+        if isinstance(self.model, torch.jit.ScriptModule) and self.graph.grouped:
+            return generic_groups(self.model)
+        return self.model
 
     def _report(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
                 widths: dict[str, int], model: nn.Module) -> ShrinkReport:
@@ -97,15 +109,7 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
             seed: int) -> Prepared:
     """Analyse and plan; raises EngineError (unsupported_model, invalid_spec,
     no_prunable_tensors) before anything is changed."""
-    if isinstance(model, torch.fx.GraphModule):
-        raise EngineError(
-            JobErrorCode.UNSUPPORTED_MODEL,
-            "shrink (physical channel removal) is not available for .pt2 uploads yet; prune "
-            "without shrink, or send the model as TorchScript or as a state_dict with its "
-            "architecture",
-        )
-    script = model if isinstance(model, torch.jit.ScriptModule) else _script(model)
-    graph = analyse(script)
+    graph = channel_graph(model)
     targeted = {t.name for t in pruning.find_targets(model, spec)}
     generator = torch.Generator().manual_seed(seed)
     try:
@@ -115,6 +119,15 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
     except PruningError as exc:
         raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
     if not any(p.pruned for p in plans):
+        refused = [r for r in graph.refusals
+                   if f"{r.removeprefix('layer ').split(':')[0]}.weight" in targeted]
+        if refused:  # the layers asked for open no group: say which op stopped each
+            raise EngineError(
+                JobErrorCode.UNSUPPORTED_MODEL,
+                "shrink cannot follow the channels of the targeted layers: "
+                + "; ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
+                + ". Exclude these layers (pruning.exclude) or rewrite that code",
+            )
         kept = "; ".join(f"{p.name}: {p.reason}" for p in plans)
         raise EngineError(
             JobErrorCode.NO_PRUNABLE_TENSORS,
@@ -122,6 +135,14 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
             "Conv/Linear layers (pruning.include)",
         )
     return Prepared(model, spec, architecture, graph, plans)
+
+
+def channel_graph(model: nn.Module) -> ChannelGraph:
+    """The channel analysis of any module a job holds: an exported program's module through
+    its FX graph, a TorchScript module through its graph, a registry module scripted."""
+    if isinstance(model, torch.fx.GraphModule):
+        return fx_graph.analyse(model)
+    return analyse(model if isinstance(model, torch.jit.ScriptModule) else _script(model))
 
 
 def _script(model: nn.Module) -> torch.jit.ScriptModule:

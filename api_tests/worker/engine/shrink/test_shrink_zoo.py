@@ -1,10 +1,14 @@
 """torchvision's CNN families (width-reduced, same classes), scripted and traced: every Conv
 and Linear ends up in a channel group or in a refusal naming the op and the source line;
-each family shrinks, exactly (shrunk == masked to 1e-4), or is refused saying where."""
+each family shrinks, exactly (shrunk == masked to 1e-4), or is refused saying where. As
+``.pt2`` (torch.export), each family shrinks exactly to the same shapes as scripted, or is
+refused naming the same op."""
 
 from __future__ import annotations
 
+import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +17,9 @@ from torch import nn
 from api_tests.worker.engine.shrink.models import randomize_batchnorm
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import PruningSpec
+from core.settings import Settings
 from testkit import zoo
+from worker.engine import exported
 from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare
 from worker.engine.shrink.graph import analyse
@@ -25,10 +31,11 @@ HALF = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0,
 SHRINKS = ["alexnet", "vgg", "resnet", "resnext", "densenet", "googlenet", "inception",
            "mnasnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "regnet_x", "regnet_y",
            "squeezenet1_1"]
-# family -> {how: what the refusal names}
+# family -> {how (export: as .pt2): what the refusal names}
 REFUSED = {
-    "convnext": {"script": "aten::permute", "trace": "aten::permute"},
-    "shufflenet": {"script": "aten::chunk", "trace": "aten::view (a reshape to fixed sizes"},
+    "convnext": {"script": "aten::permute", "trace": "aten::permute", "export": "aten::permute"},
+    "shufflenet": {"script": "aten::chunk", "trace": "aten::view (a reshape to fixed sizes",
+                   "export": "aten::view (a reshape to fixed sizes"},
 }
 KINDS = ["script", "trace"]
 
@@ -86,3 +93,40 @@ def test_family_is_refused_naming_op_and_line(family: str, how: str) -> None:
     message = caught.value.message
     assert REFUSED[family][how] in message
     assert f"torchvision/models/{family}" in message  # the line in the model's own code
+
+
+def _program(family: str, folder: Path, settings: Settings) -> torch.fx.GraphModule:
+    """The family as a job holds its .pt2: exported with a dynamic batch, saved, loaded."""
+    model = randomize_batchnorm(zoo.build(family))
+    program = torch.export.export(model, (zoo.example(family),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(folder / "model.pt2"))
+    return exported.load_exported(folder / "model.pt2", settings)
+
+
+@pytest.mark.parametrize("family", SHRINKS)
+def test_family_as_pt2_shrinks_exactly_like_torchscript(
+    family: str, tmp_path: Path, engine_settings: Settings
+) -> None:
+    program = _program(family, tmp_path, engine_settings)
+    masked = copy.deepcopy(program)
+    prepared = prepare(program, HALF, None, seed=0)
+    zero_removed(masked, prepared.plans)
+    shrunk = prepared.apply()
+    x = zoo.example(family)
+    with torch.no_grad():
+        assert (shrunk.model(x) - masked(x)).abs().max().item() < 1e-4
+    script = prepare(_model(family, "script"), HALF, None, seed=0).apply().report
+    assert shrunk.report.tensors == script.tensors  # one set of rules, two front ends
+    assert prepared.graph.refusals == []
+
+
+@pytest.mark.parametrize("family", sorted(REFUSED))
+def test_family_as_pt2_is_refused_naming_op_and_line(
+    family: str, tmp_path: Path, engine_settings: Settings
+) -> None:
+    with pytest.raises(EngineError) as caught:
+        prepare(_program(family, tmp_path, engine_settings), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    assert REFUSED[family]["export"] in caught.value.message
+    assert f"torchvision/models/{family}" in caught.value.message
