@@ -145,7 +145,10 @@ class PruningSpec(SpecModel):
         default_factory=dict,
         description="Per-tensor amounts, keyed by an fnmatch pattern of the parameter name. "
         "A tensor with an override is pruned on its own (layerwise) to that amount; the first "
-        "matching pattern wins.",
+        "matching pattern wins. With shrink, a pattern names a channel group: by its name, its "
+        "producers joined by '+' as in the report's shrink groups (e.g. "
+"'stem+layer1.conv2'), or by a targeted weight of one of its producers; a pattern "
+        "that names no group fails the job (invalid_spec), saying which groups there are.",
     )
     schedule: Schedule = Field(default_factory=OneShot)
     shrink: bool = Field(

@@ -47,6 +47,11 @@ class Group:
     feeds_output: bool = False
     block: int = 1  # channels go in aligned blocks of this many (a grouped conv's groups)
 
+    @property
+    def name(self) -> str:
+        """How reports, errors and ``pruning.overrides`` name it: its producers, "+"."""
+        return "+".join(self.producers)
+
 
 @dataclass
 class ChannelGraph:

@@ -144,3 +144,51 @@ def test_groups_are_rewritten_inside_an_inlined_forward() -> None:
     shapes, gap = _shrunk_shapes_and_gap(model)
     assert shapes["dw.weight"] == [4, 1, 3, 3]
     assert gap < 1e-4
+
+
+RESIDUAL = "stem+block1.conv2+block2.conv2"  # the residual trunk's group, as reports name it
+
+
+def _kept_per_group(overrides: dict[str, float], round_to: int = 1,
+                    exclude: tuple[str, ...] = ()) -> dict[str, int]:
+    model = _compile(models.ResidualNet(channels=24), "script")
+    spec = HALF.model_copy(update={"overrides": overrides, "round_to": round_to,
+                                   "exclude": list(exclude)})
+    return {p.name: p.keep.numel() for p in prepare(model, spec, None, seed=0).plans
+            if p.pruned}
+
+
+@pytest.mark.parametrize(("overrides", "round_to", "kept"), [
+    ({RESIDUAL: 0.25}, 1, {RESIDUAL: 18, "block1.conv1": 12, "block2.conv1": 12}),
+    ({"stem+*": 0.75}, 8, {RESIDUAL: 8, "block1.conv1": 16, "block2.conv1": 16}),
+    ({"block?.conv1": 0.25, "*": 0.75}, 1, {RESIDUAL: 6, "block1.conv1": 18,
+                                            "block2.conv1": 18}),
+    ({"stem.weight": 0.25}, 1, {RESIDUAL: 18, "block1.conv1": 12, "block2.conv1": 12}),
+    ({"block1.conv2.weight": 0.25}, 1, {RESIDUAL: 18, "block1.conv1": 12,
+                                        "block2.conv1": 12}),
+    ({RESIDUAL.replace("+", " + "): 0.25}, 1, {RESIDUAL: 18, "block1.conv1": 12,
+                                                "block2.conv1": 12}),  # as the page shows it
+])
+def test_overrides_name_groups(overrides: dict[str, float], round_to: int,
+                               kept: dict[str, int]) -> None:
+    """24 channels per group: an override names a group (producers joined by '+', fnmatch,
+    first matching pattern wins) or one of its producers' weights; round_to rounds its
+    count kept up like the spec's amount."""
+    assert _kept_per_group(overrides, round_to) == kept
+
+
+def test_override_naming_nothing_lists_the_groups() -> None:
+    with pytest.raises(EngineError) as caught:
+        _kept_per_group({"block3*": 0.25})
+    assert caught.value.code is JobErrorCode.INVALID_SPEC
+    assert "pruning.overrides['block3*'] names no channel group" in caught.value.message
+    assert (f"the groups shrink can prune: '{RESIDUAL}', 'block1.conv1', 'block2.conv1'" in
+            caught.value.message)
+
+
+def test_override_of_an_excluded_layer_says_so() -> None:
+    with pytest.raises(EngineError) as caught:
+        _kept_per_group({"block1.conv1.weight": 0.25}, exclude=("block1.conv1.weight",))
+    assert caught.value.code is JobErrorCode.INVALID_SPEC
+    assert "block1.conv1.weight is not targeted (pruning.include / pruning.exclude)" in \
+        caught.value.message
