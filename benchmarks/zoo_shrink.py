@@ -8,7 +8,8 @@ line), or the shrunk archive reloaded with plain ``torch.jit.load``, its largest
 difference to the masked model on 4 random images (target: <= 1e-4), FLOPs per image
 before and after (``measure.count_flops``: the job's counter), and for ResNet-18,
 VGG-11-BN and MobileNetV2 the latency at batch 64 of the dense and shrunk archives timed in
-alternation (``measure.time_alternating``, as the report does; target >= 1.4x).
+alternation (``measure.time_alternating``, as the report does; target >= 1.4x; ShuffleNetV2
+is timed too, without a target). ``--update`` re-measures some rows of the results file.
 
 Inputs are 3 x 32 x 32 (``input.channels: 3, size: 32``), except AlexNet (64: its stride-4
 stem leaves nothing of 32) and Inception-v3 (75, its smallest).
@@ -41,7 +42,7 @@ FAMILIES = ["alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "densenet121",
             "inception_v3", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small",
             "efficientnet_b0", "regnet_y_400mf", "squeezenet1_1", "shufflenet_v2_x0_5",
             "convnext_tiny"]
-TIMED = {"resnet18", "vgg11_bn", "mobilenet_v2"}
+TIMED = {"resnet18", "vgg11_bn", "mobilenet_v2", "shufflenet_v2_x0_5"}
 SIZE = {"alexnet": 64, "inception_v3": 75}
 CPU = torch.device("cpu")
 
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", default=FAMILIES)
     parser.add_argument("--how", nargs="*", default=["script", "trace"])
     parser.add_argument("--out", default="benchmarks/results/zoo_shrink_cpu.json")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the rows measured now in --out, keep the others")
     args = parser.parse_args()
     warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
     result: dict[str, Any] = {"machine": machine(CPU), "rows": []}
@@ -146,8 +149,23 @@ def main() -> None:
         for how in args.how:
             result["rows"].append(row(name, how))
             print(json.dumps(result["rows"][-1])[:400], flush=True)
+    if args.update:
+        result = _updated(args.out, result)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def _updated(path: str, new: dict[str, Any]) -> dict[str, Any]:
+    """The rows in ``path`` with those measured now put in their place (same family and
+    compile); the file's machine stays, and ``updated`` says which rows were measured when,
+    on what."""
+    with open(path) as f:
+        old = json.load(f)
+    fresh = {(r["family"], r["how"]): r for r in new["rows"]}
+    measured = [f"{family} {how}" for family, how in fresh]
+    rows = [fresh.pop((r["family"], r["how"]), r) for r in old["rows"]]
+    updates = [*old.get("updated", []), {"rows": measured, "machine": new["machine"]}]
+    return {"machine": old["machine"], "rows": rows + list(fresh.values()), "updated": updates}
 
 
 if __name__ == "__main__":

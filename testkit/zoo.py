@@ -70,7 +70,8 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "efficientnet_v2": partial(_efficientnet, "efficientnet_v2_s"),
     "regnet_x": partial(_regnet, None),
     "regnet_y": partial(_regnet, 0.25),
-    "shufflenet": partial(tv.ShuffleNetV2, [1, 1, 1], [8, 16, 32, 64, 128], num_classes=10),
+    # two blocks per stage: the second (stride 1) splits with chunk, as every full model's
+    "shufflenet": partial(tv.ShuffleNetV2, [2, 2, 2], [8, 16, 32, 64, 128], num_classes=10),
     "squeezenet1_0": partial(tv.SqueezeNet, "1_0", num_classes=10),
     "squeezenet1_1": partial(tv.SqueezeNet, "1_1", num_classes=10),
     "convnext": partial(tv.ConvNeXt, [convnext.CNBlockConfig(16, 32, 1),

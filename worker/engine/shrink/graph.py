@@ -11,12 +11,15 @@ them into one group (union-find), as DepGraph does.
 A concatenation along channels carries its parts in order (a consumer's input channels map to
 each part at its offset); a depthwise or grouped conv passes its input's group through
 (``layers.py``); a multiply of two groups (a squeeze-and-excitation gate) couples them.
+``x.chunk(n, 1)`` and the channel shuffle move channels to new positions (``shuffle.py``,
+through the walk's ``moved`` hook): their tensors' channels are tracked position by position.
 
-A group that reaches something the analysis cannot follow (a fixed-size reshape, a split, a
-custom op, a layer reading channels that an activation made non-zero) records a *blocker*
-naming the op and the source location; pruning such a group is refused, while a group nobody
-asked to prune (e.g. the logits) may keep its blockers harmlessly. A Conv/Linear that opens
-no group is a *refusal* of the graph, with its op and line: no layer vanishes unexplained.
+A group that reaches something the analysis cannot follow (a fixed-size reshape, an uneven
+chunk, a custom op, a layer reading channels that an activation made non-zero) records a
+*blocker* naming the op and the source location; pruning such a group is refused, while a
+group nobody asked to prune (e.g. the logits) may keep its blockers harmlessly. A Conv/Linear
+that opens no group is a *refusal* of the graph, with its op and line: no layer vanishes
+unexplained.
 
 Removal is exact when the producers' output channels are zero in the masked model: every op
 we let a group pass through maps a zero channel to a zero channel, so the consumer's slices
@@ -25,13 +28,14 @@ multiply zeros only.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
 
-from worker.engine.shrink.ops import CONCAT, LAYER_TYPES, Opaque, own_frame
+import worker.engine.shrink.shuffle as shuffle
+from worker.engine.shrink.ops import CONCAT, LAYER_TYPES, Opaque, State
 from worker.engine.shrink.rules import OpWalk
+from worker.engine.shrink.script_nodes import constant, location
 from worker.engine.shrink.state import ChannelGraph, Group, Slice
 
 __all__ = ["ChannelGraph", "Group", "Slice", "analyse", "constant", "location"]
@@ -40,36 +44,14 @@ _TRAINING = "training"
 _NUMBER_TYPES = ("IntType", "FloatType", "NumberType")
 
 
-def location(node: torch._C.Node) -> str:
-    """'model.py:15: return self.fc(x.view(-1, 400))' from the node's source range.
-
-    Scripted graphs say 'File "model.py", line 15' followed by the code, traced ones
-    'model.py(15): forward' for each frame of the Python stack, innermost first."""
-    text = str(node.sourceRange())
-    lines = text.splitlines()
-    here = next((i for i, ln in enumerate(lines) if "<--- HERE" in ln), 0)
-    code = lines[here - 1] if here > 0 else ""
-    match = re.search(r'File "([^"]+)", line (\d+)', text)
-    if match is not None:
-        return own_frame([(match.group(1), match.group(2), code)])
-    return own_frame([(m.group(1), m.group(2), code) for line in lines
-                      if (m := re.match(r"(.+?)\((\d+)\): ", line))])
-
-
-def constant(value: torch._C.Value) -> object:
-    """A prim::Constant's value, else None."""
-    if value.node().kind() != "prim::Constant":
-        return None
-    return value.toIValue()
-
-
-class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
+class ScriptAnalysis(OpWalk[torch._C.Node, torch._C.Value]):
     def __init__(self, module: torch.jit.ScriptModule) -> None:
         super().__init__(dict(module.state_dict()))
         self.module = module
         self.paths: dict[torch._C.Value, str] = {}
         self.containers: dict[torch._C.Value, list[torch._C.Value]] = {}
         self.assigned: set[str] = set()  # attributes forward assigns (prim::SetAttr)
+        self.chunks: dict[torch._C.Value, list[State]] = {}  # x.chunk(n, 1): its pieces
 
     # -- the hooks ---------------------------------------------------------------------------
     def kind(self, node: torch._C.Node) -> str:
@@ -119,6 +101,31 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
 
     def computed(self, value: torch._C.Value) -> bool:
         return isinstance(value.type(), torch.TensorType) and value not in self.paths
+
+    def moved(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value], state: State,
+              first: bool) -> bool:
+        """Chunk and channel shuffle (``shuffle.py``)."""
+        if kind in shuffle.CHUNK and first:
+            self.chunks[node.output()] = shuffle.chunk(self, ins, state)
+            return True
+        after = shuffle.follow(self, node, ins, state, first)
+        if after is not None:
+            self.states[node.output()] = after
+        return after is not None
+
+    def fixed(self, value: torch._C.Value) -> int | bool | None:
+        """A constant, or a module's int or bool attribute that no code assigns."""
+        node = value.node()
+        if node.kind() == "prim::Constant":
+            known = constant(value)
+        elif node.kind() == "prim::GetAttr" and value in self.paths:
+            name = node.s("name")
+            if name == _TRAINING or name in self.assigned:
+                return None
+            known = self._attribute(self.paths[value])
+        else:
+            return None
+        return known if isinstance(known, int) else None  # bool is an int too
 
     def _attribute(self, path: str) -> object:
         owner: object = self.module
@@ -187,6 +194,8 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
         if kind in ("prim::TupleUnpack", "prim::ListUnpack") and ins[0] in self.containers:
             self.unpack(self.containers[ins[0]], list(node.outputs()))
             return True
+        if ins and ins[0] in self.chunks and self.take_chunks(node, kind, ins):
+            return True
         if kind in ("prim::TupleIndex", "aten::__getitem__") and ins[0] in self.containers:
             index, items = constant(ins[1]), self.containers[ins[0]]
             if isinstance(index, int) and -len(items) <= index < len(items):
@@ -194,6 +203,7 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
                 return True
         packed = [self.states[v] for v in ins for v in self.containers.get(v, [])
                   if v in self.states]
+        packed += [s for v in ins for s in self.chunks.get(v, [])]
         if not packed:
             return False
         if kind in CONCAT and self.concat(node, self.containers[ins[0]], ins[1]):
@@ -201,6 +211,19 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
         for state in packed:
             self.block_state(state, f"{kind} (a list of channel tensors)", node)
         return True
+
+    def take_chunks(self, node: torch._C.Node, kind: str, ins: list[torch._C.Value]) -> bool:
+        """The pieces of ``x.chunk(n, 1)``, unpacked or indexed."""
+        pieces = self.chunks[ins[0]]
+        if kind == "prim::ListUnpack" and node.outputsSize() == len(pieces):
+            for out, piece in zip(node.outputs(), pieces, strict=True):
+                self.states[out] = piece
+            return True
+        index = constant(ins[1]) if kind == "aten::__getitem__" else None
+        if isinstance(index, int) and -len(pieces) <= index < len(pieces):
+            self.states[node.output()] = pieces[index]
+            return True
+        return False
 
     def unpack(self, items: list[torch._C.Value], outs: list[torch._C.Value]) -> None:
         """Values taken out of a list or tuple are the values put in."""
@@ -212,8 +235,9 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
 
     def settled(self, cond: torch._C.Value) -> bool | None:
         """A condition that is a module's bool attribute no code assigns (MobileNetV2's
-        ``use_res_connect``): its value, so only the branch taken is followed. ``training``
-        is left open: fine-tuning takes the other branch."""
+        ``use_res_connect``), or such an int attribute compared with a constant
+        (ShuffleNetV2's ``self.stride == 1``): its value, so only the branch taken is
+        followed. ``training`` is left open: fine-tuning takes the other branch."""
         node = cond.node()
         if node.kind() == "prim::Constant":
             fixed = constant(cond)
@@ -224,13 +248,13 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
                 return None
             block = list(node.blocks())[0 if taken else 1]
             return self.settled(list(block.outputs())[list(node.outputs()).index(cond)])
-        if node.kind() != "prim::GetAttr" or cond not in self.paths:
-            return None
-        name = node.s("name")
-        if name == _TRAINING or name in self.assigned:
-            return None
-        value = self._attribute(self.paths[cond])
-        return value if isinstance(value, bool) else None
+        if node.kind() in ("aten::eq", "aten::ne"):  # ShuffleNet's `self.stride == 1`
+            a, b = (self.fixed(v) for v in node.inputs())
+            if a is None or b is None or type(a) is not type(b):
+                return None
+            return (a == b) == (node.kind() == "aten::eq")
+        fixed = self.fixed(cond)
+        return fixed if isinstance(fixed, bool) else None
 
     def branch(self, node: torch._C.Node) -> None:
         """prim::If: walk both branches (only the one taken when ``settled``); an output
@@ -246,7 +270,7 @@ class _Analysis(OpWalk[torch._C.Node, torch._C.Value]):
             known = [s for s in states if s is not None]
             if not known:
                 continue
-            roots = {tuple(self.find(g) for g in s.parts) for s in known}
+            roots = {(self.channel_key(s), s.flat, s.shuffle) for s in known}
             if len(known) == len(states) and len(roots) == 1:
                 self.states[out] = known[0]
             else:
@@ -259,7 +283,7 @@ def analyse(module: torch.jit.ScriptModule) -> ChannelGraph:
     """The channel groups of ``module``'s forward, coupled, with every slice they imply."""
     graph = module.inlined_graph  # a copy: the passes below never touch the module
     torch._C._jit_pass_constant_propagation(graph)  # folds F.relu's `if inplace:` and kin
-    analysis = _Analysis(module)
+    analysis = ScriptAnalysis(module)
     analysis.run(graph)
     layers = {name: kind for name, sub in module.named_modules()
               if (kind := str(getattr(sub, "original_name", type(sub).__name__))) in LAYER_TYPES}

@@ -6,13 +6,15 @@ BatchNorm (DepGraph's rules, Fang et al. CVPR 2023), for both front ends.
   its output channels (weight and bias dim 0).
 - A depthwise conv (groups = in = out channels) passes its input's group straight through:
   output channel c reads input channel c only, so both go together; its filters join the
-  group (weight and bias dim 0). A grouped conv with in = out channels does the same in
-  aligned blocks of the group width: whole groups go, never part of one.
+  group (weight and bias dim 0), position by position after a channel shuffle. A grouped
+  conv with in = out channels does the same in aligned blocks of the group width: whole
+  groups go, never part of one.
 - BatchNorm slices its four vectors by the channels it normalises.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import lcm
 
 from worker.engine.shrink.ops import CONV, TRANSPOSED, Opaque, State, conv_groups
@@ -32,6 +34,8 @@ def layer(an: AnalysisBase[N, V], node: N, ins: list[V]) -> None:
     name = _module(weight)
     shape = list(an.tensors[weight].shape)
     source = an.states.get(ins[0])
+    if source is not None and source.shuffle is not None:
+        raise Opaque("a layer midway through a channel shuffle")
     conv = kind in CONV
     groups = conv_groups(kind, lambda i: an.constant(ins[i])) if conv else 1
     if kind in TRANSPOSED or groups == 0:
@@ -66,24 +70,27 @@ def grouped(an: AnalysisBase[N, V], node: N, name: str, shape: list[int], groups
     blocks of ``out / groups`` channels (1 for depthwise)."""
     out, width = shape[0], shape[1]  # weight: (out, in / groups, k, k)
     why = None
+    roots = {an.find(g) for g in source.parts} if source is not None else set()
     if source is None:
         why = ("its input's channels are not followed (the model's input, or after an op "
                "the analysis stopped at)")
-    elif len(source.parts) != 1:
+    elif len(roots) != 1 or (out != groups and len(source.parts) != 1):
         why = "its input is a concatenation"
     elif out != width * groups:
         why = f"{out} output channels from {width * groups} inputs (a channel multiplier)"
+    elif out != groups and source.layout is not None:
+        why = "its input's channels were shuffled or split, and its groups must stay whole"
     if why is not None or source is None:
         _refuse(an, name, f"{an.kind(node)} with groups={groups}: {why}", node, source)
         return
-    group = an.find(source.group)
+    group = roots.pop()
     an.groups[group].block = lcm(an.groups[group].block, out // groups)
     if name not in an.groups[group].producers:
         an.groups[group].producers.append(name)
-    an.add_slice(group, params[0], 0)
-    an.add_slice(group, params[1], 0)
+    an.slice_state(source, params[0], 0)
+    an.slice_state(source, params[1], 0)
     an.grouped = True
-    an.states[an.output(node)] = State((group,), len(shape))
+    an.states[an.output(node)] = State(source.parts, len(shape), layout=source.layout)
 
 
 def consume(an: AnalysisBase[N, V], node: N, source: State, shape: list[int],
@@ -102,15 +109,13 @@ def consume(an: AnalysisBase[N, V], node: N, source: State, shape: list[int],
         if shape[1] != channels:
             an.block_state(source, f"{weight} expects {shape[1]} inputs", node)
             return
-        for group, offset in an.offsets(source):
-            an.add_slice(group, weight, 1, offset=offset)
+        an.slice_state(source, weight, 1)
         return
     if shape[1] % channels:
         an.block_state(source, f"{weight}'s {shape[1]} inputs are not a multiple of "
                        f"{channels} channels", node)
         return
-    for group, offset in an.offsets(source):
-        an.add_slice(group, weight, 1, shape[1] // channels, offset)
+    an.slice_state(source, weight, 1, shape[1] // channels)
 
 
 def batch_norm(an: AnalysisBase[N, V], node: N, ins: list[V]) -> None:
@@ -119,10 +124,11 @@ def batch_norm(an: AnalysisBase[N, V], node: N, ins: list[V]) -> None:
     source = an.states.get(ins[0])
     if source is None:
         return
+    if source.shuffle is not None:
+        raise Opaque("midway through a channel shuffle")
     names = [an.param(value) for value in ins[1:5]]  # weight, bias, mean, var
     if names[0] is None or names[1] is None:  # 0 would come out as -mean/std, not 0
         raise Opaque("BatchNorm without affine weight and bias")
-    for group, offset in an.offsets(source):
-        for name in names:
-            an.add_slice(group, name, 0, offset=offset)
-    an.states[an.output(node)] = State(source.parts, source.rank, source.flat)
+    for name in names:
+        an.slice_state(source, name, 0)
+    an.states[an.output(node)] = replace(source, nonzero=None)

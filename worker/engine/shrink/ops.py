@@ -50,15 +50,24 @@ LAYER_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvT
                          "ConvTranspose3d", "Linear"})
 
 
+Layout = tuple[tuple[int, int], ...]  # per channel position: (group, the group's channel)
+
+
 @dataclass(frozen=True)
 class State:
     """A tensor value whose dimension 1 carries channel groups ``parts``, in order (one group,
-    or several after a concatenation)."""
+    or several after a concatenation). After a chunk or a channel shuffle the positions are
+    no longer whole groups in order: ``layout`` then names each position's group and channel
+    (``parts`` lists the groups in order of first appearance)."""
 
     parts: tuple[int, ...]
     rank: int | None  # None: unknown
     flat: bool = False  # channel-major flattened: feature = channel * inner + rest
     nonzero: str | None = None  # the op that made removed channels non-zero, and where
+    layout: Layout | None = None  # None: the parts' channels in order
+    # midway through a channel shuffle: (groups, transposed yet, where it starts), channels
+    # in dims 1 and 2 (TorchScript only: see shuffle.py)
+    shuffle: tuple[int, bool, str] | None = None
 
     @property
     def group(self) -> int:

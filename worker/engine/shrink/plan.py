@@ -116,7 +116,16 @@ def _scores(group: Group, tensors: dict[str, torch.Tensor], spec: PruningSpec,
         if first.shape[0] == group.channels:
             return method.scores(first, generator)
         return torch.rand(group.channels, generator=generator)
-    return torch.stack([method.scores(w, generator).cpu() for w in weights.values()]).sum(0)
+    per_producer = []
+    for name, weight in weights.items():
+        scores = method.scores(weight, generator).cpu()
+        piece = next((s for s in group.slices if s.tensor == name and s.dim == 0), None)
+        if piece is None or piece.pairs is None:
+            per_producer.append(scores)
+            continue
+        units, at = torch.tensor(piece.pairs).T
+        per_producer.append(torch.zeros(group.channels).index_add_(0, units, scores[at]))
+    return torch.stack(per_producer).sum(0)
 
 
 def _pruned_channels(group: Group, scores: torch.Tensor, amount: float,

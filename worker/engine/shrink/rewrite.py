@@ -23,12 +23,18 @@ from worker.engine.shrink.fx_graph import Const, arguments, aten_op, op_name
 from worker.engine.shrink.graph import constant
 from worker.engine.shrink.ops import CONV, conv_groups
 from worker.engine.shrink.plan import GroupPlan
+from worker.engine.shrink.script_nodes import source_key
 from worker.engine.shrink.state import ChannelGraph, Slice
 
 
 def _indices(channels: torch.Tensor, piece: Slice) -> torch.Tensor:
-    """A slice's entries for ``channels``: ``inner`` per channel, after ``offset`` channels."""
-    first = (channels + piece.offset) * piece.inner
+    """A slice's entries for ``channels``: ``inner`` per channel, after ``offset`` channels
+    (or at the positions its ``pairs`` give them)."""
+    if piece.pairs is not None:
+        units, at = torch.tensor(piece.pairs, dtype=torch.long).reshape(-1, 2).T
+        first: torch.Tensor = at[torch.isin(units, channels)] * piece.inner
+    else:
+        first = (channels + piece.offset) * piece.inner
     if piece.inner == 1:
         return first
     return (first[:, None] + torch.arange(piece.inner)).flatten()
@@ -109,6 +115,97 @@ def _patch_groups(graph: Any) -> None:  # torch._C.Graph: its insert API is not 
             count = graph.insert("aten::floordiv", [graph.insert("aten::size", [ins[0], one]),
                                                    graph.insert("aten::size", [ins[1], one])])
         node.replaceInput(at, count)
+
+
+_VIEWS = ("aten::view", "aten::reshape")
+
+
+def generic_shuffles(module: torch.jit.ScriptModule,
+                     where: set[str]) -> tuple[torch.jit.ScriptModule, set[str]]:
+    """A copy of ``module`` whose channel shuffles at ``where`` (``source_key``s of those the
+    analysis found written with constant channel counts equal to the channels there: a
+    traced ``x.data.size()``, literal code) compute them from ``x.size(1)`` instead, so they
+    follow removed channels; and the locations it edited. Edited in every method graph of a
+    reloaded copy, then saved and loaded again, as ``generic_groups`` does; a shuffle in a
+    free function (scripted) is not a method's, and is left."""
+    copy = reloaded(module)
+    done: set[str] = set()
+    for sub in copy.modules():
+        if isinstance(sub, torch.jit.ScriptModule):
+            for name in sub._c._method_names():
+                done |= _patch_shuffles(sub._c._get_method(name).graph, where)
+    return reloaded(copy), done
+
+
+def _patch_shuffles(graph: Any, where: set[str]) -> set[str]:  # graph: torch._C.Graph
+    done = set()
+    for split in [n for kind in _VIEWS for n in graph.findAllNodes(kind, True)]:
+        found = _shuffle_sizes(split) if source_key(split) in where else None
+        if found is None:
+            continue
+        sizes, merge_sizes = found
+        source = split.inputsAt(0)
+        if _const_int(sizes.inputsAt(2)) not in (None, -1):
+            with graph.insert_point_guard(sizes):
+                channels = graph.insert("aten::size", [source, graph.insertConstant(1)])
+                sizes.replaceInput(2, graph.insert("aten::floordiv",
+                                                   [channels, sizes.inputsAt(1)]))
+        if _const_int(merge_sizes.inputsAt(1)) not in (None, -1):
+            with graph.insert_point_guard(merge_sizes):
+                merge_sizes.replaceInput(1, graph.insert("aten::size",
+                                                         [source, graph.insertConstant(1)]))
+        done.add(source_key(split))
+    return done
+
+
+def _shuffle_sizes(split: Any) -> tuple[Any, Any] | None:
+    """(the split view's size list, the merging view's) when ``split`` starts
+    ``view(n, g, c, ...)`` -> ``transpose(1, 2)`` [-> ``contiguous``] -> ``view(n, C, ...)``,
+    its input defined before its sizes (and, where the graph knows shapes, g * c channels)."""
+    sizes = split.inputsAt(1).node()
+    if sizes.kind() != "prim::ListConstruct" or sizes.inputsSize() < 3:
+        return None
+    source = split.inputsAt(0)
+    if not source.node().isBefore(sizes):
+        return None
+    known = source.type().sizes() if isinstance(source.type(), torch.TensorType) else None
+    groups, width = _const_int(sizes.inputsAt(1)), _const_int(sizes.inputsAt(2))
+    if known and len(known) > 1 and None not in (groups, width) and width != -1 and (
+            known[1] != (groups or 0) * (width or 0)):
+        return None
+    after = _only_use(split.output())
+    if after is None or after.kind() != "aten::transpose" or {
+            _const_int(v) for v in list(after.inputs())[1:]} != {1, 2}:
+        return None
+    merge = _only_use(after.output())
+    if merge is not None and merge.kind() == "aten::contiguous":
+        merge = _only_use(merge.output())
+    if merge is None or merge.kind() not in _VIEWS:
+        return None
+    merge_sizes = merge.inputsAt(1).node()
+    if merge_sizes.kind() != "prim::ListConstruct" or merge_sizes.inputsSize() < 2 or \
+            not source.node().isBefore(merge_sizes):
+        return None
+    return sizes, merge_sizes
+
+
+def _const_int(value: Any) -> int | None:
+    node = value.node()
+    while node.kind() in ("aten::Int", "prim::NumToTensor"):
+        value = node.inputsAt(0)
+        node = value.node()
+    if node.kind() != "prim::Constant":
+        return None
+    fixed = value.toIValue()
+    if isinstance(fixed, torch.Tensor) and fixed.numel() == 1:
+        return int(fixed.item())
+    return fixed if isinstance(fixed, int) and not isinstance(fixed, bool) else None
+
+
+def _only_use(value: Any) -> Any:
+    """The one node that reads ``value`` beyond its size (None if several do)."""
+    users = [u.user for u in value.uses() if u.user.kind() != "aten::size"]
+    return users[0] if len(users) == 1 else None
 
 
 def swap_tensors(module: nn.Module, new: dict[str, torch.Tensor]) -> None:

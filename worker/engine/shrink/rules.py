@@ -56,6 +56,8 @@ class OpWalk(AnalysisBase[N, V]):
         if kind in METADATA:
             return
         first = ins[0] is tracked[0]
+        if self.moved(node, kind, ins, state, first):
+            return
         if kind in PASSTHROUGH or kind in NONZERO:
             if not first:
                 raise Opaque("a channel tensor in an unexpected argument")
@@ -77,36 +79,59 @@ class OpWalk(AnalysisBase[N, V]):
         else:
             raise Opaque("an op the channel analysis does not know")
 
+    def moved(self, node: N, kind: str, ins: list[V], state: State, first: bool) -> bool:
+        """A front end's hook for ops that move channels to new positions (TorchScript:
+        chunk and channel shuffle, ``shuffle.py``): True when it recorded the node's
+        outputs. Here none are followed: they stop at the rules below."""
+        return False
+
     def couple(self, node: N, a: State, b: State) -> State:
         """Two channel tensors meet elementwise (residual add, gate multiply): one group per
-        position. A product's removed channel is 0 when either factor's is."""
+        position (after a chunk or shuffle, the channels position by position). A product's
+        removed channel is 0 when either factor's is."""
         if a.flat != b.flat:
             raise Opaque("adds a flattened and an unflattened tensor")
-        sizes = [[self.groups[self.find(g)].channels for g in s.parts] for s in (a, b)]
-        if sizes[0] != sizes[1]:
-            raise Opaque(f"channel parts {sizes[0]} and {sizes[1]} do not line up")
-        parts = tuple(self.union(x, y, node) for x, y in zip(a.parts, b.parts, strict=True))
+        if a.shuffle or b.shuffle:
+            raise Opaque("midway through a channel shuffle")
+        if a.layout is None and b.layout is None:
+            sizes = [[self.groups[g].channels for g in s.parts] for s in (a, b)]
+            if sizes[0] != sizes[1]:
+                raise Opaque(f"channel parts {sizes[0]} and {sizes[1]} do not line up")
+            parts = tuple(self.union(x, y, node) for x, y in zip(a.parts, b.parts, strict=True))
+            layout = None
+        else:
+            pairs = [self.layout(a), self.layout(b)]
+            if len(pairs[0]) != len(pairs[1]):
+                raise Opaque(f"{len(pairs[0])} and {len(pairs[1])} channels do not line up")
+            for x, y in zip(*pairs, strict=True):
+                self.couple_channels(x, y)
+            parts, layout = a.parts, a.layout
         if self.kind(node).startswith("aten::mul"):
             nonzero = a.nonzero if a.nonzero and b.nonzero else None
         else:
             nonzero = a.nonzero or b.nonzero
         rank = a.rank if a.rank is not None else b.rank
-        return State(parts, rank, a.flat, nonzero)
+        return State(parts, rank, a.flat, nonzero, layout)
 
     def concat(self, node: N, items: list[V], dim: V) -> bool:
         """A concatenation of ``items`` along ``dim``: its output carries their parts in
         order when every item's channels are known and the dim is the channel dim."""
         states = [self.states.get(v) for v in items]
         ranks = {s.rank for s in states if s is not None}
-        if any(s is None or s.flat for s in states) or len(ranks) != 1:
+        if any(s is None or s.flat or s.shuffle for s in states) or len(ranks) != 1:
             return False  # a tensor of unknown channels among them: offsets unknown
         rank = ranks.pop()
         at = self.constant(dim)
         if rank is None or not isinstance(at, int) or at % rank != 1:
             return False
-        parts = tuple(p for s in states if s is not None for p in s.parts)
-        nonzero = next((s.nonzero for s in states if s is not None and s.nonzero), None)
-        self.states[self.output(node)] = State(parts, rank, nonzero=nonzero)
+        known = [s for s in states if s is not None]
+        nonzero = next((s.nonzero for s in known if s.nonzero), None)
+        if all(s.layout is None for s in known):
+            parts = tuple(p for s in known for p in s.parts)
+            self.states[self.output(node)] = State(parts, rank, nonzero=nonzero)
+        else:  # after a chunk or shuffle: position by position
+            layout = tuple(x for s in known for x in self.layout(s))
+            self.states[self.output(node)] = self.make_state(layout, rank, nonzero=nonzero)
         return True
 
     def reshape_rank(self, kind: str, ins: list[V]) -> int | None:

@@ -21,12 +21,14 @@ from worker.engine.shrink.plan import GroupPlan, UnsupportedModel, plan_groups
 from worker.engine.shrink.rewrite import (
     follow_shapes,
     generic_groups,
+    generic_shuffles,
     rebuild_registry,
     registry_widths,
     sliced_tensors,
     swap_tensors,
     zero_removed,
 )
+from worker.engine.shrink.script_nodes import where as location
 
 
 @dataclass
@@ -80,11 +82,14 @@ class Prepared:
 
     def _report(self, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
                 widths: dict[str, int], model: nn.Module) -> ShrinkReport:
+        # channels of the group's first producer (a group's units are its channels, unless
+        # a channel shuffle couples several channels into one unit)
+        first = [f"{p.group.producers[0]}.weight" for p in self.plans]
         groups = [
-            ShrinkGroup(producers=p.group.producers, channels_before=p.group.channels,
-                        channels_after=int(p.keep.numel()), pruned=p.pruned, reason=p.reason,
+            ShrinkGroup(producers=p.group.producers, channels_before=before[w].shape[0],
+                        channels_after=after[w].shape[0], pruned=p.pruned, reason=p.reason,
                         tensors=sorted({s.tensor for s in p.group.slices}))
-            for p in self.plans
+            for p, w in zip(self.plans, first, strict=True)
         ]
         changes = [ShapeChange(name=k, shape_before=list(v.shape),
                                shape_after=list(after[k].shape))
@@ -118,6 +123,12 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
         raise EngineError(JobErrorCode.UNSUPPORTED_MODEL, str(exc)) from exc
     except PruningError as exc:
         raise EngineError(JobErrorCode.INVALID_SPEC, str(exc)) from exc
+    # channels removed before a shuffle written with constant sizes (any amount: a target
+    # job plans these groups again with its own)
+    pruned = {p.group.id for p in plans if p.pruned}
+    where = {at for at, groups in graph.constant_shuffles.items() if groups & pruned}
+    if where:
+        model = _generic_shuffles(model, where)
     if not any(p.pruned for p in plans):
         refused = [r for r in graph.refusals
                    if f"{r.removeprefix('layer ').split(':')[0]}.weight" in targeted]
@@ -135,6 +146,23 @@ def prepare(model: nn.Module, spec: PruningSpec, architecture: str | None,
             "Conv/Linear layers (pruning.include)",
         )
     return Prepared(model, spec, architecture, graph, plans)
+
+
+def _generic_shuffles(model: nn.Module, where: set[str]) -> torch.jit.ScriptModule:
+    """The model with its constant channel-shuffle sizes computed from the tensors (the
+    same function on its shapes), or refused naming the shuffle the rewrite cannot edit."""
+    edited, done = (generic_shuffles(model, where) if isinstance(model, torch.jit.ScriptModule)
+                    else (None, set()))
+    missing = sorted(where - done)
+    if edited is None or missing:
+        raise EngineError(
+            JobErrorCode.UNSUPPORTED_MODEL,
+            f"a channel shuffle at {location((missing or sorted(where))[0])} writes its "
+            "channel counts as constants, in code shrink cannot edit (a free function of a "
+            "scripted model); compute them from x.size(1) so that they follow the shrunk "
+            "channels, or exclude the layers before it (pruning.exclude)",
+        )
+    return edited
 
 
 def channel_graph(model: nn.Module) -> ChannelGraph:

@@ -193,3 +193,136 @@ class BranchyDepthwise(nn.Module):
         x = F.relu(self.conv1(x))
         x = x + self.dw(x) if self.residual else self.dw(x)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's ShuffleNetV2 shuffle, sizes read from the tensor."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+class Shuffle(nn.Module):
+    """Two convs concatenated, then shuffled with ``groups`` (2: one slot per conv; 4: each
+    conv's channels in two slots), read by a conv."""
+
+    def __init__(self, groups: int = 2) -> None:
+        super().__init__()
+        self.groups = groups
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(1, 8, 3, padding=1)
+        self.c = nn.Conv2d(16, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channel_shuffle(torch.cat((F.relu(self.a(x)), F.relu(self.b(x))), 1), self.groups)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.c(x)), 1), 1))
+
+
+class SplitShuffle(nn.Module):
+    """ShuffleNetV2's stride-1 unit twice: chunk, a branch on one half, concatenation with
+    the other half, shuffle; then flatten into a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, stride=4, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(16)
+        self.branch1 = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8),
+                                     nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+        self.branch2 = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8),
+                                     nn.ReLU())
+        self.fc = nn.Linear(16 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm(self.stem(x)))  # (N, 16, 7, 7)
+        x1, x2 = x.chunk(2, dim=1)
+        x = channel_shuffle(torch.cat((x1, self.branch1(x2)), 1), 2)
+        x1, x2 = x.chunk(2, dim=1)
+        x = channel_shuffle(torch.cat((x1, self.branch2(x2)), 1), 2)
+        return self.fc(x.flatten(1))
+
+
+class FixedShuffle(nn.Module):
+    """A shuffle with its channel counts written as numbers (as a traced ``x.data.size()``
+    leaves them); shrink makes them follow the channels (``rewrite.generic_shuffles``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        x = x.view(x.size(0), 2, 4, 28, 28).transpose(1, 2).contiguous()
+        x = x.view(x.size(0), 8, 28, 28)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def fixed_shuffle(x: torch.Tensor) -> torch.Tensor:
+    x = x.view(x.size(0), 2, 4, 28, 28).transpose(1, 2).contiguous()
+    return x.view(x.size(0), 8, 28, 28)
+
+
+class FixedShuffleFunction(FixedShuffle):
+    """The same in a free function: scripted, its graph is not the module's to edit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = fixed_shuffle(F.relu(self.conv(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class UnevenChunk(nn.Module):
+    """Eight channels cut into three pieces (3, 3, 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, _, _ = F.relu(self.conv(x)).chunk(3, dim=1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(first, 1), 1))
+
+
+class ForeignSize(nn.Module):
+    """A shuffle of a's channels whose sizes are read from b's output: after shrinking, b's
+    count need not be a's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = F.relu(self.a(x)), F.relu(self.b(x))
+        n, c, h, w = b.size()
+        a = a.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.cat((a, b), 1), 1), 1))
+
+
+class InferredShuffle(nn.Module):
+    """The shuffle spelled with -1 for the channels, the spatial sizes read from the tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        n, _, h, w = x.size()
+        x = x.view(n, 2, -1, h, w).transpose(1, 2).contiguous()
+        x = x.view(n, -1, x.size(3), x.size(4))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InferredShuffleFixedSpatial(InferredShuffle):
+    """The same with the spatial sizes written as numbers: the -1 could take part of them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        x = x.view(x.size(0), 2, -1, 14, 56).transpose(1, 2).contiguous()
+        x = x.view(x.size(0), -1, 14, 56)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

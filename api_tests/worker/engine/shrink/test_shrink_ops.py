@@ -146,6 +146,101 @@ def test_groups_are_rewritten_inside_an_inlined_forward() -> None:
     assert gap < 1e-4
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_channel_shuffle_couples_each_slots_channel(kind: str) -> None:
+    """cat(a, b) shuffled in 2 groups: a's channel i and b's channel i go together, so the
+    shrunk tensor is still a valid shuffle (each slot keeps the same channels)."""
+    model = _compile(models.Shuffle(groups=2), kind)
+    shapes, gap = _shrunk_shapes_and_gap(_reload(model))
+    assert shapes["a.weight"] == [4, 1, 3, 3] and shapes["b.weight"] == [4, 1, 3, 3]
+    assert shapes["c.weight"] == [2, 8, 3, 3]  # its own 4 filters halved too
+    assert gap < 1e-4
+    [plan] = [p for p in prepare(model, HALF, None, seed=0).plans if "a" in p.group.producers]
+    assert plan.group.producers == ["a", "b"] and plan.group.channels == 8
+    state = model.state_dict()
+    norms = sum(torch.linalg.vector_norm(state[f"{p}.weight"], 2, (1, 2, 3)) for p in "ab")
+    assert plan.keep.tolist() == sorted(norms.argsort(descending=True)[:4].tolist())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_channel_shuffle_in_four_groups_couples_within_a_conv(kind: str) -> None:
+    """16 channels in 4 slots of 4: a's channels i and i + 4 sit in two slots at the same
+    place, so they are removed together, as are b's."""
+    model = _compile(models.Shuffle(groups=4), kind)
+    shapes, gap = _shrunk_shapes_and_gap(_reload(model))
+    assert shapes["a.weight"] == [4, 1, 3, 3] and shapes["c.weight"] == [2, 8, 3, 3]
+    assert gap < 1e-4
+    [plan] = [p for p in prepare(model, HALF, None, seed=0).plans if "a" in p.group.producers]
+    assert plan.group.channels == 4  # units: {a_i, a_i+4, b_i, b_i+4} for i < 4
+    [piece] = [s for s in plan.group.slices if s.tensor == "a.weight"]
+    assert piece.pairs == ((0, 0), (1, 1), (2, 2), (3, 3), (0, 4), (1, 5), (2, 6), (3, 7))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunk_and_shuffle_as_in_shufflenet(kind: str) -> None:
+    """Two ShuffleNetV2 units: each chunk couples the halves' channels position by position,
+    each shuffle its slots; the Linear after the flatten follows the permuted channels."""
+    model = _compile(models.SplitShuffle(), kind)
+    shapes, gap = _shrunk_shapes_and_gap(model)
+    assert gap < 1e-4
+    assert shapes["branch1.0.weight"] == [4, 4, 1, 1]  # its own channels, and its input's
+    assert shapes["fc.weight"][1] % (2 * 7 * 7) == 0  # a multiple of the shuffle's groups
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shuffle_with_constant_sizes_is_made_to_follow(kind: str) -> None:
+    """view(n, 2, 4, ...) ... view(n, 8, ...): the constants become x.size(1) // 2 and
+    x.size(1) in the shrunk archive, which runs exactly on 4 of the 8 channels."""
+    model = _compile(models.FixedShuffle(), kind)
+    shapes, gap = _shrunk_shapes_and_gap(model)
+    assert shapes["conv.weight"] == [4, 1, 3, 3] and shapes["fc.weight"] == [10, 4]
+    assert gap < 1e-4
+
+
+def test_shuffle_with_constant_sizes_in_a_function_is_refused() -> None:
+    """Scripted, a free function's graph is not edited: refused, naming the line."""
+    with pytest.raises(EngineError) as caught:
+        prepare(_compile(models.FixedShuffleFunction(), "script"), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    message = caught.value.message
+    assert "writes its channel counts as constants, in code shrink cannot edit" in message
+    assert "models.py:263: x = x.view(x.size(0), 2, 4, 28, 28)" in message
+    traced = _compile(models.FixedShuffleFunction(), "trace")  # traced, it is inlined
+    assert _shrunk_shapes_and_gap(traced)[1] < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shuffle_with_inferred_channels(kind: str) -> None:
+    """view(n, 2, -1, h, w) ... view(n, -1, h, w) with h, w read from the tensor: exact."""
+    shapes, gap = _shrunk_shapes_and_gap(_compile(models.InferredShuffle(), kind))
+    assert shapes["conv.weight"] == [4, 1, 3, 3] and gap < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shuffle_whose_minus_one_may_take_spatial_entries_is_refused(kind: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        prepare(_compile(models.InferredShuffleFixedSpatial(), kind), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    assert "reach aten::view" in caught.value.message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shuffle_sized_by_another_tensor_is_refused(kind: str) -> None:
+    """The view's sizes come from a tensor with other channels: not a shuffle of its own."""
+    with pytest.raises(EngineError) as caught:
+        prepare(_compile(models.ForeignSize(), kind), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    assert "cannot remove channels of a (asked for by a.weight): they reach aten::view" in \
+        caught.value.message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_uneven_chunk_is_refused(kind: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        prepare(_compile(models.UnevenChunk(), kind), HALF, None, seed=0)
+    assert "a chunk of 8 channels into 3 unequal pieces" in caught.value.message
+
+
 RESIDUAL = "stem+block1.conv2+block2.conv2"  # the residual trunk's group, as reports name it
 
 

@@ -60,6 +60,27 @@ def test_torchscript_residual_upload_is_shrunk(
     _check_files(result, mnist_test)
 
 
+@pytest.mark.slow  # evaluates on the MNIST test split
+def test_traced_shuffle_with_constant_sizes_and_a_group_override(
+    engine_settings: Settings, tmp_path: Path, mnist_test: tuple[Any, Any]
+) -> None:
+    """A traced channel shuffle whose channel counts are baked in (made to follow by the
+    rewrite), shrunk to an override naming the group: 8 channels in 4 coupled pairs, 3 of
+    the 4 pairs go; the archive that comes back runs under plain torch."""
+    module = torch.jit.trace(models.randomize_batchnorm(models.FixedShuffle()),
+                             torch.zeros(2, 1, 28, 28))
+    path = tmp_path / "shuffle.pt"
+    torch.jit.save(module, str(path))
+    spec = JobSpec.model_validate({"device": "cpu", "finetune": {"epochs": 0},
+                                   "pruning": {**SHRINK, "overrides": {"conv": 0.75}}})
+    result = run_job(path, spec, tmp_path / "out", settings=engine_settings)
+    shrink = result.report.shrink
+    assert shrink is not None and shrink.widths["conv"] == 2
+    [group] = [g for g in shrink.groups if g.producers == ["conv"]]
+    assert (group.channels_before, group.channels_after, group.pruned) == (8, 2, True)
+    _check_files(result, mnist_test)
+
+
 def test_unsupported_model_fails_before_reading_data(tmp_path: Path) -> None:
     path = tmp_path / "fixed.pt"
     torch.jit.save(torch.jit.script(models.FixedView()), str(path))
