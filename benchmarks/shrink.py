@@ -45,10 +45,13 @@ CPU = torch.device("cpu")
 
 def train_dense(model: nn.Module, epochs: int, *, input_spec: InputSpec | None = None,
                 seed: int = 0, lr_schedule: Literal["constant", "cosine"] = "constant",
-                ) -> nn.Module:
-    """``epochs`` on all 60000 MNIST train images, fed as a job feeds them (``input_spec``:
-    the job's ``input`` block, through the engine's own loader), Adam at 1e-3, batch 128."""
+                images: int | None = None) -> nn.Module:
+    """``epochs`` on all 60000 MNIST train images (``images``: the first that many), fed as
+    a job feeds them (``input_spec``: the job's ``input`` block, through the engine's own
+    loader), Adam at 1e-3, batch 128."""
     train = data.load_split(get_settings().mnist_root, True, CPU, input_spec or InputSpec())
+    if images is not None:
+        train = data.Split(train.images[:images], train.labels[:images])
     training.finetune(model, train, FinetuneSpec(epochs=epochs, batch_size=128,
                                                  lr_schedule=lr_schedule),
                       training.MaskHold([], []), seed=seed)

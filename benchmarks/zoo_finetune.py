@@ -59,11 +59,14 @@ MIN_SPEEDUP = 1.4  # the zoo target at batch 64 for ResNet-18 and MobileNetV2
 RESULTS = Path("benchmarks/results/zoo_finetune_cpu.json")
 
 
-def dense_upload(name: str, seed: int, epochs: int, folder: Path) -> Path:
-    """The full torchvision model trained dense on MNIST as fed by the job, saved scripted."""
+def dense_upload(name: str, seed: int, epochs: int, folder: Path,
+                 images: int | None = None) -> Path:
+    """The full torchvision model trained dense on MNIST as fed by the job (``images``: on
+    the first that many train images only), saved scripted."""
     torch.manual_seed(seed)
     model = tv.get_model(name, weights=None, num_classes=10)
-    train_dense(model, epochs, input_spec=INPUT, seed=seed, lr_schedule="cosine")
+    train_dense(model, epochs, input_spec=INPUT, seed=seed, lr_schedule="cosine",
+                images=images)
     path = folder / f"{name}-{seed}.pt"
     torch.jit.save(compile_(model, "script", INPUT.size), str(path))
     return path
@@ -124,16 +127,18 @@ def row(name: str, seed: int, result: RunResult, dense: Path,
     }
 
 
-def one_run(name: str, seed: int, dense_epochs: int, epochs: int,
-            folder: Path) -> dict[str, Any]:
+def one_run(name: str, seed: int, dense_epochs: int, epochs: int, folder: Path,
+            dense_images: int | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    dense = dense_upload(name, seed, dense_epochs, folder)
+    dense = dense_upload(name, seed, dense_epochs, folder, dense_images)
     trained = time.perf_counter()
     spec = job_spec(conv_weights(load(dense)), seed, epochs)
     result = run_job(dense, spec, folder / f"out-{name}-{seed}", settings=get_settings())
     seconds = {"dense_training": round(trained - started, 1),
                "job": round(time.perf_counter() - trained, 1)}
-    return row(name, seed, result, dense, seconds)
+    return {**row(name, seed, result, dense, seconds),
+            "epochs": {"dense": dense_epochs, "finetune": epochs},
+            "dense_train_images": dense_images or 60000}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,6 +151,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         speedups = [r["latency_ms_batch_64"]["speedup"] for r in mine]
         out[name] = {
             "seeds": [r["seed"] for r in mine],
+            "epochs": sorted({json.dumps(r.get("epochs")) for r in mine}),
             "dense_accuracy_mean": round(statistics.mean(r["accuracy"]["dense"] for r in mine), 5),
             "finetuned_accuracy_mean": round(statistics.mean(
                 r["accuracy"]["after_finetune"] for r in mine), 5),
@@ -172,29 +178,41 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--dense-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs of the job")
+    parser.add_argument("--dense-images", type=int,
+                        help="train dense on the first N train images only (CPU budget)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out (each row names its epochs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="zoo-finetune-"))
     print(f"models and job outputs in {folder}", flush=True)
     result: dict[str, Any] = {
         "benchmark": "zoo_finetune", "machine": machine(CPU),
-        "recipe": {"dense": f"{args.dense_epochs} epochs, all 60000 MNIST train images, Adam "
+        "recipe": {"dense": "epochs and train images as each row says, Adam "
                    "1e-3 cosine, batch 128, fed as the job feeds them (3 x 32 x 32)",
                    "job": job_spec(["<every Conv2d weight>"], 0, args.epochs).model_dump(
-                       mode="json", include={"input", "pruning", "finetune"})},
-        "images": ("dense training: MNIST train, all 60000; the job fine-tunes on all 60000 "
+                       mode="json", include={"input", "pruning", "finetune"}),
+                   "epochs": "finetune.epochs as each row says"},
+        "images": ("dense training: MNIST train, all 60000 unless the row's "
+                   "dense_train_images says fewer (the first N); the job fine-tunes on all 60000 "
                    "train images and reports the whole 10000-image test split (it decides "
                    "nothing, so it has no validation split; report.data per row); batch-64 "
                    "and report latencies: fixed random inputs"),
         "rows": []}
+    if args.append:  # the earlier process's rows, and its machine record beside this one's
+        earlier = json.loads(args.out.read_text())
+        result["rows"] = earlier["rows"]
+        result["machine_earlier_runs"] = earlier.get("machine_earlier_runs", []) + [
+            earlier["machine"]]
     result["machine"]["note"] = ("2-core CPU VM shared with other helpers' runs (see the load "
                                  "averages): wall times are upper bounds; dense and shrunk "
                                  "are timed in alternation, so a speed-up sees one load")
     for seed in args.seeds:
         for name in args.families:
-            result["rows"].append(one_run(name, seed, args.dense_epochs, args.epochs, folder))
+            result["rows"].append(one_run(name, seed, args.dense_epochs, args.epochs, folder,
+                                          args.dense_images))
             result["summary"] = summary(result["rows"])
             result["machine"]["load_average_last"] = os.getloadavg()
             args.out.write_text(json.dumps(result, indent=1) + "\n")
