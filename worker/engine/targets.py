@@ -38,7 +38,7 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
 from core.jobs.report import GroupCost, Progress, Sensitivity, TargetTrial, TensorSensitivity
 from core.jobs.spec import JobSpec, Method, PruningSpec, TargetSpec
-from worker.engine import measure, pruning, saving, sensitivity, training
+from worker.engine import measure, pruning, saving, script_copy, sensitivity, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Prepared, Shrunk, prepare
@@ -93,10 +93,20 @@ class Builder:
     def build(self, removed: dict[str, int]) -> Shrunk:
         base = self.prepared
         spec = self.spec(removed)
-        model = copy.deepcopy(base.model)
+        model = _copy(base.model)
         plans = plan_groups(base.graph, dict(model.state_dict()), spec, self._targeted,
                             torch.Generator().manual_seed(self.seed))
         return Prepared(model, spec, base.architecture, base.graph, plans).apply()
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A trainable copy of the dense model. Not ``deepcopy`` for TorchScript: it clones the
+    parameters under autograd, so every tensor the shrink leaves unsliced (a head's bias)
+    would be a non-leaf (``CloneBackward``) that no optimizer takes, with its gradients
+    flowing back into the dense model's."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return script_copy.reloaded(model)
+    return copy.deepcopy(model)
 
 
 @dataclass

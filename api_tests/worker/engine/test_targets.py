@@ -14,7 +14,7 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import TargetTrial
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import data, pipeline, registry, targets
+from worker.engine import data, pipeline, registry, targets, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 
@@ -81,6 +81,27 @@ def test_a_group_the_analysis_cannot_rewrite_is_left_whole() -> None:
     assert [plan.name for plan in builder.groups] == ["fc1"]
     narrowed = builder.build({"fc1": 16}).model
     assert [tuple(p.shape) for p in narrowed.parameters()] == [(16, 784), (16,), (10, 16), (10,)]
+
+
+def test_a_scripted_candidate_trains_and_leaves_the_dense_model_alone() -> None:
+    """Every candidate of a TorchScript upload is a trainable copy: the tensors shrink leaves
+    whole (fc2's bias) are leaves an optimizer takes, and training it touches nothing of the
+    dense model's (a ResNet-18 latency target once failed here: "can't optimize a non-leaf
+    Tensor")."""
+    torch.manual_seed(0)
+    scripted = torch.jit.script(_LogSoftmaxNet())
+    dense = {k: v.clone() for k, v in scripted.state_dict().items()}
+    spec = JobSpec.model_validate({"target": {"parameters": {"max_ratio": 0.5}},
+                                   "finetune": {"epochs": 1, "batch_size": 50}})
+    builder = targets.Builder(targets.prepare_groups(scripted, spec), seed=0)
+    narrowed = builder.build({"fc1": 16}).model
+    assert all(p.is_leaf and p.requires_grad for p in narrowed.parameters())
+    losses = training.finetune(narrowed, _random_split(200, 3), spec.finetune,
+                               training.MaskHold([], []), seed=0)
+    assert len(losses) == 1
+    assert not torch.equal(narrowed.state_dict()["fc2.bias"], dense["fc2.bias"])  # it trained
+    assert all(torch.equal(v, dense[k]) for k, v in scripted.state_dict().items())
+    assert all(p.grad is None for p in scripted.parameters())
 
 
 def _trial(value: float, val: float, bound: float = 10.0) -> TargetTrial:
