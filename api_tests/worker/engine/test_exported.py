@@ -103,18 +103,24 @@ def _model(name: str) -> torch.nn.Module:
     return ResidualBN() if name == "residual_bn" else registry.build(name, SMALL_WIDTHS[name])
 
 
+def _as_pt2_and_script(name: str, spec: JobSpec, tmp_path: Path,
+                       settings: Settings) -> tuple[RunResult, RunResult]:
+    """The same job on the same model sent as a .pt2 and as TorchScript."""
+    model = _model(name).eval()
+    pt2 = p.export_file(model, tmp_path / "in.pt2")
+    script = tmp_path / "in.pt"
+    torch.jit.save(torch.jit.script(model), str(script))
+    return (run_job(pt2, spec, tmp_path / "a", settings=settings),
+            run_job(script, spec, tmp_path / "b", settings=settings))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [*SMALL_WIDTHS, "residual_bn"])
 def test_a_pt2_job_matches_torchscript_and_its_output_reloads(
     name: str, tmp_path: Path, engine_settings: Settings, mnist_test: Split
 ) -> None:
-    model = _model(name).eval()
-    pt2 = p.export_file(model, tmp_path / "in.pt2")
-    script = tmp_path / "in.pt"
-    torch.jit.save(torch.jit.script(model), str(script))
     spec = JobSpec.model_validate(PRUNE | {"finetune": {"epochs": 0}})
-    via_pt2 = run_job(pt2, spec, tmp_path / "a", settings=engine_settings)
-    via_script = run_job(script, spec, tmp_path / "b", settings=engine_settings)
+    via_pt2, via_script = _as_pt2_and_script(name, spec, tmp_path, engine_settings)
     report = via_pt2.report
     assert [(t.name, t.layer_kind, t.zeros) for t in report.tensors] == [
         (t.name, t.layer_kind, t.zeros) for t in via_script.report.tensors]
@@ -169,13 +175,8 @@ def _check_shrunk_pt2(result: RunResult, settings: Settings, split: Split) -> No
 def test_a_pt2_is_shrunk_like_the_same_model_as_torchscript(
     name: str, tmp_path: Path, engine_settings: Settings, mnist_test: Split
 ) -> None:
-    model = _model(name).eval()
-    pt2 = p.export_file(model, tmp_path / "in.pt2")
-    script = tmp_path / "in.pt"
-    torch.jit.save(torch.jit.script(model), str(script))
     spec = JobSpec.model_validate(SHRINK | {"finetune": {"epochs": 0}})
-    via_pt2 = run_job(pt2, spec, tmp_path / "a", settings=engine_settings)
-    via_script = run_job(script, spec, tmp_path / "b", settings=engine_settings)
+    via_pt2, via_script = _as_pt2_and_script(name, spec, tmp_path, engine_settings)
     report, other = via_pt2.report, via_script.report
     assert report.shrink is not None and other.shrink is not None
     assert report.shrink.widths == other.shrink.widths
