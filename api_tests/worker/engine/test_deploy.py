@@ -101,3 +101,21 @@ def test_torchscript_goes_through_the_converter(tmp_path: Path) -> None:
     outputs = deploy.ort_run(deploy.ort_session(tmp_path / "m.onnx"), images)
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(outputs), model(images), atol=1e-5)
+
+
+def test_an_exported_program_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
+    """A .pt2 upload is held as ``ExportedProgram.module()`` (a GraphModule): it is exported
+    again, batch dynamic, with no converter in between."""
+    torch.manual_seed(0)
+    model = registry.build("lenet5").eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.zeros(2, 1, 28, 28),),
+                                  dynamic_shapes=({0: batch},))
+    module = program.module()
+    assert isinstance(module, torch.fx.GraphModule)
+    reason = deploy.export_onnx(module, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx")
+    assert reason is None
+    images = torch.randn(7, 1, 28, 28)  # another batch size than the example's
+    outputs = deploy.ort_run(deploy.ort_session(tmp_path / "m.onnx"), images)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(outputs), model(images), atol=1e-5)
