@@ -177,9 +177,17 @@ def time_alternating(runs: Sequence[Callable[[], object]], device: torch.device)
 def latency_at(model: nn.Module, spec: InputSpec, device: torch.device, batch: int,
                sample: Sample | None = None) -> Latency:
     """Latency of one batch size (the target's), timed as ``measure_latency`` times each."""
+    return latencies_at([model], spec, device, batch, sample)[0]
+
+
+def latencies_at(models: Sequence[nn.Module], spec: InputSpec, device: torch.device,
+                 batch: int, sample: Sample | None = None) -> list[Latency]:
+    """Latency of each model at one batch size, on the same batch, timed in alternation."""
     images = example_batch(spec, batch, device, sample)
-    with _evaluating(model):
-        return time_runs(functools.partial(model, images), device)
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(_evaluating(model))
+        return time_alternating([functools.partial(m, images) for m in models], device)
 
 
 def measure_latency(model: nn.Module, spec: InputSpec, device: torch.device,

@@ -202,7 +202,8 @@ def report(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensiti
         shrink=pruned.shrink,
         target=pruned.target,
         data=splits.sources,
-        warnings=[w for w in [memorised_warning(dense, splits.sources)] if w is not None],
+        warnings=[w for w in [memorised_warning(dense, splits.sources),
+                              pruned.target and targets.final_warning(pruned.target)] if w],
         compressed=(deep_compression.compressed_report(saved.outputs, costs.before.parameters)
                     if pruned.quantized is not None else None),
         dataset=splits.used,

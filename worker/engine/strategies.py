@@ -83,7 +83,8 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
     applied = builder.spec(removed)
     after = _finetune_as_is(job, shrunk.model, applied, splits)
     final_val = training.evaluate(shrunk.model, splits.validation, job.should_cancel).accuracy
-    report = report.model_copy(update={"chosen": chosen, "final_value": meter(shrunk.model),
+    final_value = meter.final(shrunk.model, twin, dense_value)
+    report = report.model_copy(update={"chosen": chosen, "final_value": final_value,
                                        "final_val_accuracy": final_val})
     if dense.validation.accuracy - final_val > target.max_accuracy_drop + 1e-12:
         raise _unreachable(job, report, splits)

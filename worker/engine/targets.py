@@ -36,7 +36,14 @@ from torch import nn
 
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
-from core.jobs.report import GroupCost, Progress, Sensitivity, TargetTrial, TensorSensitivity
+from core.jobs.report import (
+    GroupCost,
+    Progress,
+    Sensitivity,
+    TargetReport,
+    TargetTrial,
+    TensorSensitivity,
+)
 from core.jobs.spec import JobSpec, Method, PruningSpec, TargetSpec
 from worker.engine import measure, pruning, saving, script_copy, sensitivity, training
 from worker.engine.data import Split
@@ -121,6 +128,17 @@ class Meter:
     @property
     def name(self) -> str:
         return self.target.constraint[0]
+
+    def final(self, model: nn.Module, dense: nn.Module, dense_value: float) -> float:
+        """The chosen model's constraint after its full fine-tune. Latency: its p50 over the
+        dense model's, timed in alternation (so both see the worker's load of that moment),
+        times the dense value the bound was set from; a load that changed since the start
+        would otherwise move the figure by itself. Counted constraints: counted again."""
+        if self.target.latency_ms is None:
+            return self(model)
+        mine, theirs = measure.latencies_at([model, dense], self.spec.input, self.device,
+                                            self.target.latency_ms.batch, self.sample)
+        return dense_value * mine.p50 / theirs.p50
 
     def detail(self) -> str:
         if self.target.latency_ms is not None:
@@ -257,6 +275,20 @@ def trial_plan(explorer: Explorer, table: list[GroupCost], dense_value: float
             ("mixed", levels["mixed"]), ("sensitivity", round(guided * 0.7, 4)),
             ("sensitivity", round(guided + (1 - guided) / 2, 4))]
     return plan[:explorer.spec.target_trials]
+
+
+def final_warning(report: TargetReport) -> str | None:
+    """A chosen model whose constraint, measured again after its full fine-tune, is above the
+    bound (latency only: a timing varies with the worker's load; counted values do not move,
+    and a compressed target is fitted and checked). The job keeps its model: the search
+    decided on its trials' measurements, and the report says what the last one found."""
+    if report.chosen is None or report.final_value is None or report.final_value <= report.bound:
+        return None
+    trial = report.trials[report.chosen].constraint_value
+    return (f"target: the chosen model measured {report.constraint} {report.final_value:.4g} "
+            f"after its full fine-tune ({report.detail}, timed in alternation with the dense "
+            f"model), above the bound {report.bound:.4g}; its trial measured {trial:.4g}. "
+            "Latency varies with the worker's load: ask for a tighter bound for a margin")
 
 
 def choose(trials: list[TargetTrial]) -> int | None:

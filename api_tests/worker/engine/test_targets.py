@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from core.jobs.error_codes import JobErrorCode
-from core.jobs.report import TargetTrial
+from core.jobs.report import TargetReport, TargetTrial
 from core.jobs.spec import JobSpec
 from core.settings import Settings
 from worker.engine import data, pipeline, registry, targets, training
@@ -102,6 +102,41 @@ def test_a_scripted_candidate_trains_and_leaves_the_dense_model_alone() -> None:
     assert not torch.equal(narrowed.state_dict()["fc2.bias"], dense["fc2.bias"])  # it trained
     assert all(torch.equal(v, dense[k]) for k, v in scripted.state_dict().items())
     assert all(p.grad is None for p in scripted.parameters())
+
+
+def test_the_final_latency_is_timed_against_the_dense_model() -> None:
+    """After the full fine-tune, the chosen model's latency is its p50 over the dense
+    model's, timed in alternation, times the dense value the bound was set from: a worker
+    whose load changed since the start cannot move it by itself. Counted constraints are
+    counted again."""
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(784, 2048), nn.ReLU(), nn.Linear(2048, 10))
+    narrow = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    latency = JobSpec.model_validate({"target": {"latency_ms": {"max_ratio": 0.5,
+                                                                "batch": 64}}})
+    assert latency.target is not None
+    meter = targets.Meter(latency.target, latency, CPU)
+    assert 0 < meter.final(narrow, wide, dense_value=1000.0) < 1000.0 / 2
+    assert meter.final(wide, wide, dense_value=1000.0) == pytest.approx(1000.0, rel=0.5)
+    flops = JobSpec.model_validate({"target": {"flops": {"max_ratio": 0.5}}})
+    assert flops.target is not None
+    counted = targets.Meter(flops.target, flops, CPU)
+    assert counted.final(narrow, wide, dense_value=1.0) == counted(narrow) == 2 * (
+        784 * 64 + 64 * 10)
+
+
+def test_a_final_measurement_above_the_bound_is_a_warning() -> None:
+    trials = [_trial(9.0, 0.97)]
+    report = TargetReport(constraint="latency_ms", bound=10.0, dense_value=20.0,
+                          detail="p50 ms at batch 64 on cpu", max_accuracy_drop=0.005,
+                          dense_accuracy=0.98, groups=[], trials=trials, chosen=0,
+                          final_value=10.9)
+    warning = targets.final_warning(report)
+    assert warning is not None
+    assert "latency_ms 10.9 after its full fine-tune" in warning
+    assert "above the bound 10; its trial measured 9" in warning
+    assert targets.final_warning(report.model_copy(update={"final_value": 9.5})) is None
+    assert targets.final_warning(report.model_copy(update={"chosen": None})) is None
 
 
 def _trial(value: float, val: float, bound: float = 10.0) -> TargetTrial:
