@@ -59,6 +59,7 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
     builder = targets.Builder(upload.target_groups, spec.seed)
     with job.timed("target"):
         dense_value = meter(upload.model)
+        meter = meter.paired(upload.model, dense_value)  # latency: each timed against it
         name, constraint = target.constraint
         bound = constraint.bound(dense_value)
         explorer = targets.Explorer(
@@ -83,7 +84,7 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
     applied = builder.spec(removed)
     after = _finetune_as_is(job, shrunk.model, applied, splits)
     final_val = training.evaluate(shrunk.model, splits.validation, job.should_cancel).accuracy
-    final_value = meter.final(shrunk.model, twin, dense_value)
+    final_value = meter(shrunk.model)
     report = report.model_copy(update={"chosen": chosen, "final_value": final_value,
                                        "final_val_accuracy": final_val})
     if dense.validation.accuracy - final_val > target.max_accuracy_drop + 1e-12:
