@@ -44,10 +44,11 @@ import torchvision.models as tv
 
 from benchmarks.engine_finetune import machine
 from benchmarks.shrink import test_accuracy, train_dense
-from benchmarks.zoo_shrink import compile_, conv_weights
+from benchmarks.zoo_shrink import conv_weights
 from core.jobs.formats import ModelFormat
 from core.jobs.spec import InputSpec, JobSpec
 from core.settings import get_settings
+from testkit.zoo import compile_at
 from worker.engine import measure
 from worker.engine.pipeline import RunResult, run_job
 
@@ -68,7 +69,7 @@ def dense_upload(name: str, seed: int, epochs: int, folder: Path,
     train_dense(model, epochs, input_spec=INPUT, seed=seed, lr_schedule="cosine",
                 images=images)
     path = folder / f"{name}-{seed}.pt"
-    torch.jit.save(compile_(model, "script", INPUT.size), str(path))
+    torch.jit.save(compile_at(model, "script", INPUT.size), str(path))
     return path
 
 

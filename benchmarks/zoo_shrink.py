@@ -33,6 +33,7 @@ from torch import nn
 
 from benchmarks.engine_finetune import machine
 from core.jobs.spec import InputSpec, PruningSpec
+from testkit.zoo import compile_at
 from worker.engine import measure
 from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare
@@ -62,17 +63,6 @@ def build(name: str) -> nn.Module:
     return model.eval()
 
 
-def compile_(model: nn.Module, how: str, size: int) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if how == "script":
-            return torch.jit.script(model)
-        with torch.no_grad():
-            traced: torch.jit.ScriptModule = torch.jit.trace(
-                model, torch.randn(1, 3, size, size), check_trace=False)
-        return traced
-
-
 def conv_weights(model: torch.jit.ScriptModule) -> list[str]:
     """Every Conv2d weight of a TorchScript model (scripted or traced): all its conv layers,
     the Linear head left out."""
@@ -95,7 +85,7 @@ def logits(out: Any) -> torch.Tensor:
 def row(name: str, how: str) -> dict[str, Any]:
     size = SIZE.get(name, 32)
     spec_in = InputSpec(channels=3, size=size)
-    dense = compile_(build(name), how, size)
+    dense = compile_at(build(name), how, size)
     convs = conv_weights(dense)
     spec = PruningSpec(method="ln_structured", scope="layerwise", amount=0.5, dim=0,
                        shrink=True, include=convs)
@@ -132,7 +122,7 @@ def row(name: str, how: str) -> dict[str, Any]:
 
 
 def dense_again(name: str, how: str, size: int) -> torch.jit.ScriptModule:
-    return compile_(build(name), how, size)
+    return compile_at(build(name), how, size)
 
 
 def main() -> None:

@@ -114,11 +114,16 @@ def example(family: str, batch: int = 2) -> torch.Tensor:
 
 def compile_(model: nn.Module, how: str, family: str) -> torch.jit.ScriptModule:
     """``torch.jit.script`` or ``torch.jit.trace`` (at the family's input size)."""
+    return compile_at(model, how, SIZE.get(family, 32))
+
+
+def compile_at(model: nn.Module, how: str, size: int) -> torch.jit.ScriptModule:
+    """``torch.jit.script``, or ``torch.jit.trace`` on one 3 x ``size`` x ``size`` image."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if how == "script":
             return torch.jit.script(model)
+        image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            traced: torch.jit.ScriptModule = torch.jit.trace(model, example(family, 1),
-                                                             check_trace=False)
+            traced: torch.jit.ScriptModule = torch.jit.trace(model, image, check_trace=False)
         return traced
