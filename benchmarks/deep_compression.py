@@ -50,13 +50,17 @@ QUANTIZE = {
 TARGETS = {"lenet_300_100": (40.0, 0.0160), "lenet5": (39.0, 0.0080)}  # ratio, test error
 
 
-def dense_model(name: str, epochs: int, seed: int, settings: Settings, folder: Path) -> float:
+def dense_model(name: str, epochs: int, seed: int, settings: Settings, folder: Path,
+                extra: dict[str, Any] | None = None) -> float:
+    """Trains the dense model the jobs start from; ``extra`` adds fine-tune fields (e.g.
+    ``{"augment": {"shift": 2}}`` for a better-trained dense LeNet-5)."""
     torch.manual_seed(seed)
     model = registry.build(name)
     full = data.load_split(settings.mnist_root, True, torch.device("cpu"), InputSpec())
     train, _validation = data.hold_out(full, 5000, seed=seed)  # the jobs' own hold-out
-    spec = FinetuneSpec(epochs=epochs, lr=1e-3, lr_schedule="cosine", batch_size=BATCH,
-                        validation_size=0)
+    spec = FinetuneSpec.model_validate({
+        "epochs": epochs, "lr": 1e-3, "lr_schedule": "cosine", "batch_size": BATCH,
+        "validation_size": 0, **(extra or {})})
     training.finetune(model, train, spec, training.MaskHold([], []), seed=seed)
     torch.save(model.state_dict(), folder / f"{name}-{seed}.pt")
     test = data.load_split(settings.mnist_root, False, torch.device("cpu"), InputSpec())
@@ -205,6 +209,8 @@ def main() -> None:
                         help="skip ONNX/int8 (the compression figures only)")
     parser.add_argument("--finetune", type=json.loads, default={}, metavar="JSON",
                         help='fields added to the jobs\' finetune block, e.g. \'{"augment": {}}\'')
+    parser.add_argument("--dense-finetune", type=json.loads, default={}, metavar="JSON",
+                        help="fields added to the dense training's fine-tune block")
     args = parser.parse_args()
     if args.reencode is not None:
         reencode(args.reencode, args.results)
@@ -222,7 +228,8 @@ def main() -> None:
                     "loadavg_at_start": os.getloadavg(),
                     "note": "2-core VM shared with other work: latencies and wall times are "
                             "upper bounds; compare latencies only within a row"},
-        "recipe": {"dense_epochs": args.dense_epochs, "prune_epochs": args.epochs,
+        "recipe": {"dense_epochs": args.dense_epochs, "dense_extra": args.dense_finetune,
+                   "prune_epochs": args.epochs,
                    "finetune_extra": args.finetune, "quantize": QUANTIZE},
         "dense": [], "runs": []}
     for seed in args.seeds:
@@ -236,7 +243,8 @@ def main() -> None:
                                        InputSpec())
                 error = 1.0 - training.evaluate(model, test).accuracy
             else:
-                error = dense_model(name, args.dense_epochs, seed, settings, folder)
+                error = dense_model(name, args.dense_epochs, seed, settings, folder,
+                                    args.dense_finetune)
             result["dense"].append({"architecture": name, "seed": seed,
                                     "test_error": round(error, 5),
                                     "seconds": round(time.perf_counter() - dense_started, 1)})
