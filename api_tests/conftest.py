@@ -63,11 +63,12 @@ def trained_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedMLP:
     import torch
 
     from api_tests.models import train_user_mlp
+    from worker.engine import scripting
 
     model = train_user_mlp(mnist_root())
     folder = tmp_path_factory.mktemp("models")
     scripted, state = folder / "mlp.torchscript.pt", folder / "mlp.state_dict.pt"
-    torch.jit.save(torch.jit.script(model), str(scripted))
+    torch.jit.save(scripting.script(model), str(scripted))
     torch.save(model.state_dict(), state)
     return TrainedMLP(torchscript=scripted, state_dict=state)
 

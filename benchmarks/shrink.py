@@ -37,7 +37,7 @@ from benchmarks.engine_finetune import machine
 from core.jobs.spec import FinetuneSpec, InputSpec, JobSpec
 from core.settings import get_settings
 from testkit.models import ResidualNet
-from worker.engine import data, registry, training
+from worker.engine import data, registry, scripting, training
 from worker.engine.pipeline import RunResult, run_job
 
 CPU = torch.device("cpu")
@@ -116,7 +116,7 @@ def lenet5(workdir: Path) -> dict[str, Any]:
     }, workdir / "lenet5-out")
     job_s = time.perf_counter() - t0
     shrunk = torch.jit.load(str(result.outputs["torchscript"])).eval()
-    dense_script = torch.jit.script(dense).eval()
+    dense_script = scripting.script(dense).eval()
     lat = latency_ms({"dense": dense_script, "shrunk": shrunk}, batch=256)
     lat1 = latency_ms({"dense": dense_script, "shrunk": shrunk}, batch=1, runs=300)
     flops = {"dense": flops_per_image(dense), "shrunk": flops_per_image(shrunk)}
@@ -149,7 +149,7 @@ def residual(workdir: Path) -> dict[str, Any]:
     dense = train_dense(ResidualNet(), epochs=1)
     results: dict[str, Any] = {"dense_accuracy": test_accuracy(dense)}
     for kind in ("scripted", "traced"):
-        module = (torch.jit.script(dense) if kind == "scripted"
+        module = (scripting.script(dense) if kind == "scripted"
                   else torch.jit.trace(dense, torch.zeros(2, 1, 28, 28)))
         path = workdir / f"residual-{kind}.pt"
         torch.jit.save(module, str(path))

@@ -19,6 +19,8 @@ from torch import nn
 from torchvision.models import convnext, efficientnet, mobilenetv3, regnet, resnet, swin_transformer
 from torchvision.models import vgg as tv_vgg
 
+from worker.engine import scripting
+
 
 def _vgg() -> nn.Module:
     model = tv.VGG(tv_vgg.make_layers([8, "M", 16, "M"], batch_norm=True), num_classes=10)
@@ -122,7 +124,7 @@ def compile_at(model: nn.Module, how: str, size: int) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if how == "script":
-            return torch.jit.script(model)
+            return scripting.script(model)
         image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             traced: torch.jit.ScriptModule = torch.jit.trace(model, image, check_trace=False)

@@ -32,6 +32,7 @@ from api_tests.support.problems import assert_problem
 from api_tests.support.stacks import TrainedMLP, start_stack, submit, wait_for, wait_running
 from stack import processes as P
 from stack.local import Stack
+from worker.engine import scripting
 
 pytestmark = pytest.mark.e2e
 
@@ -258,7 +259,7 @@ def small_model() -> bytes:
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(model), buffer)
+    torch.jit.save(scripting.script(model), buffer)
     return buffer.getvalue()
 
 

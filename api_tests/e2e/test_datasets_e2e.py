@@ -18,6 +18,7 @@ from torch import nn
 from api_tests.support.stacks import Stack, mnist_root, submit, wait_for
 from client.dataset_file import write_dataset
 from testkit.digits import DigitsCNN, accuracy, normalised, train, write_digits
+from worker.engine import scripting
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +54,7 @@ def test_digits_job_reports_the_accuracy_the_download_reproduces(stack: Stack,
     dataset = upload(stack, path)
     x_train, y_train = normalised(path, 0)
     x_test, y_test = normalised(path, 2)
-    torch.jit.script(train(DigitsCNN(), x_train, y_train, epochs=4)).save(
+    scripting.script(train(DigitsCNN(), x_train, y_train, epochs=4)).save(
         str(tmp_path / "cnn.pt"))
     job = run(stack, tmp_path / "cnn.pt", {
         "data": {"dataset": dataset["id"]},
@@ -92,7 +93,7 @@ def cnn(in_channels: int) -> nn.Module:
 def test_a_coloured_dataset_runs_through_the_three_channel_path(stack: Stack,
                                                                  tmp_path: Path) -> None:
     dataset = upload(stack, coloured_mnist(tmp_path / "coloured.safetensors"))
-    torch.jit.script(cnn(3)).save(str(tmp_path / "rgb.pt"))
+    scripting.script(cnn(3)).save(str(tmp_path / "rgb.pt"))
     job = run(stack, tmp_path / "rgb.pt", {
         "data": {"dataset": dataset["id"]},
         "finetune": {"epochs": 2, "validation_size": 50, "validation_from": "train"}})
@@ -122,7 +123,7 @@ def per_channel_normalised(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_a_model_that_does_not_fit_fails_before_training(stack: Stack, tmp_path: Path) -> None:
     dataset = upload(stack, coloured_mnist(tmp_path / "coloured.safetensors"))
-    torch.jit.script(cnn(1)).save(str(tmp_path / "grey.pt"))
+    scripting.script(cnn(1)).save(str(tmp_path / "grey.pt"))
     job = run(stack, tmp_path / "grey.pt", {"data": {"dataset": dataset["id"]},
                                             "finetune": {"validation_size": 50}})
     assert (job["status"], job["error"]["code"], "3x32x32 images" in job["error"]["message"]) \

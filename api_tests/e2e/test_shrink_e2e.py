@@ -14,6 +14,7 @@ import pytest
 from api_tests.models import accuracy
 from api_tests.support.stacks import submit, wait_for
 from stack.local import Stack
+from worker.engine import scripting
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,7 @@ def test_shrink_job_on_a_torchscript_upload(stack: Stack, tmp_path: Path,
     from api_tests.worker.engine.shrink.models import ResidualNet, randomize_batchnorm
 
     path = tmp_path / "residual.pt"
-    torch.jit.save(torch.jit.script(randomize_batchnorm(ResidualNet())), str(path))
+    torch.jit.save(scripting.script(randomize_batchnorm(ResidualNet())), str(path))
     spec = {"pruning": {"method": "ln_structured", "dim": 0, "amount": 0.5, "shrink": True},
             "finetune": {"epochs": 0}}
     report, model, shapes = shrunk_download(stack, path, spec)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from core.jobs.error_codes import JobErrorCode
+from worker.engine import scripting
 from worker.engine.audit import audit_torchscript
 from worker.engine.errors import EngineError
 
@@ -117,7 +118,7 @@ class WritesFile(nn.Module):
 
 
 def save_script(module: nn.Module, path: Path) -> Path:
-    torch.jit.save(torch.jit.script(module), str(path))
+    torch.jit.save(scripting.script(module), str(path))
     return path
 
 

@@ -15,7 +15,7 @@ from api_tests.security import hostile as h
 from api_tests.security.hostile import refused
 from core.jobs.error_codes import JobErrorCode
 from core.settings import Settings
-from worker.engine import registry
+from worker.engine import registry, scripting
 from worker.engine.audit import audit_torchscript, check_tensors, find_disallowed
 from worker.engine.errors import EngineError
 
@@ -109,7 +109,7 @@ ORDINARY = {
 def test_ordinary_models_pass(name: str, how: str) -> None:
     model = ORDINARY[name]().eval()
     if how == "script":
-        scripted = torch.jit.script(model)
+        scripted = scripting.script(model)
     else:
         scripted = torch.jit.trace(model, torch.randn(2, 1, 28, 28))
     audit_torchscript(round_trip(scripted))  # raises on any refused operator
@@ -175,7 +175,7 @@ class CallsFunction(nn.Module):
 
 
 def test_called_functions_and_nested_blocks_are_walked() -> None:
-    message = refused(round_trip(torch.jit.script(CallsFunction())))
+    message = refused(round_trip(scripting.script(CallsFunction())))
     assert "aten::from_file in CallsFunction.forward (code/__torch__/api_tests/security/" \
         "test_audit.py:" in message
 
@@ -188,7 +188,7 @@ class Forks(nn.Module):
 
 
 def test_forks_print_and_what_they_run_are_refused() -> None:
-    message = refused(round_trip(torch.jit.script(Forks())))
+    message = refused(round_trip(scripting.script(Forks())))
     for kind in ("prim::fork", "aten::wait", "prim::Print", "aten::from_file"):
         assert f"{kind} in Forks.forward" in message
 
@@ -211,7 +211,7 @@ def leaky_hook(
 def test_submodule_forward_hooks_are_walked() -> None:
     model = Hooked()
     model.fc.register_forward_hook(leaky_hook)
-    message = refused(torch.jit.script(model))
+    message = refused(scripting.script(model))
     assert "aten::from_file in fc.leaky_hook" in message
 
 

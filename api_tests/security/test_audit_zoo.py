@@ -10,6 +10,7 @@ import torchvision.models as tv
 
 from api_tests.security.hostile import refused
 from testkit import zoo
+from worker.engine import scripting
 from worker.engine.audit import find_disallowed
 
 
@@ -36,5 +37,5 @@ class FillsEmpty(torch.nn.Module):
 
 
 def test_empty_is_refused_unless_filled_at_once() -> None:
-    assert "aten::empty in ReadsEmpty.forward" in refused(torch.jit.script(ReadsEmpty()))
-    assert find_disallowed(torch.jit.script(FillsEmpty())) == []
+    assert "aten::empty in ReadsEmpty.forward" in refused(scripting.script(ReadsEmpty()))
+    assert find_disallowed(scripting.script(FillsEmpty())) == []

@@ -17,6 +17,7 @@ from api_tests.security import hostile_pt2 as p
 from api_tests.support.problems import assert_problem
 from api_tests.support.stacks import submit, wait_for
 from stack.local import Stack
+from worker.engine import scripting
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,7 @@ def test_a_torchscript_job_also_returns_a_pt2(stack: Stack, tmp_path: Path) -> N
     """The migration path: send TorchScript once, keep the .pt2 that comes back."""
     torch.manual_seed(0)
     script = tmp_path / "tiny.pt"
-    torch.jit.save(torch.jit.script(p.TinyNet()), str(script))
+    torch.jit.save(scripting.script(p.TinyNet()), str(script))
     response = submit(stack.client, script, SPEC)
     assert response.status_code == 202, response.text
     job = wait_for(stack.client, response.json()["id"])

@@ -18,7 +18,7 @@ from torch import nn
 from core.jobs.formats import ModelFormat
 from core.jobs.report import FileInfo
 from core.storage.digest import sha256_file
-from worker.engine import compressed, exported, sparse_layout
+from worker.engine import compressed, exported, scripting, sparse_layout
 from worker.engine.quantize import QuantizedTensor
 
 
@@ -52,7 +52,7 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path,
         with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
             warnings.simplefilter("ignore", FutureWarning)
             if not isinstance(module, torch.jit.ScriptModule):
-                module = torch.jit.script(module)
+                module = scripting.script(module)
             torch.jit.save(module, str(path))
     elif fmt is ModelFormat.STATE_DICT:
         torch.save(cpu_state_dict(module), str(path))

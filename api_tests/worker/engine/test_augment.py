@@ -24,7 +24,7 @@ from core.jobs.spec import (
     PruningSpec,
 )
 from core.settings import Settings
-from worker.engine import data, pruning, training
+from worker.engine import data, pruning, scripting, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.exported import load_exported
@@ -140,7 +140,7 @@ def test_the_frozen_teacher_is_a_copy_pruning_does_not_reach(kind: str, tmp_path
     x = _images(16).images
     model: nn.Module = dense
     if kind == "torchscript":
-        model = torch.jit.script(dense)
+        model = scripting.script(dense)
     elif kind == "pt2":
         torch.export.save(torch.export.export(dense, (x,)), tmp_path / "m.pt2")
         model = load_exported(tmp_path / "m.pt2", Settings(worker_device="cpu"))

@@ -13,13 +13,13 @@ from torch import nn
 
 from api_tests.core.datasets.files import coloured, write_npz, write_safetensors
 from core.jobs.report import Report
-from worker.engine import cli
+from worker.engine import cli, scripting
 
 
 def scripted_linear(path: Path) -> Path:
     """An untrained 3 x 32 x 32 -> 4 classes TorchScript model."""
     torch.manual_seed(0)
-    torch.jit.save(torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))),
+    torch.jit.save(scripting.script(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))),
                    str(path))
     return path
 

@@ -13,7 +13,7 @@ from torch import nn
 from api_tests.support.stacks import mnist_root
 from core.jobs.formats import ModelFormat
 from core.jobs.spec import DeploySpec, FinetuneSpec, InputSpec
-from worker.engine import data, deploy, registry, training
+from worker.engine import data, deploy, registry, scripting, training
 from worker.engine.data import Split
 from worker.engine.training import MaskHold
 
@@ -94,7 +94,7 @@ def test_torchscript_goes_through_the_converter(tmp_path: Path) -> None:
     model = registry.build("mnist_mlp").eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.script(model)
+        scripted = scripting.script(model)
     images = torch.randn(4, 1, 28, 28)
     reason = deploy.export_onnx(scripted, images, tmp_path / "m.onnx")
     assert reason is None

@@ -14,7 +14,7 @@ from torch import nn
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import registry
+from worker.engine import registry, scripting
 from worker.engine.errors import Cancelled, EngineError
 from worker.engine.pipeline import run_job
 
@@ -41,7 +41,7 @@ def mlp_sd(tmp_path: Path) -> Path:
 
 
 def _scripted(module: nn.Module, path: Path) -> Path:
-    torch.jit.save(torch.jit.script(module), str(path))
+    torch.jit.save(scripting.script(module), str(path))
     return path
 
 

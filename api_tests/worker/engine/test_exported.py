@@ -20,7 +20,7 @@ from core.jobs.formats import ModelFormat
 from core.jobs.spec import JobSpec
 from core.settings import Settings
 from core.uploads import RejectKind, check_upload
-from worker.engine import exported, pruning, registry
+from worker.engine import exported, pruning, registry, scripting
 from worker.engine.errors import EngineError
 from worker.engine.loading import load_model
 from worker.engine.pipeline import RunResult, run_job
@@ -75,7 +75,7 @@ def test_a_program_loads_with_layer_kinds_and_switchable_batchnorm(
 def test_a_torchscript_module_is_saved_as_pt2(tmp_path: Path, engine_settings: Settings) -> None:
     model = _small_cnn().eval()
     path = tmp_path / "x.pt2"
-    exported.save_exported(torch.jit.script(model), path)
+    exported.save_exported(scripting.script(model), path)
     assert check_upload(path, engine_settings) is ModelFormat.PT2
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(torch.export.load(str(path)).module()(x), model(x), atol=1e-6)
@@ -109,7 +109,7 @@ def _as_pt2_and_script(name: str, spec: JobSpec, tmp_path: Path,
     model = _model(name).eval()
     pt2 = p.export_file(model, tmp_path / "in.pt2")
     script = tmp_path / "in.pt"
-    torch.jit.save(torch.jit.script(model), str(script))
+    torch.jit.save(scripting.script(model), str(script))
     return (run_job(pt2, spec, tmp_path / "a", settings=settings),
             run_job(script, spec, tmp_path / "b", settings=settings))
 

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import registry
+from worker.engine import registry, scripting
 from worker.engine.loading import load_model
 from worker.engine.pipeline import run_job
 
@@ -26,7 +26,7 @@ def test_formats_are_told_apart(engine_settings: Settings, tmp_path: Path) -> No
     save_file(state, str(tmp_path / "w.safetensors"))
     model = registry.build("lenet_300_100")
     model.load_state_dict(state)
-    torch.jit.save(torch.jit.script(model), str(tmp_path / "ts.pt"))
+    torch.jit.save(scripting.script(model), str(tmp_path / "ts.pt"))
     loaded = {
         f: load_model(tmp_path / f, "lenet_300_100", engine_settings)
         for f in ("sd.pt", "ckpt.pt", "w.safetensors", "ts.pt")

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from core.jobs.spec import Method, PruningSpec, Scope
-from worker.engine import methods, pruning
+from worker.engine import methods, pruning, scripting
 from worker.engine.methods import PruningError
 
 
@@ -141,7 +141,7 @@ def test_default_targets_are_linear_and_conv_weights() -> None:
     assert [(t.name, t.layer_kind) for t in targets] == [
         ("conv.weight", "Conv2d"), ("fc1.weight", "Linear"), ("fc2.weight", "Linear")
     ]
-    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)))
+    scripted = scripting.script(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)))
     assert [(t.name, t.layer_kind) for t in pruning.find_targets(scripted, PruningSpec())] == [
         ("0.weight", "Linear"), ("2.weight", "Linear")
     ]

@@ -15,7 +15,7 @@ from api_tests.support.stacks import TrainedMLP
 from core.jobs.report import Progress, Report
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import cli, registry
+from worker.engine import cli, registry, scripting
 from worker.engine.pipeline import run_job
 
 RECIPE = {  # the reference recipe: 30% global L1 over the Linear weights, 2 epochs of Adam
@@ -151,7 +151,7 @@ def test_torchscript_conv_bn_structured_without_finetuning(
 ) -> None:
     torch.manual_seed(0)
     path = tmp_path / "cnn.pt"
-    torch.jit.save(torch.jit.script(registry.build("small_cnn_bn").eval()), str(path))
+    torch.jit.save(scripting.script(registry.build("small_cnn_bn").eval()), str(path))
     spec = JobSpec.model_validate({
         "device": "cpu", "output_format": "safetensors", "finetune": {"epochs": 0},
         "pruning": {"method": "random_structured", "amount": 16, "include": ["conv2.weight"]},

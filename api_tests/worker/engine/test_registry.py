@@ -7,7 +7,7 @@ import torch
 
 from core.jobs.architectures import ARCHITECTURES
 from core.jobs.spec import PruningSpec
-from worker.engine import registry
+from worker.engine import registry, scripting
 from worker.engine.pruning import find_targets
 
 
@@ -30,7 +30,7 @@ def test_keys_shapes_and_default_targets_agree(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_scriptable_and_fits_mnist_io(name: str) -> None:
     module = registry.build(name).eval()
-    scripted = torch.jit.script(module)
+    scripted = scripting.script(module)
     x = torch.randn(3, *ARCHITECTURES[name].input_shape)
     with torch.no_grad():
         assert scripted(x).shape == (3, 10)

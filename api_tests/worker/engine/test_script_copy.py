@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.engine import saving
+from worker.engine import saving, scripting
 from worker.engine.shrink.rewrite import generic_groups
 
 
 def _depthwise() -> torch.jit.ScriptModule:
     torch.manual_seed(0)
-    return torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=4)))
+    return scripting.script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=4)))
 
 
 def _conv_graph(module: torch.jit.ScriptModule) -> str:

@@ -16,7 +16,16 @@ from core.jobs.formats import ModelFormat
 from core.jobs.report import TargetTrial
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import compressed, data, pipeline, pruning, quantize, saving, target_bits
+from worker.engine import (
+    compressed,
+    data,
+    pipeline,
+    pruning,
+    quantize,
+    saving,
+    scripting,
+    target_bits,
+)
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 
@@ -33,7 +42,7 @@ class _Toy(nn.Module):
 def _upload(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "toy.pt"
-    torch.jit.save(torch.jit.script(_Toy()), str(path))
+    torch.jit.save(scripting.script(_Toy()), str(path))
     return path
 
 

@@ -14,7 +14,7 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import TargetReport, TargetTrial
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import data, pipeline, registry, targets, training
+from worker.engine import data, pipeline, registry, scripting, targets, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
 
@@ -52,7 +52,7 @@ def test_flops_table_matches_hand_counts() -> None:
 
 def test_measured_latency_is_monotone_in_width() -> None:
     torch.manual_seed(0)
-    toy = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(784, 2048), nn.ReLU(),
+    toy = scripting.script(nn.Sequential(nn.Flatten(), nn.Linear(784, 2048), nn.ReLU(),
                                          nn.Linear(2048, 10)))
     spec = JobSpec.model_validate({"target": {"latency_ms": {"max_ratio": 0.5, "batch": 64}}})
     explorer = _explorer(toy, spec)
@@ -75,7 +75,7 @@ class _LogSoftmaxNet(nn.Module):
 
 def test_a_group_the_analysis_cannot_rewrite_is_left_whole() -> None:
     """fc2's outputs reach log_softmax: shrink refuses them, a target narrows only fc1."""
-    scripted = torch.jit.script(_LogSoftmaxNet())
+    scripted = scripting.script(_LogSoftmaxNet())
     builder = targets.Builder(targets.prepare_groups(scripted, JobSpec.model_validate(
         {"target": {"parameters": {"max_ratio": 0.5}}})), seed=0)
     assert [plan.name for plan in builder.groups] == ["fc1"]
@@ -89,7 +89,7 @@ def test_a_scripted_candidate_trains_and_leaves_the_dense_model_alone() -> None:
     dense model's (a ResNet-18 latency target once failed here: "can't optimize a non-leaf
     Tensor")."""
     torch.manual_seed(0)
-    scripted = torch.jit.script(_LogSoftmaxNet())
+    scripted = scripting.script(_LogSoftmaxNet())
     dense = {k: v.clone() for k, v in scripted.state_dict().items()}
     spec = JobSpec.model_validate({"target": {"parameters": {"max_ratio": 0.5}},
                                    "finetune": {"epochs": 1, "batch_size": 50}})

@@ -3,7 +3,6 @@ an unsupported model is refused at once) and ``Prepared.apply`` (mask, slice, re
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ import worker.engine.shrink.fx_graph as fx_graph
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.report import ShapeChange, ShrinkGroup, ShrinkReport, TensorReport
 from core.jobs.spec import PruningSpec
-from worker.engine import pruning
+from worker.engine import pruning, scripting
 from worker.engine.errors import EngineError
 from worker.engine.methods import PruningError
 from worker.engine.shrink.graph import ChannelGraph, analyse
@@ -170,11 +169,4 @@ def channel_graph(model: nn.Module) -> ChannelGraph:
     its FX graph, a TorchScript module through its graph, a registry module scripted."""
     if isinstance(model, torch.fx.GraphModule):
         return fx_graph.analyse(model)
-    return analyse(model if isinstance(model, torch.jit.ScriptModule) else _script(model))
-
-
-def _script(model: nn.Module) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream, still our format
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted: torch.jit.ScriptModule = torch.jit.script(model)
-    return scripted
+    return analyse(model if isinstance(model, torch.jit.ScriptModule) else scripting.script(model))

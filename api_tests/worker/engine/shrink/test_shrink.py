@@ -15,7 +15,7 @@ from api_tests.worker.engine.shrink import models
 from core.jobs.architectures import state_dict_table
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import PruningSpec
-from worker.engine import registry
+from worker.engine import registry, scripting
 from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare
 from worker.engine.shrink.rewrite import zero_removed
@@ -51,7 +51,7 @@ def _shrink_and_mask(model: nn.Module, architecture: str | None, spec: PruningSp
 def _residual(kind: str) -> torch.jit.ScriptModule:
     net = models.randomize_batchnorm(models.ResidualNet())
     if kind == "scripted":
-        return torch.jit.script(net)
+        return scripting.script(net)
     return torch.jit.trace(net, torch.zeros(2, 1, 28, 28))
 
 
@@ -162,7 +162,7 @@ def _refusal(model: nn.Module) -> EngineError:
 
 
 def test_refuses_a_fixed_size_reshape_naming_the_op_and_line() -> None:
-    error = _refusal(torch.jit.script(models.FixedView()))
+    error = _refusal(scripting.script(models.FixedView()))
     assert error.code is JobErrorCode.UNSUPPORTED_MODEL
     assert "cannot remove channels of conv" in error.message
     assert "aten::view (a reshape to fixed sizes" in error.message
@@ -174,7 +174,7 @@ def test_refuses_non_zero_preserving_activations_and_plain_batchnorm() -> None:
     assert sigmoid.code is JobErrorCode.UNSUPPORTED_MODEL
     assert "fc2.weight reads channels that aten::sigmoid at " in sigmoid.message
     assert "models.py:" in sigmoid.message
-    no_affine = _refusal(torch.jit.script(models.NoAffine()))
+    no_affine = _refusal(scripting.script(models.NoAffine()))
     assert "aten::batch_norm (BatchNorm without affine weight and bias)" in no_affine.message
 
 
@@ -185,7 +185,7 @@ def test_refuses_non_zero_preserving_activations_and_plain_batchnorm() -> None:
 ])
 def test_refuses_transposed_convolutions(compile_: str, says: str) -> None:
     module = models.Transposed()
-    model = (torch.jit.script(module) if compile_ == "script"
+    model = (scripting.script(module) if compile_ == "script"
              else torch.jit.trace(module, torch.zeros(2, 1, 28, 28)))
     error = _refusal(model)
     assert error.code is JobErrorCode.UNSUPPORTED_MODEL
@@ -196,7 +196,7 @@ def test_refuses_transposed_convolutions(compile_: str, says: str) -> None:
 
 
 def test_refusal_leaves_the_model_untouched() -> None:
-    model = torch.jit.script(models.FixedView())
+    model = scripting.script(models.FixedView())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _refusal(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -219,7 +219,7 @@ def test_spec_refuses_shrink_without_output_channel_pruning() -> None:
 
 @pytest.mark.slow  # MNIST batches: the test split is read
 def test_a_layer_used_twice_couples_its_input_and_output(batch: torch.Tensor) -> None:
-    model = torch.jit.script(models.SharedLayer().eval())
+    model = scripting.script(models.SharedLayer().eval())
     shrunk, masked = _shrink_and_mask(model, None)
     [group] = [g for g in shrunk.report.groups if g.pruned]
     assert group.producers == ["stem", "shared"] and group.channels_after == 3

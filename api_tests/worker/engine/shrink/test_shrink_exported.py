@@ -23,7 +23,7 @@ from core.jobs.formats import ModelFormat
 from core.jobs.spec import JobSpec, PruningSpec
 from core.settings import Settings
 from core.uploads import check_upload
-from worker.engine import exported, registry, targets
+from worker.engine import exported, registry, scripting, targets
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Shrunk, prepare
 from worker.engine.shrink.rewrite import zero_removed
@@ -88,7 +88,7 @@ def test_an_exported_program_shrinks_exactly_like_torchscript(
         expected = masked(x)
         assert (shrunk.model(x) - expected).abs().max().item() < 1e-4
     # one set of rules: the same groups, kept channels and new shapes as via TorchScript
-    script = prepare(torch.jit.script(module), HALF, None, seed=0).apply().report
+    script = prepare(scripting.script(module), HALF, None, seed=0).apply().report
     assert [(g.producers, g.channels_after, g.pruned) for g in shrunk.report.groups] == [
         (g.producers, g.channels_after, g.pruned) for g in script.groups]
     assert shrunk.report.tensors == script.tensors
@@ -177,7 +177,7 @@ def test_only_refused_layers_targeted_names_their_ops(
     its op and line, as for TorchScript, not 'nothing to prune'."""
     spec = HALF.model_copy(update={"include": ["up.weight"]})
     for model in (_program(models.Transposed(), tmp_path, engine_settings),
-                  torch.jit.script(models.Transposed())):
+                  scripting.script(models.Transposed())):
         with pytest.raises(EngineError) as caught:
             prepare(model, spec, None, seed=0)
         assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL

@@ -13,6 +13,7 @@ from torch import nn
 from api_tests.worker.engine.shrink import models
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import PruningSpec
+from worker.engine import scripting
 from worker.engine.errors import EngineError
 from worker.engine.shrink import prepare
 from worker.engine.shrink.rewrite import zero_removed
@@ -26,7 +27,7 @@ KINDS = ["script", "trace"]
 def _compile(module: nn.Module, kind: str) -> torch.jit.ScriptModule:
     module = models.randomize_batchnorm(module)
     if kind == "script":
-        return torch.jit.script(module)
+        return scripting.script(module)
     return torch.jit.trace(module, torch.zeros(2, 1, 28, 28))
 
 

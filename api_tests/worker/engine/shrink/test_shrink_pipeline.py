@@ -15,7 +15,7 @@ from api_tests.worker.engine.shrink import models
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import JobSpec
 from core.settings import Settings
-from worker.engine import cli, registry
+from worker.engine import cli, registry, scripting
 from worker.engine.errors import EngineError
 from worker.engine.pipeline import run_job
 
@@ -42,7 +42,7 @@ def test_torchscript_residual_upload_is_shrunk(
     kind: str, engine_settings: Settings, tmp_path: Path, mnist_test: tuple[Any, Any]
 ) -> None:
     net = models.randomize_batchnorm(models.ResidualNet())
-    module = torch.jit.script(net) if kind == "scripted" else torch.jit.trace(
+    module = scripting.script(net) if kind == "scripted" else torch.jit.trace(
         net, torch.zeros(2, 1, 28, 28))
     path = tmp_path / "residual.pt"
     torch.jit.save(module, str(path))
@@ -83,7 +83,7 @@ def test_traced_shuffle_with_constant_sizes_and_a_group_override(
 
 def test_unsupported_model_fails_before_reading_data(tmp_path: Path) -> None:
     path = tmp_path / "fixed.pt"
-    torch.jit.save(torch.jit.script(models.FixedView()), str(path))
+    torch.jit.save(scripting.script(models.FixedView()), str(path))
     spec = JobSpec.model_validate({"device": "cpu", "pruning": SHRINK})
     settings = Settings(mnist_root=tmp_path / "no-mnist-here", data_dir=tmp_path / "data",
                         worker_device="cpu")
@@ -120,7 +120,7 @@ def test_registry_mlp_shrunk_then_finetuned(engine_settings: Settings, tmp_path:
 def test_cli_shrink_flag(engine_settings: Settings, tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "residual.pt"
-    torch.jit.save(torch.jit.script(models.ResidualNet().eval()), str(path))
+    torch.jit.save(scripting.script(models.ResidualNet().eval()), str(path))
     code = cli.main([str(path), "--method", "ln_structured", "--amount", "0.5", "--shrink",
                      "--epochs", "0", "--device", "cpu", "--no-progress", "-o",
                      str(tmp_path / "out"), "--mnist-root", str(engine_settings.mnist_root)])
