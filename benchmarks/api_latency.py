@@ -169,10 +169,12 @@ def tiny_model(folder: Path) -> Path:
     import torch
     from torch import nn
 
+    from worker.engine import scripting
+
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128),
                           nn.ReLU(), nn.Linear(128, 10))
     path = folder / "mlp.pt"
-    torch.jit.save(torch.jit.script(model), str(path))
+    torch.jit.save(scripting.script(model), str(path))
     return path
 
 

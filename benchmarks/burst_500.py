@@ -38,9 +38,11 @@ def small_model(folder: Path) -> bytes:
     import torch
     from torch import nn
 
+    from worker.engine import scripting
+
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
     path = folder / "small.pt"
-    torch.jit.save(torch.jit.script(model), str(path))
+    torch.jit.save(scripting.script(model), str(path))
     return path.read_bytes()
 
 

@@ -29,6 +29,7 @@ from testkit.digits import DigitsCNN, accuracy, normalised, train, write_digits
 
 
 def main() -> None:
+    from worker.engine import scripting
     from worker.engine.datasets import UploadedDataset
     from worker.engine.pipeline import run_job
 
@@ -41,7 +42,7 @@ def main() -> None:
     model = train(DigitsCNN(), x_train, y_train, epochs=15)
     train_s = time.perf_counter() - start
     dense = accuracy(model, x_test, y_test)
-    scripted = torch.jit.script(model)
+    scripted = scripting.script(model)
     scripted.save(str(folder / "cnn.pt"))
     record = DatasetRecord(id="ds-" + "0" * 32, tenant="local", created_at=datetime.now(UTC),
                            bytes=path.stat().st_size, sha256=sha256_file(path),

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from benchmarks.api_latency import machine
 from core.settings import Settings
 from core.uploads import check_upload
-from worker.engine import registry
+from worker.engine import registry, scripting
 from worker.engine.audit import audit_torchscript, check_tensors
 
 ROUNDS = 5
@@ -75,7 +75,7 @@ def main() -> None:
             st, lambda: load_file(str(st)), lambda t: check_tensors(t, settings), settings)
         for name in ("mnist_mlp", "small_cnn_bn"):
             ts = Path(tmp) / f"{name}.pt"
-            torch.jit.save(torch.jit.script(registry.build(name)), str(ts))
+            torch.jit.save(scripting.script(registry.build(name)), str(ts))
 
             def audit_all(m: Any) -> None:
                 audit_torchscript(m)
