@@ -58,28 +58,28 @@ CPU = torch.device("cpu")
 ROW = "lenet5: FLOPs <= 40% of dense at <= 0.3 point drop (validation)"
 
 
-def lenet5_flops(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    torch.manual_seed(0)
+def lenet5_flops(args: argparse.Namespace, folder: Path, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
     model = registry.build("lenet5")
     started = time.perf_counter()
     train = data.load_split(get_settings().mnist_root, True, CPU, InputSpec())
     training.finetune(model, train, FinetuneSpec(epochs=args.dense_epochs, batch_size=128),
-                      training.MaskHold([], []), seed=0)
+                      training.MaskHold([], []), seed=seed)
     dense_s = time.perf_counter() - started
-    path = folder / "lenet5.pt"
+    path = folder / f"lenet5-{seed}.pt"
     torch.save(model.state_dict(), path)
     spec = JobSpec.model_validate({
-        "architecture": "lenet5", "device": "cpu",
+        "architecture": "lenet5", "device": "cpu", "seed": seed,
         "finetune": {"epochs": args.epochs, "batch_size": 128, "lr": 1e-3,
                      "lr_schedule": "cosine", "distill": {}},
         "target": {"flops": {"max_ratio": 0.4}, "max_accuracy_drop": 0.003,
                    "max_trials": args.trials, "trial_images": args.trial_images}})
     started = time.perf_counter()
     try:
-        report = run_job(path, spec, folder / "out", settings=get_settings()).report
+        report = run_job(path, spec, folder / f"out-lenet5-{seed}", settings=get_settings()).report
     except EngineError as exc:  # target_unreachable: the row says so, with the frontier
-        return {"row": ROW, "met": False, "error": exc.message, "frontier": exc.report,
-                "dense_training_s": round(dense_s, 1),
+        return {"row": ROW, "seed": seed, "met": False, "error": exc.message,
+                "frontier": exc.report, "dense_training_s": round(dense_s, 1),
                 "job_wall_s": round(time.perf_counter() - started, 1)}
     wall = time.perf_counter() - started
     target = report.target
@@ -88,7 +88,7 @@ def lenet5_flops(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     assert validation is not None
     drop = validation.before.accuracy - validation.after_finetune.accuracy
     return {
-        "row": ROW,
+        "row": ROW, "seed": seed,
         "dense_training_s": round(dense_s, 1), "job_wall_s": round(wall, 1),
         "trials": len(target.trials), "spec": spec.model_dump(mode="json"),
         "flops_dense": report.cost.before.flops, "flops_after": report.cost.after.flops,
@@ -231,7 +231,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--trial-images", type=int, default=12000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[20, 21, 22],
-                        help="lenet300: one fresh dense model and one job per seed")
+                        help="lenet5, lenet300: one fresh dense model and one job per seed")
     parser.add_argument("--lenet300-dense-epochs", type=int, default=10)
     parser.add_argument("--lenet300-epochs", type=int, default=10)
     parser.add_argument("--lenet300-trials", type=int, default=8)
@@ -246,7 +246,10 @@ def main(argv: list[str]) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         if "lenet5" in wanted:
-            rows.append(lenet5_flops(args, Path(scratch)))
+            for seed in args.seeds:
+                rows.append(lenet5_flops(args, Path(scratch), seed))
+                print(json.dumps({k: v for k, v in rows[-1].items()
+                                  if k not in ("target", "frontier", "spec")}), flush=True)
         if "lenet300" in wanted:
             for seed in args.seeds:
                 rows.append(lenet300_bytes(args, Path(scratch), seed))
