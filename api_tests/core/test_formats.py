@@ -21,6 +21,7 @@ def test_every_format_has_one_file_name_and_extension() -> None:
         ModelFormat.PT2: ("model.pt2", "pt2", UploadFormat.ZIP),
         ModelFormat.COMPRESSED: ("model.prz", "prz", UploadFormat.COMPRESSED),
         ModelFormat.ONNX: ("model.onnx", "onnx", None),
+        ModelFormat.ONNX_INT8: ("model.int8.onnx", "int8.onnx", None),
         ModelFormat.TORCHAO_INT8: ("model.int8.pt", "int8.pt", None),
     }
     assert model_file("state_dict") == "model.state_dict.pt"

@@ -57,3 +57,12 @@ def test_quantised_job_decoded_without_torch(stack: Stack, trained_mlp: TrainedM
     assert runtimes["onnx"]["available"] is True  # TorchScript through TS2EPConverter
     assert abs(runtimes["onnx"]["accuracy"] - stated) <= 1e-4
     assert runtimes["int8"]["reason"].startswith("int8_unavailable")  # no eager Linear
+    # the int8 ONNX file: downloadable exactly when the report says it was kept (faster)
+    onnx_int8 = runtimes["onnx_int8"]
+    assert onnx_int8["reference"] == "onnx" and set(onnx_int8["latency_ms"]) == {"batch_1000"}
+    int8_file = stack.client.get(f"/v1/jobs/{job['id']}/model?format=onnx_int8")
+    assert int8_file.status_code == (200 if onnx_int8["available"] else 404)
+    if onnx_int8["available"]:
+        assert len(int8_file.content) == onnx_int8["bytes"]
+    else:
+        assert onnx_int8["reason"].startswith("onnx_int8_slower: ")

@@ -44,6 +44,8 @@ class RuntimeCost(BaseModel):
     bytes: int | None = None
     latency_ms: dict[str, Latency] = Field(default_factory=dict)
     reference_latency_ms: dict[str, Latency] = Field(default_factory=dict)
+    # what reference_latency_ms timed: the PyTorch model, or (onnx_int8) the fp32 ONNX file
+    reference: str = "pytorch"
     device: str = "cpu"
 
 
@@ -57,4 +59,5 @@ class CostReport(BaseModel):
     )
     runtimes: dict[str, RuntimeCost] | None = Field(
         default=None, exclude_if=lambda v: v is None,
-        description="spec.deploy: 'onnx' and 'int8' models, scored and timed in the job.")
+        description="spec.deploy: 'onnx', 'onnx_int8' and 'int8' models, scored and timed "
+        "in the job.")

@@ -35,6 +35,9 @@ class ModelFormat(StrEnum):
     # Downloads only (never uploaded, never an output_format): written by the deploy phase
     # when spec.deploy asks for them.
     ONNX = "onnx"  # exported from the eager model, checked in ONNX Runtime
+    # onnxruntime.quantization.quantize_dynamic of the ONNX file, kept only when ONNX Runtime
+    # runs it faster than the fp32 file (worker/engine/deploy.py)
+    ONNX_INT8 = "onnx_int8"
     TORCHAO_INT8 = "torchao_int8"  # torch.save of a torchao int8 state_dict (weights_only)
 
     @property
@@ -73,6 +76,7 @@ FORMAT_FILES: Final[dict[ModelFormat, FormatFiles]] = {
     ModelFormat.PT2: FormatFiles("model.pt2", "pt2", UploadFormat.ZIP),
     ModelFormat.COMPRESSED: FormatFiles("model.prz", "prz", UploadFormat.COMPRESSED),
     ModelFormat.ONNX: FormatFiles("model.onnx", "onnx", None),
+    ModelFormat.ONNX_INT8: FormatFiles("model.int8.onnx", "int8.onnx", None),
     ModelFormat.TORCHAO_INT8: FormatFiles("model.int8.pt", "int8.pt", None),
 }
 

@@ -259,6 +259,12 @@ class DeploySpec(SpecModel):
     onnx: bool = Field(default=True, description="Export to ONNX (downloaded with "
                        "?format=onnx) and run it in ONNX Runtime; where export fails, the "
                        "report says why (onnx_unavailable) and no file is written.")
+    onnx_int8: bool = Field(default=True, description="An int8 ONNX file "
+                            "(onnxruntime.quantization.quantize_dynamic: int8 weights, "
+                            "activations quantised at run time) made from the ONNX file and "
+                            "kept (?format=onnx_int8) only when ONNX Runtime runs it faster "
+                            "than the fp32 file at the largest batch timed; otherwise the "
+                            "report says onnx_int8_slower with both latencies.")
     int8: bool = Field(default=True, description="int8 weights through torchao "
                        "(Int8WeightOnlyConfig on Linear layers), saved as a state_dict that "
                        "torch.load(..., weights_only=True) restores (?format=torchao_int8).")

@@ -54,7 +54,7 @@ def load_model(path: Path, architecture: str | None, settings: Settings) -> Load
         tensors = _decode_compact(_load_safetensors(path))
     elif fmt is ModelFormat.COMPRESSED:  # decoded to the sizes its (checked) header declares
         tensors = _decode_compressed(path, settings)
-    elif fmt is ModelFormat.ONNX or fmt is ModelFormat.TORCHAO_INT8:
+    elif fmt in (ModelFormat.ONNX, ModelFormat.ONNX_INT8, ModelFormat.TORCHAO_INT8):
         raise AssertionError(f"check_upload judged a download-only format: {fmt}")
     else:  # a format without a loader: mypy says so when a member is added
         assert_never(fmt)

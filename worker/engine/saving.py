@@ -66,7 +66,7 @@ def _save(module: nn.Module, fmt: ModelFormat, output_dir: Path,
         exported.save_exported(module, path)
     elif fmt is ModelFormat.COMPRESSED:
         compressed.save(cpu_state_dict(module), path, quantized)
-    elif fmt is ModelFormat.ONNX or fmt is ModelFormat.TORCHAO_INT8:
+    elif fmt in (ModelFormat.ONNX, ModelFormat.ONNX_INT8, ModelFormat.TORCHAO_INT8):
         raise ValueError(f"{fmt} is written by the deploy phase (worker/engine/deploy.py)")
     else:  # a format without a writer: mypy says so when a member is added
         assert_never(fmt)

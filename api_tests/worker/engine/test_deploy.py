@@ -1,16 +1,19 @@
 """spec.deploy: ONNX files run in ONNX Runtime with the PyTorch model's accuracy, a clear
-onnx_unavailable where export fails, and torchao int8 restored with weights_only=True."""
+onnx_unavailable where export fails, an int8 ONNX kept only when it runs faster, and torchao
+int8 restored with weights_only=True."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from torch import nn
 
 from api_tests.support.stacks import mnist_root
+from core.jobs.cost import Latency
 from core.jobs.formats import ModelFormat
 from core.jobs.spec import DeploySpec, FinetuneSpec, InputSpec
 from worker.engine import data, deploy, registry, scripting, training
@@ -38,9 +41,12 @@ def trained() -> tuple[nn.Module, Split]:
 def test_onnx_and_int8_of_a_trained_model(trained: tuple[nn.Module, Split],
                                           tmp_path: Path) -> None:
     model, test = trained
-    phase = deploy.deploy_phase(model, DeploySpec(), InputSpec(), test, tmp_path)
+    # the int8 ONNX file is kept or not by a timing: its own tests below fix the timing
+    phase = deploy.deploy_phase(model, DeploySpec(onnx_int8=False), InputSpec(), test,
+                                tmp_path)
     assert phase is not None
     reference = training.evaluate(model, test).accuracy
+    assert set(phase.runtimes) == {"onnx", "int8"}
     onnx, int8 = phase.runtimes["onnx"], phase.runtimes["int8"]
     assert onnx.available and onnx.accuracy == pytest.approx(reference, abs=1e-4)
     assert set(onnx.latency_ms) == set(onnx.reference_latency_ms) == {"batch_1", "batch_256"}
@@ -119,3 +125,77 @@ def test_an_exported_program_exports_with_a_dynamic_batch(tmp_path: Path) -> Non
     outputs = deploy.ort_run(deploy.ort_session(tmp_path / "m.onnx"), images)
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(outputs), model(images), atol=1e-5)
+
+
+def _ms(p50: float) -> Latency:
+    return Latency(p50=p50, p90=p50, runs=3)
+
+
+def test_slower_reason_compares_the_largest_batch() -> None:
+    faster_at_256 = {"batch_1": _ms(2.0), "batch_256": _ms(4.0)}
+    fp32 = {"batch_1": _ms(1.0), "batch_256": _ms(5.0)}
+    assert deploy.slower_reason(faster_at_256, fp32) is None
+    reason = deploy.slower_reason({"batch_1": _ms(0.5), "batch_256": _ms(5.0)}, fp32)
+    assert reason == ("onnx_int8_slower: 5 ms against the fp32 ONNX file's 5 ms at batch_256 "
+                      "(p50, timed in alternation); not kept")
+
+
+def _deploy_int8(model: nn.Module, test: Split, folder: Path, monkeypatch: pytest.MonkeyPatch,
+                 slower: str | None) -> deploy.DeployPhase:
+    timed: list[tuple[set[str], set[str]]] = []
+
+    def decide(int8_ms: dict[str, Latency], fp32_ms: dict[str, Latency]) -> str | None:
+        timed.append((set(int8_ms), set(fp32_ms)))
+        return slower
+
+    monkeypatch.setattr(deploy, "slower_reason", decide)
+    phase = deploy.deploy_phase(model, DeploySpec(int8=False), InputSpec(), test, folder)
+    assert phase is not None
+    assert timed == [({"batch_1", "batch_256"}, {"batch_1", "batch_256"})]
+    return phase
+
+
+def test_an_int8_onnx_that_runs_faster_is_kept(trained: tuple[nn.Module, Split],
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    model, test = trained
+    phase = _deploy_int8(model, test, tmp_path, monkeypatch, slower=None)
+    cost = phase.runtimes["onnx_int8"]
+    path = phase.outputs[ModelFormat.ONNX_INT8]
+    assert path == tmp_path / "model.int8.onnx" and path.exists()
+    assert cost.available and cost.reason is None and cost.reference == "onnx"
+    assert set(cost.latency_ms) == set(cost.reference_latency_ms) == {"batch_1", "batch_256"}
+    # int8 weights: about a quarter of the fp32 file
+    assert cost.bytes == path.stat().st_size < 0.3 * (tmp_path / "model.onnx").stat().st_size
+    session = deploy.ort_session(path)
+    # scored at the job's evaluation batch: dynamic quantisation scales activations per
+    # batch, so another batch size can move a prediction (0.784 vs 0.785 at 256 here)
+    assert cost.accuracy == deploy.ort_accuracy(session, test, training.EVAL_BATCH)
+    reference = training.evaluate(model, test).accuracy
+    assert cost.accuracy_delta == pytest.approx(cost.accuracy - reference)
+    assert abs(cost.accuracy_delta) <= 0.01  # int8 weights barely move an MLP's accuracy
+    int8_ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "MatMulInteger" in int8_ops
+
+
+def test_an_int8_onnx_that_runs_slower_is_not_kept(trained: tuple[nn.Module, Split],
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    model, test = trained
+    phase = _deploy_int8(model, test, tmp_path, monkeypatch, slower="onnx_int8_slower: 9 ms")
+    cost = phase.runtimes["onnx_int8"]
+    assert (cost.available, cost.reason) == (False, "onnx_int8_slower: 9 ms")
+    assert set(cost.latency_ms) == {"batch_1", "batch_256"} and cost.accuracy is not None
+    assert ModelFormat.ONNX_INT8 not in phase.outputs
+    assert not (tmp_path / "model.int8.onnx").exists()
+    assert ModelFormat.ONNX in phase.outputs  # the fp32 file stays
+
+
+def test_no_onnx_file_no_int8_onnx(trained: tuple[nn.Module, Split], tmp_path: Path) -> None:
+    model, test = trained
+    phase = deploy.deploy_phase(model, DeploySpec(onnx=False, int8=False), InputSpec(), test,
+                                tmp_path)
+    assert phase is not None and set(phase.outputs) == set()
+    cost = phase.runtimes["onnx_int8"]
+    assert not cost.available and cost.reason is not None
+    assert cost.reason.startswith("onnx_int8_unavailable: it is made from the job's ONNX file")
