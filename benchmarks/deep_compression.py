@@ -12,6 +12,7 @@ smallest by measurement; the table shows why zstd).
 
     PYTHONPATH=. PRUNER_MNIST_ROOT=/work/shared/datasets python benchmarks/deep_compression.py \
         [--seeds 0 1 2] [--dense-epochs 6] [--epochs 8] [--quick] [--finetune '{"augment": {}}']
+        [--dense-finetune '{"augment": {"shift": 2}}']
 
 Writes benchmarks/results/deep_compression.json (rewritten after every run).
 """
