@@ -22,6 +22,7 @@ from worker.engine.job import Job, device_name
 from worker.engine.results import Dense, Pruned, Splits, Tuned, Upload
 from worker.engine.schedules import ScheduleRun
 from worker.engine.search import Searcher
+from worker.engine.trials import TrialScope
 
 
 def prune(job: Job, upload: Upload, splits: Splits, dense: Dense, scan: Sensitivity | None
@@ -62,9 +63,9 @@ def _target(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Pruned:
         meter = meter.paired(upload.model, dense_value)  # latency: each timed against it
         name, constraint = target.constraint
         bound = constraint.bound(dense_value)
-        explorer = targets.Explorer(
-            builder, meter, target, bound, splits.validation, splits.test, splits.train, spec,
-            dense.validation.accuracy, job.on_progress, job.should_cancel)
+        explorer = targets.Explorer(builder, meter, TrialScope(
+            bound, splits.validation, splits.test, splits.train, spec,
+            dense.validation.accuracy, job.on_progress, job.should_cancel))
         table = explorer.table()
         plan = targets.trial_plan(explorer, table, dense_value)
         trials = [explorer.trial(i, strategy, level, table, dense_value)
@@ -105,15 +106,14 @@ def _target_bits(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Prun
         raise EngineError(JobErrorCode.INVALID_SPEC, "this model cannot be written as "
                           "compressed: choose another target.bytes.format")
     dense_value = float(dense.cost.bytes[target.bytes.format])  # the upload, unquantised
-    explorer = target_bits.BitsExplorer(
-        upload.model, upload.targets, target.bytes.bound(dense_value), splits.validation,
-        splits.test, splits.train, spec, dense.validation.accuracy, job.on_progress,
-        job.should_cancel)
+    explorer = target_bits.BitsExplorer(upload.model, upload.targets, TrialScope(
+        target.bytes.bound(dense_value), splits.validation, splits.test, splits.train, spec,
+        dense.validation.accuracy, job.on_progress, job.should_cancel))
     with job.timed("target"):
         trials = explorer.run()
         explorer.restore()
     report = TargetReport(
-        constraint="bytes", bound=explorer.bound, dense_value=dense_value,
+        constraint="bytes", bound=explorer.scope.bound, dense_value=dense_value,
         detail="file bytes of format compressed, k-means quantised at the chosen bits "
                f"(tried: {', '.join(map(str, target.quantize_bits))})",
         max_accuracy_drop=target.max_accuracy_drop, dense_accuracy=dense.validation.accuracy,
@@ -126,7 +126,7 @@ def _target_bits(job: Job, upload: Upload, splits: Splits, dense: Dense) -> Prun
     applied = upload.pruning.model_copy(update={"amount": sparsity})
     after = _run_schedule(job, upload.model, upload.targets, upload, splits, applied)
     with job.timed("target"):  # the file drifted with the full fine-tune: fit it
-        final = target_bits.fit(upload.model, upload.targets, spec, bits, explorer.bound)
+        final = target_bits.fit(upload.model, upload.targets, spec, bits, explorer.scope.bound)
     applied = applied.model_copy(update={"amount": round(final, 6)})
     report = report.model_copy(update={"chosen": chosen, "final_sparsity": final})
     return Pruned(upload.model, applied, after, targets=upload.targets, target=report,

@@ -31,26 +31,22 @@ sharing, entropy-coded. So a bytes target on ``compressed`` searches those two k
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from core.jobs.report import Progress, TargetTrial
+from core.jobs.report import TargetTrial
 from core.jobs.spec import JobSpec, PruningSpec, QuantizeSpec
 from worker.engine import deep_compression, pruning, quantize, training
 from worker.engine.data import Split
 from worker.engine.errors import Cancelled
-from worker.engine.targets import subset
+from worker.engine.trials import TrialScope
 
 MAX_SPARSITY = 0.99  # a candidate keeps at least 1% of the targeted weights
 BISECT_STEPS = 8  # on log(kept share) between 1 and 1 - MAX_SPARSITY: about 2% apart
 MARGIN = 0.03  # the bisection aims 3% under the bound: fine-tuning moves the codes' entropy
 STRATEGY, REAIMED = "kmeans", "kmeans_reaimed"
-CancelFn = Callable[[], bool]
-ProgressFn = Callable[[Progress], None]
 
 
 def quantize_spec(spec: JobSpec, bits: int, *, epochs: int | None = None) -> QuantizeSpec:
@@ -68,14 +64,7 @@ class BitsExplorer:
 
     model: nn.Module  # the upload: its weights are restored from ``_dense`` at every build
     targets: list[pruning.Target]  # its targeted weights
-    bound: float  # bytes of the compressed file
-    validation: Split
-    test: Split
-    train: Split | None
-    spec: JobSpec
-    dense_accuracy: float
-    on_progress: ProgressFn | None = None
-    should_cancel: CancelFn | None = None
+    scope: TrialScope  # its bound: bytes of the compressed file
     _dense: dict[str, torch.Tensor] = field(init=False)
     _sizes: dict[tuple[float, int], int] = field(default_factory=dict)
 
@@ -90,31 +79,31 @@ class BitsExplorer:
         """Prune the dense weights to ``sparsity``, fine-tune on ``train`` (masks held),
         quantise at ``bits`` (a centroid pass on ``train``), load the decoded file: its
         bytes."""
-        if self.should_cancel is not None and self.should_cancel():
+        if self.scope.should_cancel is not None and self.scope.should_cancel():
             raise Cancelled()
         self.restore()
         masks = pruning.compute_masks(self.targets, self.pruning(sparsity),
                                       torch.Generator().manual_seed(seed))
         pruning.apply_masks(self.targets, masks)
         if train is not None:
-            tune = self.spec.finetune.model_copy(update={"epochs": 1})
+            tune = self.scope.spec.finetune.model_copy(update={"epochs": 1})
             hold = training.MaskHold([t.param for t in self.targets],
                                      [masks[t.name] for t in self.targets])
             training.finetune(self.model, train, tune, hold, seed=seed,
-                              should_cancel=self.should_cancel)
-        q = quantize_spec(self.spec, bits, epochs=1 if train is not None else 0)
-        tables = quantize.quantize(self.model, self.targets, q, self.spec.finetune, train,
-                                   seed=seed, should_cancel=self.should_cancel)
+                              should_cancel=self.scope.should_cancel)
+        q = quantize_spec(self.scope.spec, bits, epochs=1 if train is not None else 0)
+        tables = quantize.quantize(self.model, self.targets, q, self.scope.spec.finetune, train,
+                                   seed=seed, should_cancel=self.scope.should_cancel)
         return deep_compression.load_decoded(self.model, tables)
 
     def pruning(self, sparsity: float) -> PruningSpec:
-        return self.spec.pruning.model_copy(update={"amount": sparsity, "overrides": {}})
+        return self.scope.spec.pruning.model_copy(update={"amount": sparsity, "overrides": {}})
 
     def size(self, sparsity: float, bits: int) -> int:
         """The file's bytes at ``sparsity`` and ``bits`` without fine-tuning (cached)."""
         key = (sparsity, bits)
         if key not in self._sizes:
-            self._sizes[key] = self.build(sparsity, bits, None, self.spec.seed)
+            self._sizes[key] = self.build(sparsity, bits, None, self.scope.spec.seed)
         return self._sizes[key]
 
     def lowest_sparsity(self, bits: int, aim: float) -> float:
@@ -138,11 +127,11 @@ class BitsExplorer:
         less ``MARGIN``, divided by the largest drift seen so far (measured / predicted bytes
         of the trials before it: what a short fine-tune does to the file); then each bits
         again, re-aimed by its own trial's drift, where that moves it."""
-        assert self.spec.target is not None
-        limit, aim = self.spec.target_trials, self.bound * (1 - MARGIN)
+        assert self.scope.spec.target is not None
+        limit, aim = self.scope.spec.target_trials, self.scope.bound * (1 - MARGIN)
         trials: list[TargetTrial] = []
         drift = 1.0
-        for bits in self.spec.target.quantize_bits[:limit]:
+        for bits in self.scope.spec.target.quantize_bits[:limit]:
             sparsity = self.lowest_sparsity(bits, aim / drift)
             trials.append(self.trial(len(trials) + 1, sparsity, bits))
             drift = max(drift, self.drift(trials[-1]))
@@ -162,24 +151,10 @@ class BitsExplorer:
 
     def trial(self, index: int, sparsity: float, bits: int, strategy: str = STRATEGY
               ) -> TargetTrial:
-        assert self.spec.target is not None
-        if self.on_progress is not None:
-            self.on_progress(Progress(phase="target", trial=index,
-                                      trials=self.spec.target_trials))
-        started = time.perf_counter()
-        images = self.spec.target.trial_images
-        train = None if self.train is None or images == 0 else subset(
-            self.train, images, self.spec.seed + index)
-        size = self.build(sparsity, bits, train, self.spec.seed + index)
-        val = training.evaluate(self.model, self.validation, self.should_cancel).accuracy
-        test = training.evaluate(self.model, self.test, self.should_cancel).accuracy
-        meets = size <= self.bound
-        within = self.dense_accuracy - val <= self.spec.target.max_accuracy_drop + 1e-12
-        return TargetTrial(strategy=strategy, level=sparsity, widths={}, sparsity=sparsity,
-                           bits=bits, constraint_value=float(size), meets_constraint=meets,
-                           val_accuracy=val, test_accuracy=test, within_drop=within,
-                           met=meets and within,
-                           seconds=round(time.perf_counter() - started, 3))
+        started = self.scope.begin(index)
+        size = self.build(sparsity, bits, self.scope.images(index), self.scope.spec.seed + index)
+        return self.scope.scored(self.model, started, float(size), strategy=strategy,
+                                 level=sparsity, sparsity=sparsity, bits=bits)
 
 
 FIT_MARGIN = 0.005  # the centroid fine-tune after the fit moves only the codebooks' bytes

@@ -28,8 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import glob
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,7 +37,6 @@ from core.jobs.error_codes import JobErrorCode
 from core.jobs.formats import ModelFormat
 from core.jobs.report import (
     GroupCost,
-    Progress,
     Sensitivity,
     TargetReport,
     TargetTrial,
@@ -47,17 +44,15 @@ from core.jobs.report import (
 )
 from core.jobs.spec import JobSpec, Method, PruningSpec, TargetSpec
 from worker.engine import measure, pruning, saving, script_copy, sensitivity, training
-from worker.engine.data import Split
 from worker.engine.errors import EngineError
 from worker.engine.shrink import Prepared, Shrunk, prepare
 from worker.engine.shrink.plan import GroupPlan, plan_groups
 from worker.engine.shrink.stage import channel_graph
+from worker.engine.trials import TrialScope
 
 FRACTIONS = (0.25, 0.5, 0.75)
 MAX_FRACTION = 0.9  # a group keeps at least a tenth of its channels (and at least one)
 BISECT_STEPS = 7
-CancelFn = Callable[[], bool]
-ProgressFn = Callable[[Progress], None]
 
 
 def channel_spec(spec: JobSpec) -> PruningSpec:
@@ -179,15 +174,7 @@ class Explorer:
 
     builder: Builder
     meter: Meter
-    target: TargetSpec
-    bound: float
-    validation: Split
-    test: Split
-    train: Split | None
-    spec: JobSpec
-    dense_accuracy: float
-    on_progress: ProgressFn | None = None
-    should_cancel: CancelFn | None = None
+    scope: TrialScope
     _values: dict[tuple[int, ...], float] = field(default_factory=dict)
 
     def table(self) -> list[GroupCost]:
@@ -198,7 +185,7 @@ class Explorer:
                 removed = self.builder.removed({plan.name: fraction})
                 model = self.builder.build(removed).model
                 values.append(self._value(removed, model))
-                accuracies.append(self._accuracy(model, self.validation))
+                accuracies.append(self.scope.accuracy(model, self.scope.validation))
             rows.append(GroupCost(group=plan.name, channels=plan.group.channels,
                                   fractions=list(FRACTIONS), constraint_values=values,
                                   val_accuracy=accuracies))
@@ -209,7 +196,8 @@ class Explorer:
         uniform = {row.group: level * MAX_FRACTION for row in table}
         if strategy == "uniform":
             return uniform
-        guided = _equal_drop(table, level * MAX_FRACTION, self.dense_accuracy, dense_value)
+        guided = _equal_drop(table, level * MAX_FRACTION, self.scope.dense_accuracy,
+                             dense_value)
         if strategy == "sensitivity":
             return guided
         return {g: (uniform[g] + guided[g]) / 2 for g in uniform}
@@ -227,23 +215,18 @@ class Explorer:
 
     def trial(self, index: int, strategy: str, level: float, table: list[GroupCost],
               dense_value: float) -> TargetTrial:
-        if self.on_progress is not None:
-            self.on_progress(Progress(phase="target", trial=index,
-                                      trials=self.spec.target_trials))
-        started = time.perf_counter()
+        started = self.scope.begin(index)
         removed = self.builder.removed(self.allocation(strategy, level, table, dense_value))
         model = self.builder.build(removed).model
         value = self._value(removed, model)
-        self._short_finetune(model, index)
-        val = self._accuracy(model, self.validation)
-        test = self._accuracy(model, self.test)
-        meets = value <= self.bound
-        within = self.dense_accuracy - val <= self.target.max_accuracy_drop + 1e-12
-        return TargetTrial(strategy=strategy, level=round(level, 4),
-                           widths=self.builder.widths(removed), constraint_value=value,
-                           meets_constraint=meets, val_accuracy=val, test_accuracy=test,
-                           within_drop=within, met=meets and within,
-                           seconds=round(time.perf_counter() - started, 3))
+        images = self.scope.images(index)
+        if images is not None:
+            spec = self.scope.spec.finetune.model_copy(update={"epochs": 1})
+            training.finetune(model, images, spec, training.MaskHold([], []),
+                              seed=self.scope.spec.seed + index,
+                              should_cancel=self.scope.should_cancel)
+        return self.scope.scored(model, started, value, strategy=strategy,
+                                 level=round(level, 4), widths=self.builder.widths(removed))
 
     def _meets(self, strategy: str, level: float, table: list[GroupCost],
                dense_value: float) -> bool:
@@ -251,7 +234,7 @@ class Explorer:
         key = tuple(removed.values())
         if key not in self._values:
             self._value(removed, self.builder.build(removed).model)
-        return self._values[key] <= self.bound
+        return self._values[key] <= self.scope.bound
 
     def _value(self, removed: dict[str, int], model: nn.Module) -> float:
         key = tuple(removed.values())
@@ -259,16 +242,6 @@ class Explorer:
             self._values[key] = self.meter(model)
         return self._values[key]
 
-    def _accuracy(self, model: nn.Module, split: Split) -> float:
-        return training.evaluate(model, split, self.should_cancel).accuracy
-
-    def _short_finetune(self, model: nn.Module, index: int) -> None:
-        if self.train is None or self.target.trial_images == 0:
-            return
-        images = subset(self.train, self.target.trial_images, self.spec.seed + index)
-        spec = self.spec.finetune.model_copy(update={"epochs": 1})
-        training.finetune(model, images, spec, training.MaskHold([], []),
-                          seed=self.spec.seed + index, should_cancel=self.should_cancel)
 
 
 def trial_plan(explorer: Explorer, table: list[GroupCost], dense_value: float
@@ -280,7 +253,7 @@ def trial_plan(explorer: Explorer, table: list[GroupCost], dense_value: float
     plan = [("sensitivity", guided), ("uniform", levels["uniform"]),
             ("mixed", levels["mixed"]), ("sensitivity", round(guided * 0.7, 4)),
             ("sensitivity", round(guided + (1 - guided) / 2, 4))]
-    return plan[:explorer.spec.target_trials]
+    return plan[:explorer.scope.spec.target_trials]
 
 
 def final_warning(report: TargetReport) -> str | None:
@@ -315,16 +288,6 @@ def _equal_drop(table: list[GroupCost], share: float, dense_accuracy: float,
     weights = {g: max(1, round(1e6 * s / total)) for g, s in savings.items()}
     amounts = sensitivity.allocate(scan, weights, share)
     return {g: min(a, MAX_FRACTION) for g, a in amounts.items()}
-
-
-def subset(train: Split, size: int, seed: int) -> Split:
-    """``size`` train images drawn by a seeded permutation (teacher rows follow them)."""
-    size = min(size, len(train))
-    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:size]
-    index = index.to(train.labels.device)
-    with torch.inference_mode(False):
-        teacher = None if train.teacher is None else train.teacher[index]
-        return Split(train.images[index], train.labels[index], teacher, train.teacher_fn)
 
 
 def prepare_groups(model: nn.Module, spec: JobSpec) -> Prepared:

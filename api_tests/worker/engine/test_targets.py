@@ -17,6 +17,7 @@ from core.settings import Settings
 from worker.engine import data, pipeline, registry, scripting, targets, training
 from worker.engine.data import Split
 from worker.engine.errors import EngineError
+from worker.engine.trials import TrialScope
 
 CPU = torch.device("cpu")
 
@@ -31,9 +32,9 @@ def _explorer(model: nn.Module, spec: JobSpec) -> targets.Explorer:
     assert spec.target is not None
     builder = targets.Builder(targets.prepare_groups(model, spec), spec.seed)
     meter = targets.Meter(spec.target, spec, CPU)
-    return targets.Explorer(builder, meter, spec.target, bound=1.0,
-                            validation=_random_split(200, 1), test=_random_split(200, 2),
-                            train=None, spec=spec, dense_accuracy=0.1)
+    return targets.Explorer(builder, meter, TrialScope(
+        bound=1.0, validation=_random_split(200, 1), test=_random_split(200, 2), train=None,
+        spec=spec, dense_accuracy=0.1))
 
 
 def _mlp_flops(h1: int, h2: int) -> int:
