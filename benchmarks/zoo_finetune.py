@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -129,9 +130,14 @@ def row(name: str, seed: int, result: RunResult, dense: Path,
 
 
 def one_run(name: str, seed: int, dense_epochs: int, epochs: int, folder: Path,
-            dense_images: int | None = None) -> dict[str, Any]:
+            dense_images: int | None = None, dense_from: Path | None = None
+            ) -> dict[str, Any]:
     started = time.perf_counter()
-    dense = dense_upload(name, seed, dense_epochs, folder, dense_images)
+    if dense_from is None:
+        dense = dense_upload(name, seed, dense_epochs, folder, dense_images)
+    else:  # an earlier run's dense model (its folder printed at that run's start)
+        dense = folder / f"{name}-{seed}.pt"
+        shutil.copyfile(dense_from / dense.name, dense)
     trained = time.perf_counter()
     spec = job_spec(conv_weights(load(dense)), seed, epochs)
     result = run_job(dense, spec, folder / f"out-{name}-{seed}", settings=get_settings())
@@ -139,7 +145,8 @@ def one_run(name: str, seed: int, dense_epochs: int, epochs: int, folder: Path,
                "job": round(time.perf_counter() - trained, 1)}
     return {**row(name, seed, result, dense, seconds),
             "epochs": {"dense": dense_epochs, "finetune": epochs},
-            "dense_train_images": dense_images or 60000}
+            "dense_train_images": dense_images or 60000,
+            **({"dense_from": str(dense_from)} if dense_from is not None else {})}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,6 +188,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="fine-tune epochs of the job")
     parser.add_argument("--dense-images", type=int,
                         help="train dense on the first N train images only (CPU budget)")
+    parser.add_argument("--dense-from", type=Path, metavar="DIR",
+                        help="reuse an earlier run's dense models (NAME-SEED.pt in DIR); the "
+                        "row's epochs.dense is then that run's, given again here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true",
@@ -213,7 +223,7 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.families:
             result["rows"].append(one_run(name, seed, args.dense_epochs, args.epochs, folder,
-                                          args.dense_images))
+                                          args.dense_images, args.dense_from))
             result["summary"] = summary(result["rows"])
             result["machine"]["load_average_last"] = os.getloadavg()
             args.out.write_text(json.dumps(result, indent=1) + "\n")
