@@ -160,18 +160,11 @@ def _onnx_batches(model: nn.Module) -> tuple[int, ...]:
         measure.BATCHES)
 
 
-def quantize_onnx(fp32: Path, path: Path) -> None:
-    """``path``: ``fp32`` with int8 weights (per tensor, symmetric) and dynamically quantised
-    activations."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(fp32, path, weight_type=QuantType.QInt8)
-
-
 def _onnx_int8(fp32: Path | None, batches: tuple[int, ...], input_spec: InputSpec,
                split: Split, reference: float, output_dir: Path,
                outputs: dict[ModelFormat, Path]) -> RuntimeCost:
     import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     runtime = (f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, "
                "quantize_dynamic QInt8")
@@ -182,7 +175,8 @@ def _onnx_int8(fp32: Path | None, batches: tuple[int, ...], input_spec: InputSpe
                            "says why)")
     path = output_dir / ModelFormat.ONNX_INT8.file_name
     try:
-        quantize_onnx(fp32, path)
+        # int8 weights (per tensor, symmetric); activations quantised at run time
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8)
         session = ort_session(path)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the report's reason
         path.unlink(missing_ok=True)
@@ -196,7 +190,7 @@ def _onnx_int8(fp32: Path | None, batches: tuple[int, ...], input_spec: InputSpe
     measured = {"accuracy": accuracy, "accuracy_delta": accuracy - reference,
                 "bytes": path.stat().st_size, "latency_ms": int8_ms,
                 "reference_latency_ms": fp32_ms, "reference": "onnx"}
-    slower = slower_reason(int8_ms, fp32_ms)
+    slower = slower_reason(int8_ms, fp32_ms, max(batches))
     if slower is not None:
         path.unlink()
         return RuntimeCost(runtime=runtime, available=False, reason=slower, **measured)
@@ -204,10 +198,11 @@ def _onnx_int8(fp32: Path | None, batches: tuple[int, ...], input_spec: InputSpe
     return RuntimeCost(runtime=runtime, available=True, **measured)
 
 
-def slower_reason(int8_ms: dict[str, Latency], fp32_ms: dict[str, Latency]) -> str | None:
-    """None when the int8 file is faster at the largest batch timed (median); else why it is
-    not kept."""
-    largest = max(int8_ms, key=lambda key: int(key.removeprefix("batch_")))
+def slower_reason(int8_ms: dict[str, Latency], fp32_ms: dict[str, Latency], batch: int
+                  ) -> str | None:
+    """None when the int8 file is faster at ``batch`` (the largest timed; median); else why
+    it is not kept."""
+    largest = f"batch_{batch}"
     mine, theirs = int8_ms[largest].p50, fp32_ms[largest].p50
     if mine < theirs:
         return None

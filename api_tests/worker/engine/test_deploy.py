@@ -134,8 +134,8 @@ def _ms(p50: float) -> Latency:
 def test_slower_reason_compares_the_largest_batch() -> None:
     faster_at_256 = {"batch_1": _ms(2.0), "batch_256": _ms(4.0)}
     fp32 = {"batch_1": _ms(1.0), "batch_256": _ms(5.0)}
-    assert deploy.slower_reason(faster_at_256, fp32) is None
-    reason = deploy.slower_reason({"batch_1": _ms(0.5), "batch_256": _ms(5.0)}, fp32)
+    assert deploy.slower_reason(faster_at_256, fp32, 256) is None
+    reason = deploy.slower_reason({"batch_1": _ms(0.5), "batch_256": _ms(5.0)}, fp32, 256)
     assert reason == ("onnx_int8_slower: 5 ms against the fp32 ONNX file's 5 ms at batch_256 "
                       "(p50, timed in alternation); not kept")
 
@@ -144,7 +144,9 @@ def _deploy_int8(model: nn.Module, test: Split, folder: Path, monkeypatch: pytes
                  slower: str | None) -> deploy.DeployPhase:
     timed: list[tuple[set[str], set[str]]] = []
 
-    def decide(int8_ms: dict[str, Latency], fp32_ms: dict[str, Latency]) -> str | None:
+    def decide(int8_ms: dict[str, Latency], fp32_ms: dict[str, Latency], batch: int
+               ) -> str | None:
+        assert batch == 256
         timed.append((set(int8_ms), set(fp32_ms)))
         return slower
 
