@@ -21,6 +21,11 @@ writing one (killed by a signal), the supervisor settles it (core/jobs/lifecycle
 Fencing: every write goes through its ``Claim`` (core/jobs/lifecycle.py), which checks that the
 record is still ``running`` with this process's attempt number. A process whose claim was
 taken away (its job re-queued after a lost lease) writes nothing and exits ``EXIT_LOST``.
+
+A short outage of the stores (a PostgreSQL restart, an S3 hiccup) does not cost an attempt:
+the steps that decide the job's fate (reading its record, fetching its dataset, storing the
+outputs, writing the outcome) are retried for up to the job's lease
+(``core/storage/outages.py``); progress writes and cancel polls just skip a beat.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from core.jobs.record import JobError, JobRecord, JobStatus
 from core.jobs.report import Progress
 from core.settings import Settings, get_settings
 from core.storage.backends import open_blob_store, open_job_store
+from core.storage.outages import patiently
 from core.storage.protocols import REPORT, UPLOAD, BlobStore, model_file
 from worker.dataset_files import DatasetGone, dataset_file
 from worker.sandbox import is_resource_limit_error
@@ -128,7 +134,8 @@ def run(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> int:
     store = open_job_store(settings)
     blobs = open_blob_store(settings)
     claim = Claim(store, job_id, attempt)
-    record = store.get(job_id)
+    record = patiently(lambda: store.get(job_id), within_s=settings.job_lease_s,
+                       what=f"job {job_id}: reading its record")
     if record is None or not claim.holds(record):
         log.warning("job %s attempt %d: not running under this attempt; exiting", job_id, attempt)
         return EXIT_LOST
@@ -150,37 +157,50 @@ def _run(job_id: str, record: JobRecord, claim: Claim, watcher: CancelWatcher,
     from worker.engine.pipeline import run_job
 
     try:
-        found = dataset_file(claim.store, blobs, record, settings)
+        found = patiently(lambda: dataset_file(claim.store, blobs, record, settings),
+                          within_s=settings.job_lease_s, what=f"job {job_id}: its dataset")
     except DatasetGone as exc:
-        return fail(claim, JobErrorCode.DATASET_UNAVAILABLE, str(exc))
+        return fail(claim, settings, JobErrorCode.DATASET_UNAVAILABLE, str(exc))
+    upload = patiently(lambda: blobs.local_path(job_id, UPLOAD), within_s=settings.job_lease_s,
+                       what=f"job {job_id}: fetching its upload")
     try:
         result = run_job(
-            blobs.local_path(job_id, UPLOAD), record.spec, output_dir, settings=settings,
+            upload, record.spec, output_dir, settings=settings,
             on_progress=ProgressWriter(claim), should_cancel=watcher.cancelled.is_set,
             dataset=UploadedDataset(*found) if found is not None else None,
         )
     except Cancelled:
         if watcher.lost.is_set():
             return EXIT_LOST
-        claim.finish(JobStatus.CANCELLED, progress=None)
+        finish(claim, settings, JobStatus.CANCELLED, progress=None)
         return EXIT_OK
     except EngineError as exc:
         if exc.report is not None:  # e.g. target_unreachable: the frontier, and no model
             with blobs.writer(job_id, REPORT) as f:
                 f.write(json.dumps(exc.report, indent=2).encode())
-        return fail(claim, exc.code, exc.message)
+        return fail(claim, settings, exc.code, exc.message)
     if watcher.lost.is_set():  # re-queued meanwhile: the new attempt writes the files
         return EXIT_LOST
-    primary, sha, stored = store_outputs(blobs, job_id, result)
-    done = claim.finish(
-        JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha, output_bytes=stored,
-        progress=Progress(phase="done"),
+    primary, sha, stored = patiently(lambda: store_outputs(blobs, job_id, result),
+                                     within_s=settings.job_lease_s,
+                                     what=f"job {job_id}: storing its outputs")
+    done = finish(
+        claim, settings, JobStatus.SUCCEEDED, model_format=primary, model_sha256=sha,
+        output_bytes=stored, progress=Progress(phase="done"),
     )
     return EXIT_OK if done else EXIT_LOST
 
 
-def fail(claim: Claim, code: JobErrorCode, message: str) -> int:
-    done = claim.finish(JobStatus.FAILED, error=JobError(code=code, message=message))
+def finish(claim: Claim, settings: Settings, to: JobStatus, **fields: Any) -> bool:
+    """``claim.finish``, riding out a short store outage (a compare-and-set: a retry after
+    a commit whose answer was lost finds the job no longer running and returns False)."""
+    return patiently(lambda: claim.finish(to, **fields), within_s=settings.job_lease_s,
+                     what=f"job {claim.job_id}: writing its outcome ({to.value})")
+
+
+def fail(claim: Claim, settings: Settings, code: JobErrorCode, message: str) -> int:
+    done = finish(claim, settings, JobStatus.FAILED,
+                  error=JobError(code=code, message=message))
     return EXIT_FAILED if done else EXIT_LOST
 
 
@@ -208,7 +228,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a bug on our side: say what, keep the trace in the log
         traceback.print_exc()
         claim = Claim(open_job_store(settings), job_id, int(attempt))
-        return fail(claim, *classify_exception(exc, settings))
+        return fail(claim, settings, *classify_exception(exc, settings))
 
 
 def warm_up(settings: Settings) -> None:

@@ -10,6 +10,11 @@ The job process runs inside the sandbox limits (worker/sandbox.py), in a session
 and dies with its worker (PR_SET_PDEATHSIG), so a re-queued job never has a live twin. Only
 the worker's main thread may start one: PR_SET_PDEATHSIG follows the thread that forked.
 
+A short outage of the job store (a PostgreSQL restart) neither fails the delivery nor kills
+the job process: the claim and the settling are retried for up to the job's lease
+(``core/storage/outages.py``), and a lease renewal that meets the outage is tried again a
+second later (the lease has two thirds of its length left when the first renewal fails).
+
 No torch and no Celery here: the Celery task (worker/tasks.py) is a thin adapter, and Celery's
 soft time limit reaches ``run`` as one of the ``time_up`` exceptions.
 """
@@ -38,7 +43,8 @@ from core.jobs.lifecycle import (
     wall_clock_limit_s,
 )
 from core.settings import Settings
-from core.storage.protocols import JobStore
+from core.storage.outages import patiently
+from core.storage.protocols import JobStore, StoreUnavailable
 from core.tenants.tenancy import running_limits
 from worker import sandbox
 
@@ -48,6 +54,7 @@ Popen = subprocess.Popen[bytes]
 
 POLL_S = 0.25  # how often the supervisor looks at its job process
 CANCEL_GRACE_S = 10.0  # a cancelled job process that has not stopped by then is killed
+RENEW_RETRY_S = 1.0  # a renewal that met a store outage is tried again this much later
 PR_SET_PDEATHSIG = 1
 
 
@@ -94,12 +101,17 @@ class Supervisor:
 
     def supervise(self, store: JobStore, job_id: str, worker: str, enqueue: Enqueue) -> Outcome:
         """Claim the job, run it, settle how it ended; SKIPPED when there was nothing to run."""
-        held = claim_next(store, self.settings, worker, running_limits(self.settings, store))
+        settings = self.settings
+        held = patiently(
+            lambda: claim_next(store, settings, worker, running_limits(settings, store)),
+            within_s=settings.job_lease_s, what=f"delivery of job {job_id}: claiming")
         if held is None:
             return Outcome.SKIPPED
         end = self.run(held)
         code = sandbox.classify_exit(end.returncode, end.stop is Stop.TIMED_OUT, end.oom_killed)
-        return settle(held, end, code, self.settings, enqueue)
+        return patiently(lambda: settle(held, end, code, settings, enqueue),
+                         within_s=settings.job_lease_s,
+                         what=f"job {held.job_id} attempt {held.attempt}: settling")
 
     def run(self, held: Claim) -> ProcessEnd:
         """Run the claimed job in a job process until it ends; the scratch dir goes with it."""
@@ -127,7 +139,8 @@ class Supervisor:
         limit, when the lease is lost, when it ignores a cancel request, or when the worker
         is stopping."""
         settings = self.settings
-        record = held.store.get(held.job_id)
+        record = patiently(lambda: held.store.get(held.job_id), within_s=settings.job_lease_s,
+                           what=f"job {held.job_id}: reading its limits")
         limit_s = (wall_clock_limit_s(record, settings) if record is not None
                    else settings.job_soft_time_limit_s)
         start = time.monotonic()
@@ -148,7 +161,12 @@ class Supervisor:
                 return proc.returncode, Stop.TIMED_OUT
             if clock >= next_renew:
                 next_renew = clock + renew_every
-                current = held.renew(settings)
+                try:
+                    current = held.renew(settings)
+                except StoreUnavailable as exc:  # e.g. a PostgreSQL restart: try again soon
+                    log.warning("job %s: could not renew its lease: %s", held.job_id, exc)
+                    next_renew = clock + min(RENEW_RETRY_S, renew_every)
+                    continue
                 if current is None:
                     kill(proc)
                     return proc.returncode, Stop.LOST

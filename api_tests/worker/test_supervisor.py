@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from api_tests.core.factories import make_record
+from api_tests.support.outage import Outage
 from core.jobs.lifecycle import Outcome, Stop, claim
 from core.jobs.record import JobStatus
 from core.settings import Settings
@@ -63,3 +64,29 @@ def test_watch_kills_at_the_spec_limit_or_when_the_worker_stops(
         assert stop is Stop.SHUTDOWN and 0.5 <= elapsed < 2
     else:
         assert stop is Stop.TIMED_OUT and 1 <= elapsed < 3
+
+
+def test_a_store_outage_neither_kills_the_job_process_nor_loses_the_lease(
+    tmp_path: Path,
+) -> None:
+    """Renewals that meet an unavailable store (a PostgreSQL restart) are tried again a
+    second later; the job process runs on to its own exit, and the lease is renewed once the
+    store is back."""
+    settings = Settings(data_dir=tmp_path, job_lease_s=3.0)  # a renewal every second
+    store = SqliteJobStore.from_settings(settings)
+    record = make_record(created_at=datetime.now(UTC))
+    store.create(record)
+    held = claim(store, record.id, settings, "w1")
+    assert held is not None
+    claimed = store.get(record.id)
+    assert claimed is not None and claimed.lease_expires_at is not None
+    down = Outage(store, reads=3)  # the limits read (retried at once) and two renewals refused
+    held.store = down
+    proc = subprocess.Popen(["sleep", "3.8"])  # renewals at ~1.2 s (refused), 2.2 (refused), 3.2
+    returncode, stop = Supervisor(settings).watch(proc, held)
+    assert (returncode, stop) == (0, Stop.EXITED)
+    assert down.reads == 0 and down.refused == 3
+    renewed = store.get(record.id)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > claimed.lease_expires_at
+    assert renewed.status is JobStatus.RUNNING and renewed.attempts == 1
