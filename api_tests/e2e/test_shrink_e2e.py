@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from api_tests.models import accuracy
+from api_tests.models import accuracy, assert_reproduces
 from api_tests.support.stacks import submit, wait_for
 from stack.local import Stack
 from worker.engine import scripting
@@ -33,7 +33,7 @@ def test_shrink_job_on_a_torchscript_upload(stack: Stack, tmp_path: Path,
     assert shapes["stem.weight"] == [4, 1, 3, 3] and shapes["fc.weight"] == [10, 196]
     assert report["shrink"]["widths"]["stem"] == 4
     stated = report["accuracy"]["after_finetune"]["accuracy"]
-    assert accuracy(model, mnist_test) == pytest.approx(stated, abs=1e-4)
+    assert_reproduces(accuracy(model, mnist_test), stated, mnist_test)
 
 
 def test_shrink_job_on_a_pt2_upload(stack: Stack, tmp_path: Path,
@@ -52,7 +52,7 @@ def test_shrink_job_on_a_pt2_upload(stack: Stack, tmp_path: Path,
     assert report["cost"]["after"]["flops"] < report["cost"]["before"]["flops"]
     assert check_upload(tmp_path / "download", stack.settings) is ModelFormat.PT2
     stated = report["accuracy"]["after_finetune"]["accuracy"]
-    assert accuracy(model, mnist_test) == pytest.approx(stated, abs=1e-4)
+    assert_reproduces(accuracy(model, mnist_test), stated, mnist_test)
 
 
 def test_shrink_job_on_a_scripted_mobilenet(stack: Stack, tmp_path: Path,

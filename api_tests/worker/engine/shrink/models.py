@@ -326,3 +326,19 @@ class InferredShuffleFixedSpatial(InferredShuffle):
         x = x.view(x.size(0), 2, -1, 14, 56).transpose(1, 2).contiguous()
         x = x.view(x.size(0), -1, 14, 56)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SplitSizes(nn.Module):
+    """``torch.split`` with explicit sizes along channels (not a chunk: the pieces' sizes are
+    constants that shrink does not rewrite), so shrink refuses it naming the op and line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.a = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = torch.split(F.relu(self.conv(x)), [6, 2], dim=1)
+        x = torch.cat([self.a(p), q], 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -4,6 +4,7 @@ shrunk model's outputs equal to the masked model's (exactness), on random inputs
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,6 +241,20 @@ def test_uneven_chunk_is_refused(kind: str) -> None:
     with pytest.raises(EngineError) as caught:
         prepare(_compile(models.UnevenChunk(), kind), HALF, None, seed=0)
     assert "a chunk of 8 channels into 3 unequal pieces" in caught.value.message
+
+
+@pytest.mark.parametrize(("kind", "op"), [("script", "aten::split"),
+                                        ("trace", "aten::split_with_sizes")])
+def test_split_with_explicit_sizes_is_refused_naming_the_op_and_line(kind: str, op: str) -> None:
+    """Nothing vanishes: the conv whose channels reach the split is refused, not skipped."""
+    with pytest.raises(EngineError) as caught:
+        prepare(_compile(models.SplitSizes(), kind), HALF, None, seed=0)
+    assert caught.value.code is JobErrorCode.UNSUPPORTED_MODEL
+    message = caught.value.message
+    assert f"cannot remove channels of conv (asked for by conv.weight): they reach {op}" in message
+    line = next(i for i, text in enumerate(Path(models.__file__).read_text().splitlines(), 1)
+                if "torch.split(F.relu(self.conv(x)), [6, 2], dim=1)" in text)
+    assert f"models.py:{line}" in message
 
 
 RESIDUAL = "stem+block1.conv2+block2.conv2"  # the residual trunk's group, as reports name it

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from api_tests.models import accuracy
+from api_tests.models import accuracy, assert_reproduces
 from api_tests.worker.engine.shrink import models
 from core.jobs.error_codes import JobErrorCode
 from core.jobs.spec import JobSpec
@@ -33,7 +33,7 @@ def _check_files(result: Any, mnist_test: tuple[Any, Any]) -> None:
         assert list(scripted.state_dict()[name].shape) == shape, name
         assert list(weights[name].shape) == shape, name
     stated = report.accuracy.after_finetune.accuracy
-    assert accuracy(scripted, mnist_test) == pytest.approx(stated, abs=1e-4)
+    assert_reproduces(accuracy(scripted, mnist_test), stated, mnist_test)
 
 
 @pytest.mark.slow  # evaluates on the MNIST test split
