@@ -78,7 +78,8 @@ def assert_reproduces(measured: float, stated: float, split: Split) -> None:
     it at its own batch size, and an untrained model's near-tied logits may round to another
     class when the sums run in another order (seen once in CI: 9.56% against 9.55%)."""
     images = len(split[1])
-    assert abs(measured - stated) * images <= 1 + 1e-6, (measured, stated, images)
+    correct = round(measured * images), round(stated * images)  # in images: float32 noise gone
+    assert abs(correct[0] - correct[1]) <= 1, (measured, stated, images)
 
 
 def accuracy(model: nn.Module, split: Split) -> float:
