@@ -10,7 +10,7 @@ ln_structured L2 at amount 0.5 over every Conv2d (the Linear head not targeted),
 fine-tuned (same optimiser and schedule). The job decides nothing (no sensitivity, search or
 target), so it fine-tunes on all 60000 train images and reports the whole 10000-image test
 split (``worker/engine/datasets.py``, ``report.data``); nothing here reads the test images
-to choose anything: epochs and learning rates are fixed before the runs.
+to choose anything inside a run: epochs and learning rates are fixed before it starts.
 
 Epochs per family (``EPOCHS``; ``--dense-epochs`` / ``--epochs`` override them for every
 family): ResNet-18 2 dense + 2 fine-tune, fixed before its first run and met on seeds 0-2.
