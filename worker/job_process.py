@@ -15,6 +15,8 @@ It writes its own outcome into the job record:
 - ``EngineError``: running -> failed with the error's code (exit ``EXIT_FAILED``);
 - ``Cancelled``: running -> cancelled, no model offered;
 - anything else: running -> failed ``internal_error`` (or ``resource_limit`` on MemoryError).
+- a job store unreachable for a whole lease: nothing written (exit ``EXIT_STORE_DOWN``);
+  the supervisor settles the attempt as a crash.
 Exit code 0 means "the record holds my terminal status". When the process dies without
 writing one (killed by a signal), the supervisor settles it (core/jobs/lifecycle.py).
 
@@ -47,7 +49,7 @@ from core.jobs.report import Progress
 from core.settings import Settings, get_settings
 from core.storage.backends import open_blob_store, open_job_store
 from core.storage.outages import patiently
-from core.storage.protocols import REPORT, UPLOAD, BlobStore, model_file
+from core.storage.protocols import REPORT, UPLOAD, BlobStore, StoreUnavailable, model_file
 from worker.dataset_files import DatasetGone, dataset_file
 from worker.sandbox import is_resource_limit_error
 
@@ -55,6 +57,7 @@ EXIT_OK = 0
 EXIT_FAILED = 2  # the record holds `failed` with the error's code
 EXIT_LOST = 3  # the claim was lost (or the job is gone): nothing written
 EXIT_ORPHANED = 4  # the supervising worker died
+EXIT_STORE_DOWN = 5  # the job store stayed unavailable for a lease: nothing written
 
 STANDBY_READY = "standby: warmed up in"  # logged once the standby is ready (benchmarks wait)
 PROGRESS_INTERVAL_S = 0.5  # throttle of progress writes (phase and epoch changes always go)
@@ -225,6 +228,10 @@ def main(argv: list[str]) -> int:
         return 64
     try:
         return run(job_id, int(attempt), settings, parent_pid)
+    except StoreUnavailable:  # down for a whole lease already: no outcome can be written
+        log.exception("job %s attempt %s: the store stayed unavailable; the supervisor "
+                      "settles this attempt", job_id, attempt)
+        return EXIT_STORE_DOWN
     except Exception as exc:  # a bug on our side: say what, keep the trace in the log
         traceback.print_exc()
         claim = Claim(open_job_store(settings), job_id, int(attempt))

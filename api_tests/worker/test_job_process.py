@@ -66,3 +66,10 @@ def test_an_outage_longer_than_the_lease_is_not_waited_out(
     with pytest.raises(StoreUnavailable):
         job_process.run(record.id, 1, settings, os.getppid())
     assert 2 <= down.refused <= 4  # 0.2 s, then 0.3 s (cut to the deadline), then it gives up
+    # As a process: it exits without waiting a second lease to write an outcome it cannot.
+    monkeypatch.setattr(job_process, "get_settings", lambda: settings)
+    refused = down.refused
+    assert job_process.main(["job_process", record.id, "1"]) == job_process.EXIT_STORE_DOWN
+    assert 2 <= down.refused - refused <= 4  # run()'s tries only: no fail() after them
+    still = store.get(record.id)
+    assert still is not None and still.status is JobStatus.RUNNING  # for the supervisor
